@@ -1,0 +1,8 @@
+//! `ringport bench port` (being written).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<(), String> {
+    Err("not yet".into())
+}

@@ -1,0 +1,345 @@
+//! [`CompletionPort`]: the public face of the port, and the per-thread
+//! activity bookkeeping that the concurrency limit needs.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, ThreadId};
+use std::time::{Duration, Instant};
+
+use super::activity::{self, Slot};
+use super::core::{Core, NoPacket};
+use super::state;
+use super::{Packet, Stats, ThreadLoad};
+use crate::sync::lock;
+use crate::Error;
+
+/// An I/O completion port.
+///
+/// Packets (posted by [`post`](Self::post), and later completed I/O) queue up
+/// FIFO; threads take them with [`get`](Self::get) or
+/// [`get_many`](Self::get_many). Waiting threads are released LIFO, and only
+/// while fewer than the port's *concurrency* threads are active (a thread is
+/// active from the moment `get` hands it a packet until it calls `get` again,
+/// see [`blocking`](Self::blocking)).
+///
+/// `CompletionPort` is a cheap handle: clone it to share the port between
+/// threads. The port closes when [`close`](Self::close) is called or its last
+/// handle is dropped.
+///
+/// ```
+/// use ringport::CompletionPort;
+/// use std::time::Duration;
+///
+/// let port = CompletionPort::<&str>::new(0)?;
+/// port.post(7, "hello", Ok(5))?;
+/// let packet = port.get(Some(Duration::from_secs(1)))?;
+/// assert_eq!((packet.key, packet.token, packet.result.unwrap()), (7, "hello", 5));
+/// # Ok::<(), ringport::Error>(())
+/// ```
+pub struct CompletionPort<T = u64> {
+    handle: Arc<Handle<T>>,
+}
+
+/// Closes the port when the last user handle goes, even while threads that
+/// were active on it still hold its shared state in their thread-locals.
+struct Handle<T> {
+    shared: Arc<Shared<T>>,
+}
+
+pub(crate) struct Shared<T> {
+    pub(crate) core: Core<Packet<T>>,
+    threads: Mutex<Vec<(ThreadId, Option<String>, Arc<AtomicU64>)>>,
+}
+
+impl<T: Send + 'static> Slot for Shared<T> {
+    fn release(&self) {
+        self.core.release()
+    }
+
+    fn reacquire(&self) {
+        self.core.reacquire()
+    }
+
+    fn register_thread(&self) -> Arc<AtomicU64> {
+        let me = thread::current();
+        let mut threads = lock(&self.threads);
+        if let Some((_, _, c)) = threads.iter().find(|(id, _, _)| *id == me.id()) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicU64::new(0));
+        threads.push((me.id(), me.name().map(str::to_owned), c.clone()));
+        c
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.shared.core.close();
+    }
+}
+
+impl<T> Clone for CompletionPort<T> {
+    fn clone(&self) -> Self {
+        CompletionPort {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for CompletionPort<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let core = &self.handle.shared.core;
+        let s = core.state();
+        f.debug_struct("CompletionPort")
+            .field("concurrency", &core.limit())
+            .field("queued", &s.queued())
+            .field("active", &s.active())
+            .field("waiters", &s.waiters())
+            .field("closed", &s.closed())
+            .finish()
+    }
+}
+
+/// The number of CPUs this process may run on (at least 1).
+pub fn cpu_count() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl<T: Send + 'static> CompletionPort<T> {
+    /// Creates a port that lets `concurrency` threads be active at once;
+    /// 0 means the number of CPUs (as `CreateIoCompletionPort` does).
+    ///
+    /// Fails with [`Error::InvalidArgument`] above 65,535.
+    pub fn new(concurrency: usize) -> Result<Self, Error> {
+        let limit = match concurrency {
+            0 => cpu_count(),
+            n if n as u64 > state::MAX_ACTIVE => {
+                return Err(Error::InvalidArgument("concurrency above 65,535"))
+            }
+            n => n,
+        };
+        Ok(CompletionPort {
+            handle: Arc::new(Handle {
+                shared: Arc::new(Shared {
+                    core: Core::new(limit),
+                    threads: Mutex::new(Vec::new()),
+                }),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared<T>> {
+        &self.handle.shared
+    }
+
+    fn id(&self) -> *const () {
+        Arc::as_ptr(self.shared()) as *const ()
+    }
+
+    /// The most threads this port lets be active at once.
+    pub fn concurrency(&self) -> usize {
+        self.shared().core.limit() as usize
+    }
+
+    /// Queues a packet (`PostQueuedCompletionStatus`). If a thread is waiting
+    /// and the concurrency limit allows, the most recent waiter gets it at once.
+    ///
+    /// On a closed port the packet is dropped, with whatever its token owns,
+    /// and [`Error::Closed`] returned.
+    pub fn post(&self, key: u64, token: T, result: std::io::Result<usize>) -> Result<(), Error> {
+        self.post_packet(Packet::new(key, token, result))
+    }
+
+    /// Queues a packet built beforehand; see [`post`](Self::post).
+    pub fn post_packet(&self, packet: Packet<T>) -> Result<(), Error> {
+        let core = &self.shared().core;
+        core.push(packet).map_err(|_| Error::Closed)?;
+        core.counters.posted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takes one packet (`GetQueuedCompletionStatus`), waiting at most
+    /// `timeout`: `None` waits forever, `Some(Duration::ZERO)` never blocks.
+    ///
+    /// Errors: [`Error::Timeout`] when nothing came in time, [`Error::Closed`]
+    /// once the port is closed (also for threads already waiting).
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Packet<T>, Error> {
+        let mut out = None;
+        self.dequeue(1, timeout, |p| out = Some(p))?;
+        out.ok_or(Error::Closed)
+    }
+
+    /// Takes up to `out.len()` packets at once (`GetQueuedCompletionStatusEx`),
+    /// waiting at most `timeout` for the first; returns how many it stored.
+    /// Slots past that count are left as they were.
+    ///
+    /// The thread counts as one active thread however many packets it took.
+    pub fn get_many(
+        &self,
+        out: &mut [Option<Packet<T>>],
+        timeout: Option<Duration>,
+    ) -> Result<usize, Error> {
+        if out.is_empty() {
+            return Err(Error::InvalidArgument(
+                "get_many with an empty output slice",
+            ));
+        }
+        let mut i = 0;
+        self.dequeue(out.len() as u64, timeout, |p| {
+            out[i] = Some(p);
+            i += 1;
+        })
+    }
+
+    /// Takes up to `max` packets into a vector's spare room, like
+    /// [`get_many`](Self::get_many) but without `Option` slots.
+    pub fn get_into(
+        &self,
+        out: &mut Vec<Packet<T>>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Error> {
+        if max == 0 {
+            return Err(Error::InvalidArgument("get_into with max 0"));
+        }
+        self.dequeue(max as u64, timeout, |p| out.push(p))
+    }
+
+    fn dequeue(
+        &self,
+        max: u64,
+        timeout: Option<Duration>,
+        mut sink: impl FnMut(Packet<T>),
+    ) -> Result<usize, Error> {
+        let shared = self.shared();
+        let core = &shared.core;
+        let was_active = activity::begin_get(self.id());
+        let claimed = match core.try_claim(was_active, max) {
+            Ok(k) => Ok(k),
+            Err(NoPacket::Empty) if timeout != Some(Duration::ZERO) => {
+                activity::clear();
+                let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+                let me = activity::waiter();
+                core.park(&me, deadline)
+                    .map(|k| k + core.claim_more(max - k))
+            }
+            Err(e) => Err(e),
+        };
+        let k = match claimed {
+            Ok(k) => k,
+            Err(e) => {
+                activity::clear();
+                return Err(match e {
+                    NoPacket::Empty => Error::Timeout,
+                    NoPacket::Closed => Error::Closed,
+                    NoPacket::TooManyWaiters => Error::TooManyWaiters,
+                });
+            }
+        };
+        activity::set_active(shared, k);
+        let mut taken = 0;
+        for _ in 0..k {
+            match core.take() {
+                Some(p) => {
+                    sink(p);
+                    taken += 1;
+                }
+                None => break,
+            }
+        }
+        if taken == 0 {
+            return Err(Error::Closed);
+        }
+        Ok(taken)
+    }
+
+    /// Runs `f` with the caller's slot on this port given up, so that another
+    /// thread may run while this one blocks on something else (as Windows does
+    /// when an active thread waits on another object). When `f` returns the
+    /// thread is active again, even if that puts the port over its limit; no
+    /// waiter is released until the count falls back.
+    ///
+    /// A thread that is not active on this port just runs `f`.
+    pub fn blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.blocking_guard();
+        f()
+    }
+
+    /// The guard form of [`blocking`](Self::blocking): the slot is given up
+    /// until the guard drops.
+    pub fn blocking_guard(&self) -> BlockingGuard {
+        let slot = activity::take_if_active_on(self.id());
+        if let Some(s) = &slot {
+            s.release();
+        }
+        BlockingGuard {
+            slot,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Whether the calling thread holds one of this port's active slots.
+    pub fn is_active(&self) -> bool {
+        activity::is_active_on(self.id())
+    }
+
+    /// Closes the port: every waiting thread and every later `get` returns
+    /// [`Error::Closed`], later posts fail, and queued packets are dropped
+    /// with whatever they own. Closing twice is harmless.
+    pub fn close(&self) {
+        self.shared().core.close();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared().core.is_closed()
+    }
+
+    /// A snapshot of the port's counters.
+    pub fn stats(&self) -> Stats {
+        let shared = self.shared();
+        let c = &shared.core.counters;
+        let s = shared.core.state();
+        let threads: Vec<ThreadLoad> = lock(&shared.threads)
+            .iter()
+            .map(|(id, name, n)| ThreadLoad {
+                thread: *id,
+                name: name.clone(),
+                dequeued: n.load(Ordering::Relaxed),
+            })
+            .collect();
+        Stats {
+            posted: c.posted.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
+            dequeued: threads.iter().map(|t| t.dequeued).sum(),
+            wakeups: c.wakeups.load(Ordering::Relaxed),
+            handoffs: c.handoffs.load(Ordering::Relaxed),
+            max_active: c.max_active.load(Ordering::Relaxed),
+            queued: s.queued(),
+            active: s.active(),
+            waiting: s.waiters(),
+            threads,
+        }
+    }
+}
+
+/// Keeps the calling thread's port slot given up; see
+/// [`CompletionPort::blocking_guard`]. Not `Send`: it belongs to the thread.
+#[must_use = "the slot is taken back when the guard drops"]
+pub struct BlockingGuard {
+    slot: Option<Arc<dyn Slot>>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for BlockingGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            // If the thread took a slot somewhere meanwhile (a `get` inside the
+            // blocking section), it already counts as active: don't count twice.
+            if activity::restore(slot.clone()) {
+                slot.reacquire();
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The completion port: a queue of completion packets that a pool of threads
+//! takes from, released LIFO under a concurrency limit.
+
+#[cfg(not(loom))]
+mod activity;
+#[cfg(not(loom))]
+mod completion_port;
+pub(crate) mod core;
+mod packet;
+pub(crate) mod queue;
+pub(crate) mod state;
+mod stats;
+pub(crate) mod waiter;
+
+#[cfg(not(loom))]
+pub use self::completion_port::{cpu_count, BlockingGuard, CompletionPort};
+pub use self::packet::Packet;
+pub use self::stats::{Stats, ThreadLoad};

@@ -1,0 +1,77 @@
+//! A parked thread on a port's waiter stack.
+//!
+//! The stack itself lives in [`Core`](super::core::Core) under its mutex; a
+//! waiter is the per-thread cell a releasing thread writes its verdict into
+//! before unparking the owner. The verdict is written under the stack's mutex,
+//! so a thread that times out can tell, by taking that mutex, whether it was
+//! granted a packet in the meantime.
+
+use std::time::Instant;
+
+use crate::sync::{thread, AtomicU8, Ordering};
+
+pub(crate) const WAITING: u8 = 0;
+pub(crate) const GRANTED: u8 = 1;
+pub(crate) const CLOSED: u8 = 2;
+
+pub(crate) struct Waiter {
+    verdict: AtomicU8,
+    thread: thread::Thread,
+}
+
+impl Waiter {
+    pub(crate) fn for_current_thread() -> Waiter {
+        Waiter {
+            verdict: AtomicU8::new(WAITING),
+            thread: thread::current(),
+        }
+    }
+
+    /// Re-arms a waiter before it goes back on the stack. Only its owner calls
+    /// this, while no releaser can hold it (it is not on the stack).
+    pub(crate) fn reset(&self) {
+        self.verdict.store(WAITING, Ordering::Relaxed);
+    }
+
+    pub(crate) fn verdict(&self) -> u8 {
+        self.verdict.load(Ordering::Acquire)
+    }
+
+    /// Gives the waiter its verdict and wakes it. Called with the stack's
+    /// mutex held, after the waiter was popped from the stack.
+    pub(crate) fn release(&self, verdict: u8) {
+        self.verdict.store(verdict, Ordering::Release);
+        self.thread.unpark();
+    }
+
+    /// Blocks until a verdict arrives or the deadline passes; returns the
+    /// verdict, `WAITING` meaning the deadline passed first. Spurious wake-ups
+    /// (including a late unpark meant for an earlier wait) loop.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> u8 {
+        loop {
+            let v = self.verdict();
+            if v != WAITING {
+                return v;
+            }
+            match deadline {
+                None => thread::park(),
+                #[cfg(not(loom))]
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return WAITING;
+                    }
+                    thread::park_timeout(d - now);
+                }
+                // loom has no clock: a timed wait is modelled as "one chance
+                // to be released, then the deadline passes", which explores
+                // both orders of a timeout racing a grant.
+                #[cfg(loom)]
+                Some(_) => {
+                    thread::yield_now();
+                    return self.verdict();
+                }
+            }
+        }
+    }
+}
