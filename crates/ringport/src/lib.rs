@@ -26,16 +26,22 @@
 #![warn(missing_docs)]
 
 mod error;
+mod io;
 #[cfg(not(loom))]
 mod pool;
 mod port;
 mod sync;
+#[cfg(not(loom))]
+mod sys;
 
 pub use error::Error;
+pub use io::Buf;
+#[cfg(not(loom))]
+pub use io::{Handle, OpId};
 #[cfg(not(loom))]
 pub use pool::{PoolReport, WorkerPool};
 #[cfg(not(loom))]
-pub use port::{cpu_count, BlockingGuard, CompletionPort, Packet, Stats, ThreadLoad};
+pub use port::{cpu_count, BlockingGuard, CompletionPort, Packet, Payload, Stats, ThreadLoad};
 
 /// The port's engine, exposed for the loom model in `tests/loom.rs` only.
 #[cfg(loom)]

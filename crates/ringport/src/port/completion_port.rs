@@ -2,16 +2,21 @@
 //! activity bookkeeping that the concurrency limit needs.
 
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use super::activity::{self, Slot};
-use super::core::{Core, NoPacket};
+use super::core::{Core, Kernel, NoPacket};
 use super::state;
 use super::{Packet, Stats, ThreadLoad};
+use crate::io::driver::Driver;
+use crate::io::inflight::{Kind, Pending};
+use crate::io::{Handle as IoHandle, OpId};
 use crate::sync::lock;
+use crate::sys::uring::Ring;
 use crate::Error;
 
 /// An I/O completion port.
@@ -47,9 +52,40 @@ struct Handle<T> {
     shared: Arc<Shared<T>>,
 }
 
+/// A thread's id, name and dequeue counter.
+type ThreadCounter = (ThreadId, Option<String>, Arc<AtomicU64>);
+
 pub(crate) struct Shared<T> {
     pub(crate) core: Core<Packet<T>>,
-    threads: Mutex<Vec<(ThreadId, Option<String>, Arc<AtomicU64>)>>,
+    threads: Mutex<Vec<ThreadCounter>>,
+    /// Kernel I/O, or why there is none.
+    io: Result<Driver<T>, String>,
+}
+
+impl<T> Shared<T> {
+    /// The port's kernel I/O, if it is open and has one.
+    pub(crate) fn driver(&self) -> Result<&Driver<T>, Error> {
+        if self.core.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.io.as_ref().map_err(|why| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                why.clone(),
+            ))
+        })
+    }
+
+    fn close(&self) {
+        if self.core.close() {
+            if let Ok(d) = &self.io {
+                // In-flight operations complete as cancelled; their packets
+                // are dropped and their memory freed once the kernel has let
+                // go (Driver::drop waits for that).
+                let _ = d.cancel_all();
+            }
+        }
+    }
 }
 
 impl<T: Send + 'static> Slot for Shared<T> {
@@ -75,7 +111,7 @@ impl<T: Send + 'static> Slot for Shared<T> {
 
 impl<T> Drop for Handle<T> {
     fn drop(&mut self) {
-        self.shared.core.close();
+        self.shared.close();
     }
 }
 
@@ -101,6 +137,9 @@ impl<T> std::fmt::Debug for CompletionPort<T> {
     }
 }
 
+/// Submission slots of a port's ring.
+const RING_ENTRIES: u32 = 256;
+
 /// The number of CPUs this process may run on (at least 1).
 pub fn cpu_count() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
@@ -119,11 +158,20 @@ impl<T: Send + 'static> CompletionPort<T> {
             }
             n => n,
         };
+        let (kernel, io) = match Ring::new(RING_ENTRIES) {
+            Ok(ring) => {
+                let ring = Arc::new(ring);
+                let kernel: Arc<dyn Kernel> = ring.clone();
+                (Some(kernel), Ok(Driver::new(ring)))
+            }
+            Err(e) => (None, Err(format!("no kernel I/O on this port: {e}"))),
+        };
         Ok(CompletionPort {
             handle: Arc::new(Handle {
                 shared: Arc::new(Shared {
-                    core: Core::new(limit),
+                    core: Core::with_kernel(limit, kernel),
                     threads: Mutex::new(Vec::new()),
+                    io,
                 }),
             }),
         })
@@ -214,24 +262,42 @@ impl<T: Send + 'static> CompletionPort<T> {
     ) -> Result<usize, Error> {
         let shared = self.shared();
         let core = &shared.core;
-        let was_active = activity::begin_get(self.id());
-        let claimed = match core.try_claim(was_active, max) {
-            Ok(k) => Ok(k),
-            Err(NoPacket::Empty) if timeout != Some(Duration::ZERO) => {
-                activity::clear();
-                let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-                let me = activity::waiter();
-                core.park(&me, deadline)
-                    .map(|k| k + core.claim_more(max - k))
+        let io = shared.io.as_ref().ok();
+        let mut was_active = activity::begin_get(self.id());
+        let deadline = match timeout {
+            Some(t) if !t.is_zero() => Instant::now().checked_add(t),
+            _ => None,
+        };
+        let claimed = loop {
+            match core.try_claim(was_active, max) {
+                Ok(k) => break Ok(k),
+                Err(NoPacket::Empty) => {}
+                Err(e) => break Err(e),
             }
-            Err(e) => Err(e),
+            if was_active {
+                activity::clear();
+                was_active = false;
+            }
+            // Completions the kernel finished: the thread that reaps them
+            // keeps the first (no hop to another thread).
+            if io.is_some_and(|d| d.harvest(core, true)) {
+                break Ok(1 + core.claim_more(max - 1));
+            }
+            if timeout == Some(Duration::ZERO) || deadline.is_some_and(|d| Instant::now() >= d) {
+                break Err(NoPacket::Empty);
+            }
+            match core.park(&activity::waiter(), deadline) {
+                Ok(k) => break Ok(k + core.claim_more(max - k)),
+                Err(NoPacket::Harvest) => continue,
+                Err(e) => break Err(e),
+            }
         };
         let k = match claimed {
             Ok(k) => k,
             Err(e) => {
                 activity::clear();
                 return Err(match e {
-                    NoPacket::Empty => Error::Timeout,
+                    NoPacket::Empty | NoPacket::Harvest => Error::Timeout,
                     NoPacket::Closed => Error::Closed,
                     NoPacket::TooManyWaiters => Error::TooManyWaiters,
                 });
@@ -252,6 +318,41 @@ impl<T: Send + 'static> CompletionPort<T> {
             return Err(Error::Closed);
         }
         Ok(taken)
+    }
+
+    /// Associates a file descriptor (a socket, file, pipe: anything that
+    /// owns one) with this port under `key`; see [`Handle`](crate::Handle).
+    /// The handle owns the descriptor from now on.
+    ///
+    /// Fails with [`Error::Closed`] on a closed port, and with an
+    /// [`Error::Io`] of kind `Unsupported` when the port has no kernel I/O
+    /// (io_uring could not be set up; the message says why).
+    pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> Result<IoHandle<T>, Error> {
+        let fd = fd.into();
+        self.shared().driver()?;
+        Ok(IoHandle::new(self.shared().clone(), fd, key))
+    }
+
+    /// Starts a timer: after `after`, a packet with `key` and `token` and
+    /// result `Ok(0)` is queued (cancelled timers complete cancelled when the
+    /// port closes).
+    pub fn timer(&self, after: Duration, key: u64, token: T) -> Result<OpId, Error> {
+        let driver = self.shared().driver()?;
+        let pending = Pending {
+            key,
+            token,
+            kind: Kind::Timer,
+            buf: None,
+            fd: -1,
+        };
+        // SAFETY: the timeout SQE points only at the slot's own timespec,
+        // which the in-flight table keeps until the completion is reaped.
+        unsafe {
+            driver.start(pending, |s, _| {
+                s.ts = io_uring::types::Timespec::from(after);
+                io_uring::opcode::Timeout::new(&s.ts).build()
+            })
+        }
     }
 
     /// Runs `f` with the caller's slot on this port given up, so that another
@@ -288,7 +389,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// [`Error::Closed`], later posts fail, and queued packets are dropped
     /// with whatever they own. Closing twice is harmless.
     pub fn close(&self) {
-        self.shared().core.close();
+        self.shared().close();
     }
 
     /// Whether [`close`](Self::close) was called.

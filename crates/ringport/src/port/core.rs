@@ -36,7 +36,7 @@ use crossbeam_utils::CachePadded;
 
 use super::queue::Queue;
 use super::state::{State, MAX_ACTIVE, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER};
-use super::waiter::{Waiter, CLOSED, GRANTED, WAITING};
+use super::waiter::{Waiter, CLOSED, GRANTED, LEAD, WAITING};
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 
 /// Why a thread got no packet.
@@ -48,6 +48,32 @@ pub(crate) enum NoPacket {
     Closed,
     /// The waiter stack is full.
     TooManyWaiters,
+    /// The caller left the kernel (completions may be waiting, or it was
+    /// promoted to sleep there): harvest, then claim or park again.
+    Harvest,
+}
+
+/// A kernel completion source that one waiting thread can sleep on (see
+/// `sys/uring`). Only one thread at a time sleeps there, the *kernel
+/// sleeper*; it sits at the bottom of the waiter stack, so a post reaches it
+/// (by [`wake`](Kernel::wake)) only when no thread is parked in user space.
+/// When it leaves the kernel with parked threads behind it, it promotes the
+/// most recent one to take its place, so completions are never left unwatched
+/// while a thread is idle.
+pub(crate) trait Kernel: Send + Sync {
+    /// Blocks until completions may be waiting, [`wake`](Self::wake) is
+    /// called, or the deadline passes. May return early; callers re-check.
+    fn sleep(&self, deadline: Option<Instant>);
+    /// Ends a concurrent [`sleep`](Self::sleep) (or the next one, if none).
+    fn wake(&self);
+}
+
+/// The waiter stack: user-space waiters, most recent last, and at index 0
+/// the kernel sleeper when there is one.
+#[derive(Default)]
+struct Stack {
+    waiters: Vec<Arc<Waiter>>,
+    sleeper: bool,
 }
 
 /// Counters kept beside the state word, each on its own line.
@@ -64,18 +90,27 @@ pub(crate) struct Core<T> {
     state: CachePadded<AtomicU64>,
     limit: u64,
     queue: Queue<T>,
-    waiters: Mutex<Vec<Arc<Waiter>>>,
+    stack: Mutex<Stack>,
+    kernel: Option<Arc<dyn Kernel>>,
     pub(crate) counters: Counters,
 }
 
 impl<T> Core<T> {
-    /// A port core admitting `limit` active threads (at least 1).
+    /// A port core admitting `limit` active threads (at least 1), with no
+    /// kernel source (the loom model's port).
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub(crate) fn new(limit: usize) -> Self {
+        Self::with_kernel(limit, None)
+    }
+
+    /// A port core whose idle threads may sleep on `kernel` (one at a time).
+    pub(crate) fn with_kernel(limit: usize, kernel: Option<Arc<dyn Kernel>>) -> Self {
         Core {
             state: CachePadded::new(AtomicU64::new(0)),
             limit: (limit as u64).clamp(1, MAX_ACTIVE),
             queue: Queue::new(),
-            waiters: Mutex::new(Vec::new()),
+            stack: Mutex::new(Stack::default()),
+            kernel,
             counters: Counters::default(),
         }
     }
@@ -101,6 +136,38 @@ impl<T> Core<T> {
                 .max_active
                 .fetch_max(active, Ordering::Relaxed);
         }
+    }
+
+    /// Queues a packet without making it claimable yet (see
+    /// [`publish`](Self::publish) and [`publish_fresh`](Self::publish_fresh)).
+    pub(crate) fn enqueue(&self, packet: T) {
+        self.queue.push(packet);
+    }
+
+    /// Publishes `n` enqueued packets, first claiming one of them for the
+    /// (inactive) caller if `keep` and the limit allow: the thread that
+    /// harvested completions keeps the first, with no hop to another thread.
+    /// Returns whether it kept one (the caller is then active).
+    pub(crate) fn publish_fresh(&self, mut n: u64, keep: bool) -> bool {
+        let mut kept = false;
+        if keep {
+            let mut s = self.state();
+            while !s.closed() && s.active() < self.limit {
+                match self.cas(s, s.0 + ONE_ACTIVE) {
+                    Ok(()) => {
+                        self.note_active(s.active() + 1);
+                        kept = true;
+                        n -= 1;
+                        break;
+                    }
+                    Err(now) => s = now,
+                }
+            }
+        }
+        if n > 0 {
+            let _ = self.publish(n);
+        }
+        kept
     }
 
     /// Queues one packet and makes it claimable. On a closed port the packet
@@ -131,7 +198,7 @@ impl<T> Core<T> {
 
     #[cold]
     fn publish_slow(&self, mut n: u64) -> Result<(), NoPacket> {
-        let mut stack = lock(&self.waiters);
+        let mut stack = lock(&self.stack);
         let mut s = self.state();
         while n > 0 {
             if s.closed() {
@@ -163,12 +230,35 @@ impl<T> Core<T> {
 
     /// Pops the most recent waiter (its count already taken off the state
     /// word by the caller's CAS) and hands it a claim on one packet.
-    fn grant_top(&self, stack: &mut Vec<Arc<Waiter>>) {
+    fn grant_top(&self, stack: &mut Stack) {
         let w = stack
+            .waiters
             .pop()
             .expect("waiters count and stack length agree under the mutex");
         self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
-        w.release(GRANTED);
+        self.release_waiter(&w, GRANTED);
+    }
+
+    fn release_waiter(&self, w: &Waiter, verdict: u8) {
+        w.release(verdict);
+        if w.in_kernel() {
+            if let Some(k) = &self.kernel {
+                k.wake();
+            }
+        }
+    }
+
+    /// Called when the kernel sleeper has left the kernel (under the stack
+    /// mutex): if threads are parked in user space, the most recent takes
+    /// its place, so kernel completions always have a thread watching.
+    fn promote(&self, stack: &mut Stack) {
+        stack.sleeper = false;
+        if self.kernel.is_none() || stack.waiters.is_empty() {
+            return;
+        }
+        let w = stack.waiters.pop().expect("not empty");
+        self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
+        w.release(LEAD);
     }
 
     /// Claims up to `max` packets without blocking. `was_active` says the
@@ -226,16 +316,18 @@ impl<T> Core<T> {
         }
     }
 
-    /// Parks the (inactive) caller on the waiter stack until it is granted a
-    /// packet, the port closes, or the deadline passes. On `Ok(k)` the caller
-    /// is active and must take `k` packets.
+    /// Parks the (inactive) caller until it is granted a packet, the port
+    /// closes, or the deadline passes. On `Ok(k)` the caller is active and
+    /// must take `k` packets. If the port has a kernel source and nobody
+    /// sleeps on it, the caller sleeps there instead of in user space, and
+    /// returns [`NoPacket::Harvest`] when it wakes without a grant.
     pub(crate) fn park(
         &self,
         me: &Arc<Waiter>,
         deadline: Option<Instant>,
     ) -> Result<u64, NoPacket> {
-        {
-            let mut stack = lock(&self.waiters);
+        let in_kernel = {
+            let mut stack = lock(&self.stack);
             let mut s = self.state();
             loop {
                 if s.closed() {
@@ -258,13 +350,49 @@ impl<T> Core<T> {
                     Err(now) => s = now,
                 }
             }
-            me.reset();
-            stack.push(me.clone());
+            let in_kernel = self.kernel.is_some() && !stack.sleeper;
+            me.reset(in_kernel);
+            if in_kernel {
+                stack.sleeper = true;
+                stack.waiters.insert(0, me.clone());
+            } else {
+                stack.waiters.push(me.clone());
+            }
+            in_kernel
+        };
+        if let (true, Some(kernel)) = (in_kernel, &self.kernel) {
+            kernel.sleep(deadline);
+            return self.leave_kernel(me);
         }
         match me.wait(deadline) {
             GRANTED => Ok(1),
             CLOSED => Err(NoPacket::Closed),
+            LEAD => Err(NoPacket::Harvest),
             _ => self.unpark_timed_out(me),
+        }
+    }
+
+    /// The kernel sleeper is back, granted, closed, or woken by completions
+    /// or its deadline; either way it gives up the role.
+    fn leave_kernel(&self, me: &Arc<Waiter>) -> Result<u64, NoPacket> {
+        let mut stack = lock(&self.stack);
+        let verdict = me.verdict();
+        let result = match verdict {
+            GRANTED => Ok(1),
+            CLOSED => return Err(NoPacket::Closed),
+            _ => {
+                self.remove(&mut stack, me);
+                Err(NoPacket::Harvest)
+            }
+        };
+        self.promote(&mut stack);
+        result
+    }
+
+    fn remove(&self, stack: &mut Stack, me: &Arc<Waiter>) {
+        if let Some(i) = stack.waiters.iter().rposition(|w| Arc::ptr_eq(w, me)) {
+            stack.waiters.remove(i);
+            self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
         }
     }
 
@@ -272,16 +400,14 @@ impl<T> Core<T> {
     /// releaser got to us first (and we take what it gave), or we are still on
     /// the stack and leave it.
     fn unpark_timed_out(&self, me: &Arc<Waiter>) -> Result<u64, NoPacket> {
-        let mut stack = lock(&self.waiters);
+        let mut stack = lock(&self.stack);
         match me.verdict() {
             GRANTED => return Ok(1),
             CLOSED => return Err(NoPacket::Closed),
+            LEAD => return Err(NoPacket::Harvest),
             _ => debug_assert_eq!(me.verdict(), WAITING),
         }
-        if let Some(i) = stack.iter().rposition(|w| Arc::ptr_eq(w, me)) {
-            stack.remove(i);
-            self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
-        }
+        self.remove(&mut stack, me);
         Err(NoPacket::Empty)
     }
 
@@ -313,7 +439,7 @@ impl<T> Core<T> {
 
     #[cold]
     fn wake_for_release(&self) {
-        let mut stack = lock(&self.waiters);
+        let mut stack = lock(&self.stack);
         let mut s = self.state();
         while s.waiter_runnable(self.limit) {
             let new = s.0 - ONE_WAITER - ONE_QUEUED + ONE_ACTIVE;
@@ -339,7 +465,7 @@ impl<T> Core<T> {
     /// queued packet. Returns false if it was closed already.
     pub(crate) fn close(&self) -> bool {
         let first = {
-            let mut stack = lock(&self.waiters);
+            let mut stack = lock(&self.stack);
             let mut s = self.state();
             loop {
                 // Clear the waiter count with the stack, so the two agree.
@@ -349,8 +475,8 @@ impl<T> Core<T> {
                     Err(now) => s = now,
                 }
             }
-            for w in stack.drain(..) {
-                w.release(CLOSED);
+            for w in std::mem::take(&mut stack.waiters) {
+                self.release_waiter(&w, CLOSED);
             }
             !s.closed()
         };

@@ -13,6 +13,8 @@ mod stats;
 pub(crate) mod waiter;
 
 #[cfg(not(loom))]
+pub(crate) use self::completion_port::Shared;
+#[cfg(not(loom))]
 pub use self::completion_port::{cpu_count, BlockingGuard, CompletionPort};
-pub use self::packet::Packet;
+pub use self::packet::{Packet, Payload};
 pub use self::stats::{Stats, ThreadLoad};

@@ -8,14 +8,20 @@
 
 use std::time::Instant;
 
-use crate::sync::{thread, AtomicU8, Ordering};
+use crate::sync::{thread, AtomicBool, AtomicU8, Ordering};
 
 pub(crate) const WAITING: u8 = 0;
 pub(crate) const GRANTED: u8 = 1;
 pub(crate) const CLOSED: u8 = 2;
+/// Promoted: the port's kernel sleeper left the kernel and this thread is to
+/// take its place (it owns no packet).
+pub(crate) const LEAD: u8 = 3;
 
 pub(crate) struct Waiter {
     verdict: AtomicU8,
+    /// Set while the waiter sleeps in the kernel rather than in `park`: it is
+    /// woken through the kernel source, not by unparking.
+    in_kernel: AtomicBool,
     thread: thread::Thread,
 }
 
@@ -23,25 +29,34 @@ impl Waiter {
     pub(crate) fn for_current_thread() -> Waiter {
         Waiter {
             verdict: AtomicU8::new(WAITING),
+            in_kernel: AtomicBool::new(false),
             thread: thread::current(),
         }
     }
 
     /// Re-arms a waiter before it goes back on the stack. Only its owner calls
     /// this, while no releaser can hold it (it is not on the stack).
-    pub(crate) fn reset(&self) {
+    pub(crate) fn reset(&self, in_kernel: bool) {
         self.verdict.store(WAITING, Ordering::Relaxed);
+        self.in_kernel.store(in_kernel, Ordering::Relaxed);
+    }
+
+    pub(crate) fn in_kernel(&self) -> bool {
+        self.in_kernel.load(Ordering::Relaxed)
     }
 
     pub(crate) fn verdict(&self) -> u8 {
         self.verdict.load(Ordering::Acquire)
     }
 
-    /// Gives the waiter its verdict and wakes it. Called with the stack's
-    /// mutex held, after the waiter was popped from the stack.
+    /// Gives the waiter its verdict and, unless it sleeps in the kernel (the
+    /// caller wakes that one), unparks it. Called with the stack's mutex held,
+    /// after the waiter was taken off the stack.
     pub(crate) fn release(&self, verdict: u8) {
         self.verdict.store(verdict, Ordering::Release);
-        self.thread.unpark();
+        if !self.in_kernel() {
+            self.thread.unpark();
+        }
     }
 
     /// Blocks until a verdict arrives or the deadline passes; returns the

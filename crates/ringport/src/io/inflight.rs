@@ -1,0 +1,139 @@
+//! The in-flight table: every operation the kernel holds, with everything it
+//! owns, keyed by the `user_data` of its SQE.
+//!
+//! Slots are boxed and never freed before the table itself, so the scratch
+//! memory in a slot (socket addresses, `msghdr`, `iovec`, timespec) keeps its
+//! address while the kernel reads or writes it; freed slots are reused, so
+//! steady-state operation allocates nothing. `user_data` carries a generation
+//! beside the index, so a late cancel of a finished operation never hits the
+//! operation that reused its slot.
+
+use std::cell::UnsafeCell;
+
+use crate::Buf;
+
+/// Identifies an operation in flight, for [`cancel`](crate::Handle::cancel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpId(pub(crate) u64);
+
+/// What an operation owns until its completion is reaped.
+pub(crate) struct Pending<T> {
+    pub(crate) key: u64,
+    pub(crate) token: T,
+    pub(crate) kind: Kind,
+    pub(crate) buf: Option<Buf>,
+    /// The handle the operation runs on (its fd number), for cancel-all.
+    pub(crate) fd: i32,
+}
+
+/// How a completion's result is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `res` bytes were written into the buffer.
+    Fill,
+    /// `res` bytes of the buffer were sent or written.
+    Drain,
+    /// Like `Fill`, and the peer address is in the slot's scratch.
+    FillFrom,
+    /// `res` is a new file descriptor; the peer address is in the scratch.
+    Accept,
+    /// `-ETIME` is the timer firing: success.
+    Timer,
+    /// `res` is 0 or an error.
+    Status,
+}
+
+/// Memory the kernel reads or writes through pointers in an SQE.
+pub(crate) struct Scratch {
+    pub(crate) addr: libc::sockaddr_storage,
+    pub(crate) addrlen: libc::socklen_t,
+    pub(crate) iov: libc::iovec,
+    pub(crate) msg: libc::msghdr,
+    pub(crate) ts: io_uring::types::Timespec,
+}
+
+struct Slot<T> {
+    generation: u32,
+    pending: Option<Pending<T>>,
+    scratch: UnsafeCell<Scratch>,
+}
+
+// SAFETY: the raw pointers in Scratch point into the slot itself or into the
+// pending operation's own heap buffer, both owned by the slot; the table is
+// only ever used under its owner's mutex.
+unsafe impl<T: Send> Send for Slot<T> {}
+
+pub(crate) struct Inflight<T> {
+    slots: Vec<Box<Slot<T>>>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl<T> Inflight<T> {
+    pub(crate) fn new() -> Self {
+        Inflight {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+
+    /// Operations the kernel still holds.
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Stores `pending` and returns its id and its slot's scratch memory,
+    /// which stays at that address until [`complete`](Self::complete) or
+    /// [`abandon`](Self::abandon) frees the slot.
+    pub(crate) fn insert(&mut self, pending: Pending<T>) -> (OpId, *mut Scratch, &mut Pending<T>) {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Box::new(Slot {
+                    generation: 0,
+                    pending: None,
+                    // SAFETY: all-zero is a valid value of these plain C
+                    // structs (null pointers, zero lengths, AF_UNSPEC).
+                    scratch: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+                }));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        self.live += 1;
+        let id = OpId(((slot.generation as u64) << 32) | index as u64);
+        let scratch = slot.scratch.get();
+        (id, scratch, slot.pending.insert(pending))
+    }
+
+    fn slot(&mut self, id: OpId) -> Option<&mut Slot<T>> {
+        let slot = self.slots.get_mut((id.0 & 0xffff_ffff) as usize)?;
+        (slot.generation == (id.0 >> 32) as u32 && slot.pending.is_some()).then_some(slot)
+    }
+
+    /// Takes back what a finished operation owned, with its scratch memory
+    /// (the kernel is done with both: its completion was reaped).
+    pub(crate) fn complete(&mut self, id: OpId) -> Option<(Pending<T>, &Scratch)> {
+        let index = (id.0 & 0xffff_ffff) as u32;
+        let pending = self.slot(id)?.pending.take()?;
+        self.free.push(index);
+        self.live -= 1;
+        // SAFETY: the completion was reaped, so the kernel no longer accesses
+        // the scratch, and we hold the table exclusively. The slot is free
+        // but cannot be reused while this borrow of the table lives.
+        let scratch = unsafe { &*self.slots[index as usize].scratch.get() };
+        Some((pending, scratch))
+    }
+
+    /// Frees a slot whose SQE never reached the kernel.
+    pub(crate) fn abandon(&mut self, id: OpId) -> Option<Pending<T>> {
+        self.complete(id).map(|(p, _)| p)
+    }
+
+    /// Whether `id` is still in flight, and on which fd.
+    pub(crate) fn fd_of(&mut self, id: OpId) -> Option<i32> {
+        self.slot(id).and_then(|s| s.pending.as_ref()).map(|p| p.fd)
+    }
+}

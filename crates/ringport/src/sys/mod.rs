@@ -1,0 +1,3 @@
+//! The platform layer: where kernel completions come from.
+
+pub(crate) mod uring;

@@ -1,0 +1,154 @@
+//! The io_uring backend: one ring per port.
+//!
+//! Many threads submit (each under the SQ mutex, a short push and an
+//! `io_uring_enter`), one thread at a time reaps (the CQ mutex, taken with
+//! `try_lock` so nobody waits to reap), and at most one thread sleeps in the
+//! kernel on the ring: the port's *kernel sleeper* (see `port/core.rs`). The
+//! others park in user space. This follows the liburing maintainer's advice
+//! (one reaper per ring) and avoids the thundering herd of several threads in
+//! `io_uring_enter(GETEVENTS)` on one ring. A user post that must wake the
+//! kernel sleeper submits a NOP, whose completion ends its wait.
+
+use std::io;
+use std::time::Instant;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::port::core::Kernel;
+use crate::sync::Mutex;
+
+/// `user_data` of the NOPs that wake the kernel sleeper.
+pub(crate) const WAKE: u64 = u64::MAX;
+
+pub(crate) struct Ring {
+    ring: IoUring,
+    sq: Mutex<()>,
+    cq: Mutex<()>,
+}
+
+impl Ring {
+    /// Sets up a ring with `entries` submission slots.
+    pub(crate) fn new(entries: u32) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            // Completions never get lost on overflow: the kernel keeps them.
+            .setup_clamp()
+            .build(entries)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOMEM) => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "io_uring_setup({entries}) failed: {e} (the ring's memory is charged to \
+                         RLIMIT_MEMLOCK or the memory cgroup; raise `ulimit -l` or use fewer entries)"
+                    ),
+                ),
+                _ => io::Error::new(e.kind(), format!("io_uring_setup({entries}) failed: {e}")),
+            })?;
+        if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel's io_uring lacks EXT_ARG or NODROP (Linux 5.11+ needed)",
+            ));
+        }
+        Ok(Ring {
+            ring,
+            sq: Mutex::new(()),
+            cq: Mutex::new(()),
+        })
+    }
+
+    /// Queues one SQE and submits it.
+    ///
+    /// # Safety
+    /// Every buffer or structure the entry points to must stay valid, and not
+    /// be accessed in a way that conflicts with the kernel's, until its
+    /// completion has been reaped.
+    pub(crate) unsafe fn submit(&self, sqe: &squeue::Entry) -> io::Result<()> {
+        let _guard = crate::sync::lock(&self.sq);
+        loop {
+            // SAFETY: the SQ mutex makes this the only SubmissionQueue view
+            // alive; the entry's pointers are the caller's promise.
+            let pushed = unsafe {
+                let mut sq = self.ring.submission_shared();
+                let r = sq.push(sqe);
+                sq.sync();
+                r.is_ok()
+            };
+            if pushed {
+                break;
+            }
+            // SQ full: hand what is there to the kernel and try again.
+            self.enter_submit()?;
+        }
+        self.enter_submit()
+    }
+
+    fn enter_submit(&self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The CQ is full of unreaped entries: they are kept (NODROP)
+                // and the SQE stays queued; the next reap frees room and the
+                // next enter submits it.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Wakes the thread sleeping in [`wait`](Self::wait), if any.
+    pub(crate) fn wake(&self) {
+        let nop = opcode::Nop::new().build().user_data(WAKE);
+        // SAFETY: a NOP points at no memory.
+        let _ = unsafe { self.submit(&nop) };
+    }
+
+    /// Sleeps in the kernel until a completion is waiting or the deadline
+    /// passes (or a signal interrupts). Only the port's kernel sleeper calls it.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) {
+        let r = match deadline {
+            None => self.ring.submitter().submit_and_wait(1),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let ts = types::Timespec::from(left);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        // ETIME (deadline), EINTR (signal), EBUSY: the caller re-checks everything.
+        let _ = r;
+    }
+
+    /// Reaps every completion waiting now, if no other thread is reaping.
+    /// Returns how many it passed to `f` (wake NOPs are skipped).
+    pub(crate) fn reap(&self, mut f: impl FnMut(cqueue::Entry)) -> usize {
+        let Ok(_guard) = self.cq.try_lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        // SAFETY: the CQ mutex makes this the only CompletionQueue view alive.
+        let mut cq = unsafe { self.ring.completion_shared() };
+        loop {
+            cq.sync();
+            if cq.is_empty() {
+                break;
+            }
+            for cqe in &mut cq {
+                if cqe.user_data() != WAKE {
+                    f(cqe);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+impl Kernel for Ring {
+    fn sleep(&self, deadline: Option<Instant>) {
+        self.wait(deadline)
+    }
+    fn wake(&self) {
+        Ring::wake(self)
+    }
+}
