@@ -10,7 +10,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use super::addr;
 use super::inflight::{Inflight, Kind, OpId, Pending, Scratch};
-use crate::port::core::Core;
+use crate::port::core::{Core, Kernel};
 use crate::port::{Packet, Payload};
 use crate::sync::lock;
 use crate::sys::uring::Ring;
@@ -144,6 +144,18 @@ impl<T> Driver<T> {
             Inflight::new(),
         );
         std::mem::forget(table);
+    }
+}
+
+impl<T: Send> Kernel<Packet<T>> for Driver<T> {
+    fn sleep(&self, deadline: Option<Instant>) {
+        self.ring.wait(deadline)
+    }
+    fn wake(&self) {
+        self.ring.wake()
+    }
+    fn harvest(&self, core: &Core<Packet<T>>) {
+        Driver::harvest(self, core, false);
     }
 }
 

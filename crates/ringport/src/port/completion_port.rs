@@ -59,7 +59,7 @@ pub(crate) struct Shared<T> {
     pub(crate) core: Core<Packet<T>>,
     threads: Mutex<Vec<ThreadCounter>>,
     /// Kernel I/O, or why there is none.
-    io: Result<Driver<T>, String>,
+    io: Result<Arc<Driver<T>>, String>,
 }
 
 impl<T> Shared<T> {
@@ -68,7 +68,7 @@ impl<T> Shared<T> {
         if self.core.is_closed() {
             return Err(Error::Closed);
         }
-        self.io.as_ref().map_err(|why| {
+        self.io.as_deref().map_err(|why| {
             Error::Io(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 why.clone(),
@@ -160,9 +160,9 @@ impl<T: Send + 'static> CompletionPort<T> {
         };
         let (kernel, io) = match Ring::new(RING_ENTRIES) {
             Ok(ring) => {
-                let ring = Arc::new(ring);
-                let kernel: Arc<dyn Kernel> = ring.clone();
-                (Some(kernel), Ok(Driver::new(ring)))
+                let driver = Arc::new(Driver::new(Arc::new(ring)));
+                let kernel: Arc<dyn Kernel<Packet<T>>> = driver.clone();
+                (Some(kernel), Ok(driver))
             }
             Err(e) => (None, Err(format!("no kernel I/O on this port: {e}"))),
         };
@@ -262,7 +262,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     ) -> Result<usize, Error> {
         let shared = self.shared();
         let core = &shared.core;
-        let io = shared.io.as_ref().ok();
+        let io = shared.io.as_deref().ok();
         let mut was_active = activity::begin_get(self.id());
         let deadline = match timeout {
             Some(t) if !t.is_zero() => Instant::now().checked_add(t),

@@ -48,24 +48,27 @@ pub(crate) enum NoPacket {
     Closed,
     /// The waiter stack is full.
     TooManyWaiters,
-    /// The caller left the kernel (completions may be waiting, or it was
-    /// promoted to sleep there): harvest, then claim or park again.
+    /// The caller was promoted to sleep in the kernel: claim or park again.
     Harvest,
 }
 
 /// A kernel completion source that one waiting thread can sleep on (see
-/// `sys/uring`). Only one thread at a time sleeps there, the *kernel
-/// sleeper*; it sits at the bottom of the waiter stack, so a post reaches it
-/// (by [`wake`](Kernel::wake)) only when no thread is parked in user space.
-/// When it leaves the kernel with parked threads behind it, it promotes the
-/// most recent one to take its place, so completions are never left unwatched
-/// while a thread is idle.
-pub(crate) trait Kernel: Send + Sync {
+/// `io/driver.rs`). Only one thread at a time sleeps there, the *kernel
+/// sleeper*. It sits at the bottom of the waiter stack, so a post reaches it
+/// (by [`wake`](Kernel::wake)) only when no thread is parked in user space,
+/// and when completions wake it, it publishes them like posts: to the most
+/// recent waiter first, itself last. LIFO release thus holds for kernel
+/// completions too. If it leaves the kernel while threads are parked in user
+/// space, it promotes the most recent one to take its place, so completions
+/// are never left unwatched while a thread is idle.
+pub(crate) trait Kernel<T>: Send + Sync {
     /// Blocks until completions may be waiting, [`wake`](Self::wake) is
     /// called, or the deadline passes. May return early; callers re-check.
     fn sleep(&self, deadline: Option<Instant>);
     /// Ends a concurrent [`sleep`](Self::sleep) (or the next one, if none).
     fn wake(&self);
+    /// Moves finished completions into `core` as packets and publishes them.
+    fn harvest(&self, core: &Core<T>);
 }
 
 /// The waiter stack: user-space waiters, most recent last, and at index 0
@@ -91,7 +94,7 @@ pub(crate) struct Core<T> {
     limit: u64,
     queue: Queue<T>,
     stack: Mutex<Stack>,
-    kernel: Option<Arc<dyn Kernel>>,
+    kernel: Option<Arc<dyn Kernel<T>>>,
     pub(crate) counters: Counters,
 }
 
@@ -104,7 +107,7 @@ impl<T> Core<T> {
     }
 
     /// A port core whose idle threads may sleep on `kernel` (one at a time).
-    pub(crate) fn with_kernel(limit: usize, kernel: Option<Arc<dyn Kernel>>) -> Self {
+    pub(crate) fn with_kernel(limit: usize, kernel: Option<Arc<dyn Kernel<T>>>) -> Self {
         Core {
             state: CachePadded::new(AtomicU64::new(0)),
             limit: (limit as u64).clamp(1, MAX_ACTIVE),
@@ -241,7 +244,8 @@ impl<T> Core<T> {
 
     fn release_waiter(&self, w: &Waiter, verdict: u8) {
         w.release(verdict);
-        if w.in_kernel() {
+        // The kernel sleeper granting itself while it harvests needs no wake.
+        if w.in_kernel() && !w.is_current() {
             if let Some(k) = &self.kernel {
                 k.wake();
             }
@@ -361,8 +365,15 @@ impl<T> Core<T> {
             in_kernel
         };
         if let (true, Some(kernel)) = (in_kernel, &self.kernel) {
-            kernel.sleep(deadline);
-            return self.leave_kernel(me);
+            loop {
+                kernel.sleep(deadline);
+                if me.verdict() == WAITING {
+                    kernel.harvest(self);
+                }
+                if me.verdict() != WAITING || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return self.leave_kernel(me);
+                }
+            }
         }
         match me.wait(deadline) {
             GRANTED => Ok(1),
@@ -372,17 +383,16 @@ impl<T> Core<T> {
         }
     }
 
-    /// The kernel sleeper is back, granted, closed, or woken by completions
-    /// or its deadline; either way it gives up the role.
+    /// The kernel sleeper is back, granted, closed, or past its deadline;
+    /// it gives up the role.
     fn leave_kernel(&self, me: &Arc<Waiter>) -> Result<u64, NoPacket> {
         let mut stack = lock(&self.stack);
-        let verdict = me.verdict();
-        let result = match verdict {
+        let result = match me.verdict() {
             GRANTED => Ok(1),
             CLOSED => return Err(NoPacket::Closed),
             _ => {
                 self.remove(&mut stack, me);
-                Err(NoPacket::Harvest)
+                Err(NoPacket::Empty)
             }
         };
         self.promote(&mut stack);

@@ -41,6 +41,11 @@ impl Waiter {
         self.in_kernel.store(in_kernel, Ordering::Relaxed);
     }
 
+    /// Whether this is the calling thread's own waiter.
+    pub(crate) fn is_current(&self) -> bool {
+        self.thread.id() == thread::current().id()
+    }
+
     pub(crate) fn in_kernel(&self) -> bool {
         self.in_kernel.load(Ordering::Relaxed)
     }

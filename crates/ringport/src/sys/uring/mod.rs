@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::port::core::Kernel;
 use crate::sync::Mutex;
 
 /// `user_data` of the NOPs that wake the kernel sleeper.
@@ -141,14 +140,5 @@ impl Ring {
             }
         }
         n
-    }
-}
-
-impl Kernel for Ring {
-    fn sleep(&self, deadline: Option<Instant>) {
-        self.wait(deadline)
-    }
-    fn wake(&self) {
-        Ring::wake(self)
     }
 }
