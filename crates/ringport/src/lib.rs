@@ -41,7 +41,9 @@ pub use io::{Handle, OpId};
 #[cfg(not(loom))]
 pub use pool::{PoolReport, WorkerPool};
 #[cfg(not(loom))]
-pub use port::{cpu_count, BlockingGuard, CompletionPort, Packet, Payload, Stats, ThreadLoad};
+pub use port::{
+    cpu_count, Backend, BlockingGuard, Builder, CompletionPort, Packet, Payload, Stats, ThreadLoad,
+};
 
 /// The port's engine, exposed for the loom model in `tests/loom.rs` only.
 #[cfg(loom)]

@@ -475,3 +475,36 @@ fn a_dropped_port_cancels_its_receives_before_freeing_their_buffers() {
     let n = dup.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"after");
 }
+
+#[test]
+fn the_port_runs_on_the_backend_the_environment_asks_for() {
+    let port = port();
+    match std::env::var("RINGPORT_BACKEND").as_deref() {
+        Ok("epoll") => assert_eq!(port.backend(), ringport::Backend::Epoll),
+        Ok("io_uring") => assert_eq!(port.backend(), ringport::Backend::IoUring),
+        _ => assert_ne!(port.backend(), ringport::Backend::Auto),
+    }
+}
+
+#[test]
+fn pipes_work_through_read_and_write() {
+    let port = port();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors on success.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh descriptors nothing else owns.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let r = port.associate(r, 1).unwrap();
+    let w = port.associate(w, 2).unwrap();
+    r.read_at(Vec::with_capacity(64), 0, Op::Recv).unwrap();
+    w.write_at(b"through the pipe".to_vec(), 0, Op::Send)
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut p = get(&port);
+        if p.token == Op::Recv {
+            got = p.take_buf().unwrap().into_vec();
+        }
+    }
+    assert_eq!(got, b"through the pipe");
+}

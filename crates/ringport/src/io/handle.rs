@@ -4,11 +4,8 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use io_uring::{opcode, types};
-
-use super::addr;
-use super::driver::Driver;
-use super::inflight::{Kind, OpId, Pending};
+use super::inflight::{OpId, Pending};
+use super::op::Op;
 use crate::port::Shared;
 use crate::{Buf, Error};
 
@@ -55,163 +52,80 @@ impl<T: Send + 'static> Handle<T> {
         self.key
     }
 
-    fn driver(&self) -> Result<&Driver<T>, Error> {
-        self.port.driver()
-    }
-
     fn start(
         &self,
-        token: T,
-        kind: Kind,
+        op: Op,
         buf: Option<Buf>,
-        build: impl FnOnce(&mut super::inflight::Scratch, &mut Pending<T>) -> io_uring::squeue::Entry,
+        to: Option<SocketAddr>,
+        token: T,
     ) -> Result<OpId, Error> {
         let pending = Pending {
             key: self.key,
             token,
-            kind,
+            op,
             buf,
             fd: self.fd.as_raw_fd(),
         };
-        // SAFETY: every `build` in this file points its SQE only at the
-        // pending buffer's heap memory (within its capacity) or at the
-        // slot's scratch, which the in-flight table keeps alive until the
-        // completion is reaped.
-        unsafe { self.driver()?.start(pending, build) }
-    }
-
-    fn len32(n: usize) -> u32 {
-        n.min(u32::MAX as usize) as u32
+        self.port.driver()?.start(&self.port.core, pending, to)
     }
 
     /// Reads into `buf` from byte `offset` of a file (`ReadFile` with an
     /// OVERLAPPED offset). The packet's result is the bytes read (0 at end of
     /// file) and its payload the buffer.
     pub fn read_at(&self, buf: impl Into<Buf>, offset: u64, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::Fill, Some(buf.into()), |_, p| {
-            let (ptr, cap) = p.buf.as_mut().expect("read has a buffer").write_ptr();
-            opcode::Read::new(fd, ptr, Self::len32(cap))
-                .offset(offset)
-                .build()
-        })
+        self.start(Op::ReadAt(offset), Some(buf.into()), None, token)
     }
 
     /// Writes `buf` at byte `offset` of a file. The result is the bytes
     /// written, which may be fewer than asked.
     pub fn write_at(&self, buf: impl Into<Buf>, offset: u64, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::Drain, Some(buf.into()), |_, p| {
-            let b = p.buf.as_ref().expect("write has a buffer");
-            opcode::Write::new(fd, b.read_ptr(), Self::len32(b.len()))
-                .offset(offset)
-                .build()
-        })
+        self.start(Op::WriteAt(offset), Some(buf.into()), None, token)
     }
 
     /// Receives into `buf` from a connected socket or pipe (0 bytes: the
     /// peer closed).
     pub fn recv(&self, buf: impl Into<Buf>, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::Fill, Some(buf.into()), |_, p| {
-            let (ptr, cap) = p.buf.as_mut().expect("recv has a buffer").write_ptr();
-            opcode::Recv::new(fd, ptr, Self::len32(cap)).build()
-        })
+        self.start(Op::Recv, Some(buf.into()), None, token)
     }
 
     /// Sends `buf` on a connected socket. The result may be fewer bytes than
     /// the buffer holds (a partial send): send the rest with another call.
     pub fn send(&self, buf: impl Into<Buf>, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::Drain, Some(buf.into()), |_, p| {
-            let b = p.buf.as_ref().expect("send has a buffer");
-            opcode::Send::new(fd, b.read_ptr(), Self::len32(b.len()))
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-        })
+        self.start(Op::Send, Some(buf.into()), None, token)
     }
 
     /// Receives a datagram into `buf`; the packet's payload carries the
     /// sender's address ([`Packet::peer`](crate::Packet::peer)).
     pub fn recv_from(&self, buf: impl Into<Buf>, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::FillFrom, Some(buf.into()), |s, p| {
-            let (ptr, cap) = p.buf.as_mut().expect("recv_from has a buffer").write_ptr();
-            s.iov = libc::iovec {
-                iov_base: ptr.cast(),
-                iov_len: cap,
-            };
-            s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-            s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            s.msg.msg_iov = &mut s.iov;
-            s.msg.msg_iovlen = 1;
-            s.msg.msg_control = std::ptr::null_mut();
-            s.msg.msg_controllen = 0;
-            s.msg.msg_flags = 0;
-            opcode::RecvMsg::new(fd, &mut s.msg).build()
-        })
+        self.start(Op::RecvFrom, Some(buf.into()), None, token)
     }
 
     /// Sends `buf` as one datagram to `to`.
     pub fn send_to(&self, buf: impl Into<Buf>, to: SocketAddr, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::Drain, Some(buf.into()), |s, p| {
-            let b = p.buf.as_ref().expect("send_to has a buffer");
-            s.iov = libc::iovec {
-                iov_base: b.read_ptr() as *mut _,
-                iov_len: b.len(),
-            };
-            s.msg.msg_namelen = addr::write(&to, &mut s.addr);
-            s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-            s.msg.msg_iov = &mut s.iov;
-            s.msg.msg_iovlen = 1;
-            s.msg.msg_control = std::ptr::null_mut();
-            s.msg.msg_controllen = 0;
-            s.msg.msg_flags = 0;
-            opcode::SendMsg::new(fd, &s.msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-        })
+        self.start(Op::SendTo, Some(buf.into()), Some(to), token)
     }
 
     /// Accepts a connection on a listening socket; the packet's payload
     /// carries the new socket ([`Packet::take_stream`](crate::Packet::take_stream))
     /// and the peer's address. The new socket is close-on-exec.
     pub fn accept(&self, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::Accept, None, |s, _| {
-            s.addrlen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            opcode::Accept::new(
-                fd,
-                (&mut s.addr as *mut libc::sockaddr_storage).cast(),
-                &mut s.addrlen,
-            )
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-        })
+        self.start(Op::Accept, None, None, token)
     }
 
     /// Connects a socket to `to` (`ConnectEx`). A refused connection
     /// completes with that error.
     pub fn connect(&self, to: SocketAddr, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
-        self.start(token, Kind::Status, None, |s, _| {
-            let len = addr::write(&to, &mut s.addr);
-            opcode::Connect::new(fd, (&s.addr as *const libc::sockaddr_storage).cast(), len).build()
-        })
+        self.start(Op::Connect, None, Some(to), token)
     }
 
     /// Shuts down one or both directions of a connected socket.
     pub fn shutdown(&self, how: Shutdown, token: T) -> Result<OpId, Error> {
-        let fd = types::Fd(self.fd.as_raw_fd());
         let how = match how {
             Shutdown::Read => libc::SHUT_RD,
             Shutdown::Write => libc::SHUT_WR,
             Shutdown::Both => libc::SHUT_RDWR,
         };
-        self.start(token, Kind::Status, None, |_, _| {
-            opcode::Shutdown::new(fd, how).build()
-        })
+        self.start(Op::Shutdown(how), None, None, token)
     }
 
     /// Cancels one operation of this handle (`CancelIoEx` with an
@@ -219,13 +133,17 @@ impl<T: Send + 'static> Handle<T> {
     /// with its completion. An id that is not in flight on this handle is an
     /// [`Error::InvalidArgument`].
     pub fn cancel(&self, op: OpId) -> Result<(), Error> {
-        self.driver()?.cancel(op, self.fd.as_raw_fd())
+        self.port
+            .driver()?
+            .cancel(&self.port.core, op, self.fd.as_raw_fd())
     }
 
     /// Cancels every operation in flight on this handle (`CancelIoEx` with
     /// no OVERLAPPED); each still completes as a cancelled packet.
     pub fn cancel_all(&self) -> Result<(), Error> {
-        self.driver()?.cancel_fd(self.fd.as_raw_fd())
+        self.port
+            .driver()?
+            .cancel_fd(&self.port.core, self.fd.as_raw_fd())
     }
 }
 
@@ -241,7 +159,7 @@ impl<T: Send + 'static> Drop for Handle<T> {
         // so closing the descriptor alone would leave a receive pending for
         // ever; cancel them while the descriptor still names the file.
         if let Ok(d) = self.port.driver() {
-            let _ = d.cancel_fd(self.fd.as_raw_fd());
+            d.detach(&self.port.core, self.fd.as_raw_fd());
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::cell::UnsafeCell;
 
+use super::op::Op;
 use crate::Buf;
 
 /// Identifies an operation in flight, for [`cancel`](crate::Handle::cancel).
@@ -20,27 +21,10 @@ pub struct OpId(pub(crate) u64);
 pub(crate) struct Pending<T> {
     pub(crate) key: u64,
     pub(crate) token: T,
-    pub(crate) kind: Kind,
+    pub(crate) op: Op,
     pub(crate) buf: Option<Buf>,
     /// The handle the operation runs on (its fd number), for cancel-all.
     pub(crate) fd: i32,
-}
-
-/// How a completion's result is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// `res` bytes were written into the buffer.
-    Fill,
-    /// `res` bytes of the buffer were sent or written.
-    Drain,
-    /// Like `Fill`, and the peer address is in the slot's scratch.
-    FillFrom,
-    /// `res` is a new file descriptor; the peer address is in the scratch.
-    Accept,
-    /// `-ETIME` is the timer firing: success.
-    Timer,
-    /// `res` is 0 or an error.
-    Status,
 }
 
 /// Memory the kernel reads or writes through pointers in an SQE.
@@ -50,6 +34,9 @@ pub(crate) struct Scratch {
     pub(crate) iov: libc::iovec,
     pub(crate) msg: libc::msghdr,
     pub(crate) ts: io_uring::types::Timespec,
+    /// A readiness backend's connect has been started (it then waits for
+    /// writability and reads SO_ERROR).
+    pub(crate) started: bool,
 }
 
 struct Slot<T> {
@@ -135,5 +122,14 @@ impl<T> Inflight<T> {
     /// Whether `id` is still in flight, and on which fd.
     pub(crate) fn fd_of(&mut self, id: OpId) -> Option<i32> {
         self.slot(id).and_then(|s| s.pending.as_ref()).map(|p| p.fd)
+    }
+
+    /// An operation in flight with its scratch memory, for a readiness
+    /// backend that performs it itself (no kernel holds it meanwhile).
+    pub(crate) fn get_mut(&mut self, id: OpId) -> Option<(&mut Pending<T>, &mut Scratch)> {
+        let Slot {
+            pending, scratch, ..
+        } = self.slot(id)?;
+        Some((pending.as_mut()?, scratch.get_mut()))
     }
 }

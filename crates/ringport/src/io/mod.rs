@@ -9,6 +9,8 @@ pub(crate) mod driver;
 mod handle;
 #[cfg(not(loom))]
 pub(crate) mod inflight;
+#[cfg(not(loom))]
+pub(crate) mod op;
 
 pub use buf::Buf;
 #[cfg(not(loom))]

@@ -2,7 +2,7 @@
 //! activity bookkeeping that the concurrency limit needs.
 
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
@@ -13,9 +13,12 @@ use super::core::{Core, Kernel, NoPacket};
 use super::state;
 use super::{Packet, Stats, ThreadLoad};
 use crate::io::driver::Driver;
-use crate::io::inflight::{Kind, Pending};
+use crate::io::inflight::Pending;
+use crate::io::op::Op;
 use crate::io::{Handle as IoHandle, OpId};
 use crate::sync::lock;
+use crate::sys::epoll::EpollDriver;
+use crate::sys::uring::driver::UringDriver;
 use crate::sys::uring::Ring;
 use crate::Error;
 
@@ -58,32 +61,26 @@ type ThreadCounter = (ThreadId, Option<String>, Arc<AtomicU64>);
 pub(crate) struct Shared<T> {
     pub(crate) core: Core<Packet<T>>,
     threads: Mutex<Vec<ThreadCounter>>,
-    /// Kernel I/O, or why there is none.
-    io: Result<Arc<Driver<T>>, String>,
+    /// Kernel I/O.
+    io: Arc<Driver<T>>,
+    backend: Backend,
 }
 
 impl<T> Shared<T> {
-    /// The port's kernel I/O, if it is open and has one.
+    /// The port's kernel I/O, if the port is open.
     pub(crate) fn driver(&self) -> Result<&Driver<T>, Error> {
         if self.core.is_closed() {
             return Err(Error::Closed);
         }
-        self.io.as_deref().map_err(|why| {
-            Error::Io(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                why.clone(),
-            ))
-        })
+        Ok(&self.io)
     }
 
     fn close(&self) {
         if self.core.close() {
-            if let Ok(d) = &self.io {
-                // In-flight operations complete as cancelled; their packets
-                // are dropped and their memory freed once the kernel has let
-                // go (Driver::drop waits for that).
-                let _ = d.cancel_all();
-            }
+            // In-flight operations complete as cancelled; their packets are
+            // dropped and their memory freed once the kernel has let go (the
+            // driver's drop waits for that).
+            let _ = self.io.cancel_all(&self.core);
         }
     }
 }
@@ -112,6 +109,135 @@ impl<T: Send + 'static> Slot for Shared<T> {
 impl<T> Drop for Handle<T> {
     fn drop(&mut self) {
         self.shared.close();
+    }
+}
+
+/// Which kernel interface a port's I/O runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// io_uring, falling back to epoll when a ring cannot be set up
+    /// (ENOSYS, EPERM from a seccomp filter or `kernel.io_uring_disabled`,
+    /// ENOMEM, a kernel too old for what the port needs).
+    #[default]
+    Auto,
+    /// io_uring only: creating the port fails if it is not available.
+    IoUring,
+    /// epoll (readiness turned into completions).
+    Epoll,
+}
+
+impl Backend {
+    /// The backend `RINGPORT_BACKEND` (`io_uring`, `epoll` or `auto`) forces
+    /// for the whole process, if it is set.
+    pub fn from_env() -> Result<Option<Backend>, Error> {
+        match std::env::var("RINGPORT_BACKEND") {
+            Err(_) => Ok(None),
+            Ok(v) => v.parse().map(Some),
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(Backend::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(Backend::IoUring),
+            "epoll" => Ok(Backend::Epoll),
+            _ => Err(Error::InvalidArgument(
+                "backend must be one of io_uring, epoll, auto",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        })
+    }
+}
+
+/// Builds a [`CompletionPort`] with more than the concurrency limit chosen.
+///
+/// ```
+/// use ringport::{Backend, CompletionPort};
+/// let port = CompletionPort::<u64>::builder().concurrency(4).backend(Backend::Epoll).build()?;
+/// # if std::env::var("RINGPORT_BACKEND").is_err() {
+/// assert_eq!(port.backend(), Backend::Epoll);
+/// # }
+/// # Ok::<(), ringport::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    concurrency: usize,
+    backend: Backend,
+    entries: Option<u32>,
+}
+
+impl Builder {
+    /// The most threads active at once; 0 (the default) means the number of CPUs.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// The backend to use; `RINGPORT_BACKEND` overrides it.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = b;
+        self
+    }
+
+    /// Submission slots of the port's io_uring ring (default 256).
+    pub fn ring_entries(mut self, n: u32) -> Self {
+        self.entries = Some(n);
+        self
+    }
+
+    /// Creates the port.
+    ///
+    /// Fails with [`Error::InvalidArgument`] for a concurrency above 65,535
+    /// or a bad `RINGPORT_BACKEND`, and with [`Error::Io`] when the forced
+    /// backend cannot be set up (the message says why).
+    pub fn build<T: Send + 'static>(self) -> Result<CompletionPort<T>, Error> {
+        let limit = match self.concurrency {
+            0 => cpu_count(),
+            n if n as u64 > state::MAX_ACTIVE => {
+                return Err(Error::InvalidArgument("concurrency above 65,535"))
+            }
+            n => n,
+        };
+        let backend = Backend::from_env()?.unwrap_or(self.backend);
+        let entries = self.entries.unwrap_or(RING_ENTRIES);
+        let uring = || Ring::new(entries).map(|r| Driver::Uring(UringDriver::new(r)));
+        let epoll = || EpollDriver::new().map(Driver::Epoll);
+        let driver = match backend {
+            Backend::IoUring => uring()?,
+            Backend::Epoll => epoll()?,
+            Backend::Auto => match uring() {
+                Ok(d) => d,
+                Err(_) => epoll()?,
+            },
+        };
+        let backend = match driver {
+            Driver::Uring(_) => Backend::IoUring,
+            Driver::Epoll(_) => Backend::Epoll,
+        };
+        let driver = Arc::new(driver);
+        let kernel: Arc<dyn Kernel<Packet<T>>> = driver.clone();
+        Ok(CompletionPort {
+            handle: Arc::new(Handle {
+                shared: Arc::new(Shared {
+                    core: Core::with_kernel(limit, Some(kernel)),
+                    threads: Mutex::new(Vec::new()),
+                    io: driver,
+                    backend,
+                }),
+            }),
+        })
     }
 }
 
@@ -151,30 +277,17 @@ impl<T: Send + 'static> CompletionPort<T> {
     ///
     /// Fails with [`Error::InvalidArgument`] above 65,535.
     pub fn new(concurrency: usize) -> Result<Self, Error> {
-        let limit = match concurrency {
-            0 => cpu_count(),
-            n if n as u64 > state::MAX_ACTIVE => {
-                return Err(Error::InvalidArgument("concurrency above 65,535"))
-            }
-            n => n,
-        };
-        let (kernel, io) = match Ring::new(RING_ENTRIES) {
-            Ok(ring) => {
-                let driver = Arc::new(Driver::new(Arc::new(ring)));
-                let kernel: Arc<dyn Kernel<Packet<T>>> = driver.clone();
-                (Some(kernel), Ok(driver))
-            }
-            Err(e) => (None, Err(format!("no kernel I/O on this port: {e}"))),
-        };
-        Ok(CompletionPort {
-            handle: Arc::new(Handle {
-                shared: Arc::new(Shared {
-                    core: Core::with_kernel(limit, kernel),
-                    threads: Mutex::new(Vec::new()),
-                    io,
-                }),
-            }),
-        })
+        Builder::default().concurrency(concurrency).build()
+    }
+
+    /// A builder, to choose the backend or the ring size too.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The backend this port's I/O runs on (never `Auto`).
+    pub fn backend(&self) -> Backend {
+        self.shared().backend
     }
 
     fn shared(&self) -> &Arc<Shared<T>> {
@@ -262,7 +375,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     ) -> Result<usize, Error> {
         let shared = self.shared();
         let core = &shared.core;
-        let io = shared.io.as_deref().ok();
+        let io = &shared.io;
         let mut was_active = activity::begin_get(self.id());
         let deadline = match timeout {
             Some(t) if !t.is_zero() => Instant::now().checked_add(t),
@@ -280,7 +393,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             }
             // Completions the kernel finished: the thread that reaps them
             // keeps the first (no hop to another thread).
-            if io.is_some_and(|d| d.harvest(core, true)) {
+            if io.harvest(core, true) {
                 break Ok(1 + core.claim_more(max - 1));
             }
             if timeout == Some(Duration::ZERO) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -324,12 +437,11 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// owns one) with this port under `key`; see [`Handle`](crate::Handle).
     /// The handle owns the descriptor from now on.
     ///
-    /// Fails with [`Error::Closed`] on a closed port, and with an
-    /// [`Error::Io`] of kind `Unsupported` when the port has no kernel I/O
-    /// (io_uring could not be set up; the message says why).
+    /// On the epoll backend a descriptor other than a regular file is made
+    /// non-blocking. Fails with [`Error::Closed`] on a closed port.
     pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> Result<IoHandle<T>, Error> {
         let fd = fd.into();
-        self.shared().driver()?;
+        self.shared().driver()?.attach(fd.as_raw_fd())?;
         Ok(IoHandle::new(self.shared().clone(), fd, key))
     }
 
@@ -337,22 +449,29 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// result `Ok(0)` is queued (cancelled timers complete cancelled when the
     /// port closes).
     pub fn timer(&self, after: Duration, key: u64, token: T) -> Result<OpId, Error> {
-        let driver = self.shared().driver()?;
+        self.start(Op::Timer(after), -1, key, token)
+    }
+
+    fn start(&self, op: Op, fd: RawFd, key: u64, token: T) -> Result<OpId, Error> {
+        let shared = self.shared();
         let pending = Pending {
             key,
             token,
-            kind: Kind::Timer,
+            op,
             buf: None,
-            fd: -1,
+            fd,
         };
-        // SAFETY: the timeout SQE points only at the slot's own timespec,
-        // which the in-flight table keeps until the completion is reaped.
-        unsafe {
-            driver.start(pending, |s, _| {
-                s.ts = io_uring::types::Timespec::from(after);
-                io_uring::opcode::Timeout::new(&s.ts).build()
-            })
-        }
+        shared.driver()?.start(&shared.core, pending, None)
+    }
+
+    /// Queues one packet with `key` and `token` when `fd` becomes readable
+    /// (a one-shot poll on the port's ring); the result is the poll mask.
+    /// RIO completion queues use it for port notification: the fd is a
+    /// queue's own ring, readable when it holds completions. The caller keeps
+    /// `fd` open until the packet arrives or the port closes.
+    #[allow(dead_code)] // used by rio, which lands separately
+    pub(crate) fn poll_readable(&self, fd: RawFd, key: u64, token: T) -> Result<OpId, Error> {
+        self.start(Op::PollReadable, fd, key, token)
     }
 
     /// Runs `f` with the caller's slot on this port given up, so that another

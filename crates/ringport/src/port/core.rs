@@ -173,6 +173,16 @@ impl<T> Core<T> {
         kept
     }
 
+    /// Publishes `n` packets a kernel source just enqueued (see
+    /// [`publish_fresh`](Self::publish_fresh)), counting them as completed.
+    pub(crate) fn publish_completed(&self, n: u64, keep: bool) -> bool {
+        if n == 0 {
+            return false;
+        }
+        self.counters.completed.fetch_add(n, Ordering::Relaxed);
+        self.publish_fresh(n, keep)
+    }
+
     /// Queues one packet and makes it claimable. On a closed port the packet
     /// is dropped (with whatever it owns) and `Err` returned.
     pub(crate) fn push(&self, packet: T) -> Result<(), NoPacket> {

@@ -15,6 +15,6 @@ pub(crate) mod waiter;
 #[cfg(not(loom))]
 pub(crate) use self::completion_port::Shared;
 #[cfg(not(loom))]
-pub use self::completion_port::{cpu_count, BlockingGuard, CompletionPort};
+pub use self::completion_port::{cpu_count, Backend, BlockingGuard, Builder, CompletionPort};
 pub use self::packet::{Packet, Payload};
 pub use self::stats::{Stats, ThreadLoad};

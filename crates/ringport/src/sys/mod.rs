@@ -1,3 +1,4 @@
 //! The platform layer: where kernel completions come from.
 
+pub(crate) mod epoll;
 pub(crate) mod uring;

@@ -16,6 +16,8 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::sync::Mutex;
 
+pub(crate) mod driver;
+
 /// `user_data` of the NOPs that wake the kernel sleeper.
 pub(crate) const WAKE: u64 = u64::MAX;
 

@@ -1,0 +1,122 @@
+//! Operations as data: what a handle asks for, independent of the backend
+//! that carries it out, and how a result becomes a packet.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use super::addr;
+use super::inflight::{Pending, Scratch};
+use crate::port::{Packet, Payload};
+use crate::Buf;
+
+/// One operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    ReadAt(u64),
+    WriteAt(u64),
+    Recv,
+    Send,
+    RecvFrom,
+    SendTo,
+    Accept,
+    Connect,
+    Shutdown(i32),
+    Timer(Duration),
+    PollReadable,
+}
+
+/// Which readiness an operation waits for on a readiness backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+}
+
+impl Op {
+    pub(crate) fn direction(self) -> Direction {
+        match self {
+            Op::WriteAt(_) | Op::Send | Op::SendTo | Op::Connect => Direction::Write,
+            _ => Direction::Read,
+        }
+    }
+
+    /// Fills in the scratch memory the operation points the kernel at: the
+    /// `msghdr` of a datagram, the address of a connect or send_to, the
+    /// address length of an accept, the timespec of a timer.
+    pub(crate) fn prepare(self, s: &mut Scratch, buf: &mut Option<Buf>, to: Option<SocketAddr>) {
+        match self {
+            Op::RecvFrom | Op::SendTo => {
+                let (base, len) = match (self, buf.as_mut()) {
+                    (Op::RecvFrom, Some(b)) => b.write_ptr(),
+                    (_, Some(b)) => (b.read_ptr() as *mut u8, b.len()),
+                    (_, None) => (std::ptr::null_mut(), 0),
+                };
+                s.iov = libc::iovec {
+                    iov_base: base.cast(),
+                    iov_len: len,
+                };
+                s.msg.msg_namelen = match to {
+                    Some(a) => addr::write(&a, &mut s.addr),
+                    None => std::mem::size_of::<libc::sockaddr_storage>() as _,
+                };
+                s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
+                s.msg.msg_iov = &mut s.iov;
+                s.msg.msg_iovlen = 1;
+                s.msg.msg_control = std::ptr::null_mut();
+                s.msg.msg_controllen = 0;
+                s.msg.msg_flags = 0;
+            }
+            Op::Accept => s.addrlen = std::mem::size_of::<libc::sockaddr_storage>() as _,
+            Op::Connect => {
+                if let Some(a) = to {
+                    s.addrlen = addr::write(&a, &mut s.addr);
+                }
+                s.started = false;
+            }
+            Op::Timer(d) => s.ts = io_uring::types::Timespec::from(d),
+            _ => {}
+        }
+    }
+}
+
+/// Turns a finished operation (its result as the kernel reports it: bytes or
+/// a new fd, or a negated errno) into its packet.
+pub(crate) fn packet<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Packet<T> {
+    let result = match (res, p.op) {
+        (r, Op::Timer(_)) if r == -libc::ETIME => Ok(0),
+        (r, _) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+        (r, _) => Ok(r as usize),
+    };
+    let payload = match (p.op, p.buf.take(), &result) {
+        (Op::Accept, _, Ok(fd)) => {
+            // SAFETY: a successful accept's result is a new descriptor that
+            // nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(*fd as i32) };
+            Payload::Accepted(fd, addr::read(&s.addr, s.addrlen))
+        }
+        (Op::ReadAt(_) | Op::Recv, Some(mut b), r) => {
+            // SAFETY: the kernel wrote `n` bytes from the start, within capacity.
+            unsafe { b.set_filled(*r.as_ref().unwrap_or(&0)) };
+            Payload::Buf(b)
+        }
+        (Op::RecvFrom, Some(mut b), r) => {
+            // SAFETY: as above.
+            unsafe { b.set_filled(*r.as_ref().unwrap_or(&0)) };
+            let from = r
+                .is_ok()
+                .then(|| addr::read(&s.addr, s.msg.msg_namelen))
+                .flatten();
+            Payload::BufFrom(b, from)
+        }
+        (_, Some(b), _) => Payload::Buf(b),
+        (_, None, _) => Payload::None,
+    };
+    Packet {
+        key: p.key,
+        token: p.token,
+        result,
+        payload,
+    }
+}

@@ -1,0 +1,439 @@
+//! The readiness backend: completions emulated on epoll, for kernels and
+//! sandboxes where io_uring is switched off.
+//!
+//! An operation is attempted at once, non-blocking; if it would block it
+//! waits in its descriptor's queue (one for reads, one for writes, so
+//! operations on one handle keep their order) until epoll reports
+//! readiness, and is then performed by whichever thread harvests. Every
+//! descriptor is registered once, edge-triggered, when it is associated (the
+//! mio approach: no `epoll_ctl` per operation). Regular files, which epoll
+//! cannot watch, go to a small bounded helper pool (`files.rs`). Timers live
+//! in a heap that bounds the sleeper's `epoll_wait`. The thread that sleeps
+//! in `epoll_wait` is the port's kernel sleeper (see `port/core.rs`), woken
+//! for posts through an eventfd.
+
+mod files;
+mod syscalls;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use self::files::FilePool;
+use crate::io::inflight::{Inflight, OpId, Pending};
+use crate::io::op::{self, Direction, Op};
+use crate::port::core::Core;
+use crate::port::Packet;
+use crate::sync::lock;
+use crate::Error;
+
+/// epoll `data` of the wake eventfd (descriptors use their own number).
+const WAKE: u64 = u64::MAX;
+
+pub(crate) struct EpollDriver<T> {
+    epoll: OwnedFd,
+    waker: Arc<Waker>,
+    state: Mutex<State<T>>,
+    /// Events the sleeper received, for the next harvest to act on.
+    stash: Mutex<Vec<libc::epoll_event>>,
+    files: FilePool,
+}
+
+/// The eventfd that ends a sleeper's `epoll_wait`, written at most once
+/// between two harvests.
+pub(crate) struct Waker {
+    fd: OwnedFd,
+    pending: AtomicBool,
+}
+
+impl Waker {
+    pub(crate) fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn reset(&self) {
+        self.pending.store(false, Ordering::Release);
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 (non-blocking fd).
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+struct State<T> {
+    table: Inflight<T>,
+    fds: HashMap<RawFd, FdOps>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+/// One associated descriptor's waiting operations.
+#[derive(Default)]
+struct FdOps {
+    readers: VecDeque<OpId>,
+    writers: VecDeque<OpId>,
+    /// For a regular file: a duplicate that pool jobs hold, so a job never
+    /// runs on a descriptor number the handle's drop has closed and reused.
+    file: Option<Arc<OwnedFd>>,
+}
+
+impl FdOps {
+    fn queue(&mut self, d: Direction) -> &mut VecDeque<OpId> {
+        match d {
+            Direction::Read => &mut self.readers,
+            Direction::Write => &mut self.writers,
+        }
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl<T> EpollDriver<T> {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain syscalls; each result is checked before it is owned.
+        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        // SAFETY: as above.
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(cvt(libc::eventfd(
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            ))?)
+        };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WAKE,
+        };
+        // SAFETY: valid epoll and eventfd descriptors and a live event.
+        cvt(unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        })?;
+        let waker = Arc::new(Waker {
+            fd,
+            pending: AtomicBool::new(false),
+        });
+        Ok(EpollDriver {
+            epoll,
+            files: FilePool::new(waker.clone()),
+            waker,
+            state: Mutex::new(State {
+                table: Inflight::new(),
+                fds: HashMap::new(),
+                timers: BinaryHeap::new(),
+            }),
+            stash: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Prepares a newly associated descriptor: a regular file gets a
+    /// duplicate for the helper pool; anything else is made non-blocking and
+    /// registered with epoll, edge-triggered, once for its lifetime.
+    pub(crate) fn attach(&self, fd: RawFd) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        let mut ops = FdOps::default();
+        if syscalls::is_regular_file(fd)? {
+            // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we then own.
+            let dup =
+                unsafe { OwnedFd::from_raw_fd(cvt(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0))?) };
+            ops.file = Some(Arc::new(dup));
+        } else {
+            syscalls::set_nonblocking(fd)?;
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+                u64: fd as u64,
+            };
+            // SAFETY: valid descriptors and a live event.
+            cvt(unsafe {
+                libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev)
+            })?;
+        }
+        st.fds.insert(fd, ops);
+        Ok(())
+    }
+
+    /// Cancels a descriptor's operations and forgets it (its handle is
+    /// about to close it).
+    pub(crate) fn detach(&self, core: &Core<Packet<T>>, fd: RawFd) {
+        let mut done = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            Self::cancel_queued(&mut st, fd, &mut done);
+            if let Some(ops) = st.fds.remove(&fd) {
+                if ops.file.is_none() {
+                    // SAFETY: valid descriptors; a null event is allowed for DEL.
+                    unsafe {
+                        libc::epoll_ctl(
+                            self.epoll.as_raw_fd(),
+                            libc::EPOLL_CTL_DEL,
+                            fd,
+                            std::ptr::null_mut(),
+                        )
+                    };
+                }
+            }
+        }
+        Self::deliver(core, done, false);
+    }
+
+    /// Starts an operation: performs it now if it can, else queues it.
+    pub(crate) fn start(
+        &self,
+        core: &Core<Packet<T>>,
+        pending: Pending<T>,
+        to: Option<std::net::SocketAddr>,
+    ) -> Result<OpId, Error> {
+        let mut done = Vec::new();
+        let id = {
+            let mut st = lock(&self.state);
+            let st = &mut *st;
+            let fd = pending.fd;
+            let op = pending.op;
+            let file = match op {
+                Op::Timer(_) => None,
+                _ => match st.fds.get(&fd) {
+                    Some(ops) => ops.file.clone(),
+                    None => return Err(Error::InvalidArgument("descriptor not associated")),
+                },
+            };
+            let (id, scratch, pending) = st.table.insert(pending);
+            // SAFETY: the slot was just taken from the free list; nothing else
+            // refers to its scratch.
+            let scratch = unsafe { &mut *scratch };
+            op.prepare(scratch, &mut pending.buf, to);
+            match (op, file) {
+                (Op::Timer(d), _) => {
+                    let at = Instant::now() + d;
+                    let earliest = st.timers.peek().is_none_or(|Reverse((t, _))| at < *t);
+                    st.timers.push(Reverse((at, id.0)));
+                    if earliest {
+                        // The sleeper's epoll_wait timeout must shrink.
+                        self.waker.wake();
+                    }
+                }
+                (Op::ReadAt(_) | Op::WriteAt(_), Some(file)) => {
+                    self.files.submit(id, file, op, &mut pending.buf);
+                }
+                _ => {
+                    let ops = st.fds.get_mut(&fd).expect("checked above");
+                    let q = ops.queue(op.direction());
+                    let res = if q.is_empty() {
+                        syscalls::perform(op, fd, scratch, &mut pending.buf)
+                    } else {
+                        -libc::EAGAIN // keep the handle's order: wait behind the others
+                    };
+                    if res == -libc::EAGAIN {
+                        q.push_back(id);
+                    } else if let Some((p, s)) = st.table.complete(id) {
+                        done.push(op::packet(p, res, s));
+                    }
+                }
+            }
+            id
+        };
+        Self::deliver(core, done, false);
+        Ok(id)
+    }
+
+    fn deliver(core: &Core<Packet<T>>, done: Vec<Packet<T>>, keep: bool) -> bool {
+        let n = done.len() as u64;
+        for p in done {
+            core.enqueue(p);
+        }
+        core.publish_completed(n, keep)
+    }
+
+    fn cancel_one(st: &mut State<T>, id: OpId, done: &mut Vec<Packet<T>>) {
+        if let Some((p, s)) = st.table.complete(id) {
+            done.push(op::packet(p, -libc::ECANCELED, s));
+        }
+    }
+
+    fn cancel_queued(st: &mut State<T>, fd: RawFd, done: &mut Vec<Packet<T>>) {
+        let ids: Vec<OpId> = match st.fds.get_mut(&fd) {
+            Some(ops) => ops.readers.drain(..).chain(ops.writers.drain(..)).collect(),
+            None => return,
+        };
+        for id in ids {
+            Self::cancel_one(st, id, done);
+        }
+    }
+
+    /// Cancels one operation if it is still waiting (a file operation
+    /// already handed to the pool runs to completion, as on io_uring).
+    pub(crate) fn cancel(&self, core: &Core<Packet<T>>, id: OpId, fd: RawFd) -> Result<(), Error> {
+        let mut done = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            if st.table.fd_of(id) != Some(fd) {
+                return Err(Error::InvalidArgument(
+                    "no such operation in flight on this handle",
+                ));
+            }
+            if let Some(ops) = st.fds.get_mut(&fd) {
+                let before = ops.readers.len() + ops.writers.len();
+                ops.readers.retain(|x| *x != id);
+                ops.writers.retain(|x| *x != id);
+                if ops.readers.len() + ops.writers.len() < before {
+                    Self::cancel_one(&mut st, id, &mut done);
+                }
+            }
+        }
+        Self::deliver(core, done, false);
+        Ok(())
+    }
+
+    /// Cancels every waiting operation on `fd`.
+    pub(crate) fn cancel_fd(&self, core: &Core<Packet<T>>, fd: RawFd) {
+        let mut done = Vec::new();
+        Self::cancel_queued(&mut lock(&self.state), fd, &mut done);
+        Self::deliver(core, done, false);
+    }
+
+    /// Cancels every waiting operation and timer.
+    pub(crate) fn cancel_all(&self, core: &Core<Packet<T>>) {
+        let mut done = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let fds: Vec<RawFd> = st.fds.keys().copied().collect();
+            for fd in fds {
+                Self::cancel_queued(&mut st, fd, &mut done);
+            }
+            let timers: Vec<u64> = st.timers.drain().map(|Reverse((_, id))| id).collect();
+            for id in timers {
+                Self::cancel_one(&mut st, OpId(id), &mut done);
+            }
+        }
+        Self::deliver(core, done, false);
+    }
+
+    /// Performs what readiness, the clock and the file pool allow, and
+    /// publishes the results; with `keep`, the caller claims the first.
+    pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
+        let mut events = std::mem::take(&mut *lock(&self.stash));
+        let mut buf = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        // SAFETY: the buffer holds 64 events; timeout 0 never blocks.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), 64, 0) };
+        events.extend_from_slice(&buf[..n.max(0) as usize]);
+
+        let mut done = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            for ev in &events {
+                let (flags, data) = (ev.events, ev.u64);
+                if data == WAKE {
+                    self.waker.reset();
+                    continue;
+                }
+                let fd = data as RawFd;
+                let err = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+                if err || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
+                    Self::run(&mut st, fd, Direction::Read, &mut done);
+                }
+                if err || flags & libc::EPOLLOUT as u32 != 0 {
+                    Self::run(&mut st, fd, Direction::Write, &mut done);
+                }
+            }
+            let now = Instant::now();
+            while let Some(Reverse((at, id))) = st.timers.peek().copied() {
+                if at > now {
+                    break;
+                }
+                st.timers.pop();
+                if let Some((p, s)) = st.table.complete(OpId(id)) {
+                    done.push(op::packet(p, -libc::ETIME, s));
+                }
+            }
+            for (id, res) in self.files.finished() {
+                if let Some((p, s)) = st.table.complete(id) {
+                    done.push(op::packet(p, res, s));
+                }
+            }
+        }
+        Self::deliver(core, done, keep)
+    }
+
+    /// Performs `fd`'s waiting operations in one direction, in order, until
+    /// one would block.
+    fn run(st: &mut State<T>, fd: RawFd, d: Direction, done: &mut Vec<Packet<T>>) {
+        loop {
+            let Some(&id) = st.fds.get_mut(&fd).and_then(|o| o.queue(d).front()) else {
+                return;
+            };
+            let res = match st.table.get_mut(id) {
+                Some((p, s)) => syscalls::perform(p.op, fd, s, &mut p.buf),
+                None => -libc::ECANCELED,
+            };
+            if res == -libc::EAGAIN {
+                return;
+            }
+            if let Some(o) = st.fds.get_mut(&fd) {
+                o.queue(d).pop_front();
+            }
+            if let Some((p, s)) = st.table.complete(id) {
+                done.push(op::packet(p, res, s));
+            }
+        }
+    }
+
+    /// Sleeps in `epoll_wait` until readiness, a wake, the next timer or the
+    /// deadline, and keeps the events for the next harvest.
+    pub(crate) fn sleep(&self, deadline: Option<Instant>) {
+        let next_timer = lock(&self.state).timers.peek().map(|Reverse((t, _))| *t);
+        let until = match (deadline, next_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match until {
+            None => -1,
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                // Round up, so a timer is never harvested a little early.
+                left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+            }
+        };
+        let mut buf = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        // SAFETY: the buffer holds 64 events.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), 64, timeout) };
+        if n > 0 {
+            lock(&self.stash).extend_from_slice(&buf[..n as usize]);
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        self.waker.wake()
+    }
+}
+
+impl<T> Drop for EpollDriver<T> {
+    /// Queued operations are only in our own tables, but file operations
+    /// may be running on the pool with their buffers: wait for those
+    /// (bounded), and leak the table rather than free a buffer a pool thread
+    /// could still write.
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.files.busy() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.files.shut_down();
+        if self.files.busy() {
+            let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            std::mem::forget(std::mem::replace(&mut st.table, Inflight::new()));
+        }
+    }
+}

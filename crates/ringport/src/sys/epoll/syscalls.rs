@@ -1,0 +1,165 @@
+//! The non-blocking system calls that carry out an operation once its
+//! descriptor is ready. Each returns what io_uring would put in a CQE:
+//! bytes (or a new fd), or a negated errno; `-EAGAIN` means "not yet".
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::io::inflight::Scratch;
+use crate::io::op::Op;
+use crate::Buf;
+
+fn errno() -> i32 {
+    -io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn res(r: isize) -> i32 {
+    if r < 0 {
+        match errno() {
+            e if e == -libc::EWOULDBLOCK => -libc::EAGAIN,
+            e => e,
+        }
+    } else {
+        r.min(i32::MAX as isize) as i32
+    }
+}
+
+pub(crate) fn is_regular_file(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: all-zero is a valid `stat`, which fstat fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live stat buffer.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    Ok(kind == libc::S_IFREG || kind == libc::S_IFBLK)
+}
+
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attempts `op` on `fd` now. The pointers handed to the kernel name the
+/// operation's own buffer (within its capacity) and scratch, which the
+/// caller holds exclusively for the duration of the call.
+pub(crate) fn perform(op: Op, fd: RawFd, s: &mut Scratch, buf: &mut Option<Buf>) -> i32 {
+    let (rp, rn) = buf
+        .as_mut()
+        .map_or((std::ptr::null_mut(), 0), Buf::write_ptr);
+    let (wp, wn) = buf
+        .as_ref()
+        .map_or((std::ptr::null(), 0), |b| (b.read_ptr(), b.len()));
+    // SAFETY (every call below): pointers and lengths come from the
+    // operation's buffer and scratch as described above; the kernel is done
+    // with them when the call returns.
+    unsafe {
+        match op {
+            Op::ReadAt(0) => res(libc::read(fd, rp.cast(), rn)),
+            Op::ReadAt(off) => res(libc::pread(fd, rp.cast(), rn, off as libc::off_t)),
+            Op::WriteAt(0) => res(libc::write(fd, wp.cast(), wn)),
+            Op::WriteAt(off) => res(libc::pwrite(fd, wp.cast(), wn, off as libc::off_t)),
+            Op::Recv => match res(libc::recv(fd, rp.cast(), rn, libc::MSG_DONTWAIT)) {
+                e if e == -libc::ENOTSOCK => res(libc::read(fd, rp.cast(), rn)),
+                r => r,
+            },
+            Op::Send => match res(libc::send(
+                fd,
+                wp.cast(),
+                wn,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )) {
+                e if e == -libc::ENOTSOCK => res(libc::write(fd, wp.cast(), wn)),
+                r => r,
+            },
+            Op::RecvFrom => {
+                s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                res(libc::recvmsg(fd, &mut s.msg, libc::MSG_DONTWAIT))
+            }
+            Op::SendTo => res(libc::sendmsg(
+                fd,
+                &s.msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )),
+            Op::Accept => {
+                s.addrlen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                res(libc::accept4(
+                    fd,
+                    (&mut s.addr as *mut libc::sockaddr_storage).cast(),
+                    &mut s.addrlen,
+                    libc::SOCK_CLOEXEC,
+                ) as isize)
+            }
+            Op::Connect if !s.started => {
+                let r = libc::connect(
+                    fd,
+                    (&s.addr as *const libc::sockaddr_storage).cast(),
+                    s.addrlen,
+                );
+                if r == 0 {
+                    return 0;
+                }
+                match errno() {
+                    e if e == -libc::EINPROGRESS || e == -libc::EAGAIN => {
+                        s.started = true;
+                        -libc::EAGAIN
+                    }
+                    e => e,
+                }
+            }
+            Op::Connect => {
+                // Writable: the connection attempt has ended; SO_ERROR says how.
+                let mut err: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                if libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut err as *mut libc::c_int).cast(),
+                    &mut len,
+                ) < 0
+                {
+                    return errno();
+                }
+                if err == 0 {
+                    // A spurious writability edge before the handshake ends
+                    // leaves SO_ERROR 0 too: only a connected peer counts.
+                    let mut peer: libc::sockaddr_storage = std::mem::zeroed();
+                    let mut plen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    if libc::getpeername(
+                        fd,
+                        (&mut peer as *mut libc::sockaddr_storage).cast(),
+                        &mut plen,
+                    ) < 0
+                    {
+                        return -libc::EAGAIN;
+                    }
+                    0
+                } else {
+                    -err
+                }
+            }
+            Op::Shutdown(how) => res(libc::shutdown(fd, how) as isize),
+            Op::PollReadable => {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                match libc::poll(&mut p, 1, 0) {
+                    1 => p.revents as i32,
+                    0 => -libc::EAGAIN,
+                    _ => errno(),
+                }
+            }
+            Op::Timer(_) => -libc::EINVAL,
+        }
+    }
+}
