@@ -37,7 +37,7 @@ mod sys;
 pub use error::Error;
 pub use io::Buf;
 #[cfg(not(loom))]
-pub use io::{Handle, OpId};
+pub use io::{Handle, OpId, Started};
 #[cfg(not(loom))]
 pub use pool::{PoolReport, WorkerPool};
 #[cfg(not(loom))]

@@ -508,3 +508,44 @@ fn pipes_work_through_read_and_write() {
     }
     assert_eq!(got, b"through the pipe");
 }
+
+#[test]
+fn skip_on_success_returns_an_immediate_result_and_queues_nothing() {
+    let port = port();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = a.local_addr().unwrap();
+    let a = port.associate(a, 12).unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    b.send_to(b"early", addr).unwrap();
+    // The datagram is there already: the result comes back at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut p = loop {
+        match a.recv_from_now(vec![0u8; 64], Op::Recv).unwrap() {
+            ringport::Started::Done(p) => break p,
+            ringport::Started::Pending(id) => {
+                // Loopback delivery raced us: take the packet back and retry.
+                a.cancel(id).ok();
+                let _ = get(&port);
+                assert!(Instant::now() < deadline);
+            }
+        }
+    };
+    assert_eq!(p.result.as_ref().copied().unwrap(), 5);
+    assert_eq!(p.take_buf().unwrap().as_slice(), b"early");
+    assert!(matches!(
+        port.get(Some(Duration::ZERO)),
+        Err(Error::Timeout)
+    ));
+    // Nothing there: the receive is pending and completes to the port.
+    let pending = a.recv_from_now(vec![0u8; 64], Op::Recv).unwrap();
+    assert!(matches!(pending, ringport::Started::Pending(_)));
+    b.send_to(b"late", addr).unwrap();
+    let mut p = get(&port);
+    assert_eq!(p.take_buf().unwrap().as_slice(), b"late");
+    assert_eq!(p.key, 12);
+    assert!(matches!(
+        a.send_to_now(b"x".to_vec(), b.local_addr().unwrap(), Op::Send)
+            .unwrap(),
+        ringport::Started::Done(_)
+    ));
+}

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use super::inflight::{OpId, Pending};
+use super::Started;
 use crate::port::core::{Core, Kernel};
 use crate::port::Packet;
 use crate::sys::epoll::EpollDriver;
@@ -34,15 +35,18 @@ impl<T> Driver<T> {
         }
     }
 
+    /// Starts an operation; with `immediate`, a result available at once is
+    /// returned instead of queued (skip-completion-port-on-success).
     pub(crate) fn start(
         &self,
         core: &Core<Packet<T>>,
         pending: Pending<T>,
         to: Option<SocketAddr>,
-    ) -> Result<OpId, Error> {
+        immediate: bool,
+    ) -> Result<Started<T>, Error> {
         match self {
-            Driver::Uring(d) => d.start(pending, to),
-            Driver::Epoll(d) => d.start(core, pending, to),
+            Driver::Uring(d) => d.start(pending, to, immediate),
+            Driver::Epoll(d) => d.start(core, pending, to, immediate),
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::inflight::{OpId, Pending};
 use super::op::Op;
+use super::Started;
 use crate::port::Shared;
 use crate::{Buf, Error};
 
@@ -52,13 +53,14 @@ impl<T: Send + 'static> Handle<T> {
         self.key
     }
 
-    fn start(
+    fn start_with(
         &self,
         op: Op,
         buf: Option<Buf>,
         to: Option<SocketAddr>,
         token: T,
-    ) -> Result<OpId, Error> {
+        immediate: bool,
+    ) -> Result<Started<T>, Error> {
         let pending = Pending {
             key: self.key,
             token,
@@ -66,7 +68,52 @@ impl<T: Send + 'static> Handle<T> {
             buf,
             fd: self.fd.as_raw_fd(),
         };
-        self.port.driver()?.start(&self.port.core, pending, to)
+        self.port
+            .driver()?
+            .start(&self.port.core, pending, to, immediate)
+    }
+
+    fn start(
+        &self,
+        op: Op,
+        buf: Option<Buf>,
+        to: Option<SocketAddr>,
+        token: T,
+    ) -> Result<OpId, Error> {
+        match self.start_with(op, buf, to, token, false)? {
+            Started::Pending(id) => Ok(id),
+            Started::Done(_) => unreachable!("not started with skip-on-success"),
+        }
+    }
+
+    /// [`recv`](Self::recv) with skip-on-success: if data is there already
+    /// the packet comes back at once and none is queued
+    /// (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`); otherwise the receive is
+    /// pending and completes to the port. On io_uring the immediate attempt
+    /// can overtake a receive already pending on the same socket: use it on
+    /// a socket with none pending when order matters.
+    pub fn recv_now(&self, buf: impl Into<Buf>, token: T) -> Result<Started<T>, Error> {
+        self.start_with(Op::Recv, Some(buf.into()), None, token, true)
+    }
+
+    /// [`send`](Self::send) with skip-on-success (see [`recv_now`](Self::recv_now)).
+    pub fn send_now(&self, buf: impl Into<Buf>, token: T) -> Result<Started<T>, Error> {
+        self.start_with(Op::Send, Some(buf.into()), None, token, true)
+    }
+
+    /// [`recv_from`](Self::recv_from) with skip-on-success (see [`recv_now`](Self::recv_now)).
+    pub fn recv_from_now(&self, buf: impl Into<Buf>, token: T) -> Result<Started<T>, Error> {
+        self.start_with(Op::RecvFrom, Some(buf.into()), None, token, true)
+    }
+
+    /// [`send_to`](Self::send_to) with skip-on-success (see [`recv_now`](Self::recv_now)).
+    pub fn send_to_now(
+        &self,
+        buf: impl Into<Buf>,
+        to: SocketAddr,
+        token: T,
+    ) -> Result<Started<T>, Error> {
+        self.start_with(Op::SendTo, Some(buf.into()), Some(to), token, true)
     }
 
     /// Reads into `buf` from byte `offset` of a file (`ReadFile` with an

@@ -15,7 +15,7 @@ use super::{Packet, Stats, ThreadLoad};
 use crate::io::driver::Driver;
 use crate::io::inflight::Pending;
 use crate::io::op::Op;
-use crate::io::{Handle as IoHandle, OpId};
+use crate::io::{Handle as IoHandle, OpId, Started};
 use crate::sync::lock;
 use crate::sys::epoll::EpollDriver;
 use crate::sys::uring::driver::UringDriver;
@@ -461,7 +461,10 @@ impl<T: Send + 'static> CompletionPort<T> {
             buf: None,
             fd,
         };
-        shared.driver()?.start(&shared.core, pending, None)
+        match shared.driver()?.start(&shared.core, pending, None, false)? {
+            Started::Pending(id) => Ok(id),
+            Started::Done(_) => unreachable!("not started with skip-on-success"),
+        }
     }
 
     /// Queues one packet with `key` and `token` when `fd` becomes readable

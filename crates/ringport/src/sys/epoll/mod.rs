@@ -13,7 +13,7 @@
 //! for posts through an eventfd.
 
 mod files;
-mod syscalls;
+pub(crate) mod syscalls;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use self::files::FilePool;
 use crate::io::inflight::{Inflight, OpId, Pending};
 use crate::io::op::{self, Direction, Op};
+use crate::io::Started;
 use crate::port::core::Core;
 use crate::port::Packet;
 use crate::sync::lock;
@@ -191,13 +192,15 @@ impl<T> EpollDriver<T> {
         Self::deliver(core, done, false);
     }
 
-    /// Starts an operation: performs it now if it can, else queues it.
+    /// Starts an operation: performs it now if it can, else queues it. With
+    /// `immediate`, a result available at once is returned, not queued.
     pub(crate) fn start(
         &self,
         core: &Core<Packet<T>>,
         pending: Pending<T>,
         to: Option<std::net::SocketAddr>,
-    ) -> Result<OpId, Error> {
+        immediate: bool,
+    ) -> Result<Started<T>, Error> {
         let mut done = Vec::new();
         let id = {
             let mut st = lock(&self.state);
@@ -246,8 +249,13 @@ impl<T> EpollDriver<T> {
             }
             id
         };
+        if immediate {
+            if let Some(p) = done.pop() {
+                return Ok(Started::Done(p));
+            }
+        }
         Self::deliver(core, done, false);
-        Ok(id)
+        Ok(Started::Pending(id))
     }
 
     fn deliver(core: &Core<Packet<T>>, done: Vec<Packet<T>>, keep: bool) -> bool {

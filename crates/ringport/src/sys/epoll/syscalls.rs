@@ -37,6 +37,12 @@ pub(crate) fn is_regular_file(fd: RawFd) -> io::Result<bool> {
     Ok(kind == libc::S_IFREG || kind == libc::S_IFBLK)
 }
 
+fn nonblocking(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL on a descriptor the caller holds.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
+}
+
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -66,8 +72,10 @@ pub(crate) fn perform(op: Op, fd: RawFd, s: &mut Scratch, buf: &mut Option<Buf>)
             Op::ReadAt(off) => res(libc::pread(fd, rp.cast(), rn, off as libc::off_t)),
             Op::WriteAt(0) => res(libc::write(fd, wp.cast(), wn)),
             Op::WriteAt(off) => res(libc::pwrite(fd, wp.cast(), wn, off as libc::off_t)),
+            // Not a socket (a pipe, a tty): read and write, if the descriptor
+            // is non-blocking (the epoll backend makes it so; io_uring does not).
             Op::Recv => match res(libc::recv(fd, rp.cast(), rn, libc::MSG_DONTWAIT)) {
-                e if e == -libc::ENOTSOCK => res(libc::read(fd, rp.cast(), rn)),
+                e if e == -libc::ENOTSOCK && nonblocking(fd) => res(libc::read(fd, rp.cast(), rn)),
                 r => r,
             },
             Op::Send => match res(libc::send(
@@ -76,7 +84,7 @@ pub(crate) fn perform(op: Op, fd: RawFd, s: &mut Scratch, buf: &mut Option<Buf>)
                 wn,
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )) {
-                e if e == -libc::ENOTSOCK => res(libc::write(fd, wp.cast(), wn)),
+                e if e == -libc::ENOTSOCK && nonblocking(fd) => res(libc::write(fd, wp.cast(), wn)),
                 r => r,
             },
             Op::RecvFrom => {

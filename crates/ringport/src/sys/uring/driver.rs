@@ -9,9 +9,11 @@ use io_uring::{cqueue, opcode, squeue, types};
 use super::Ring;
 use crate::io::inflight::{Inflight, OpId, Pending, Scratch};
 use crate::io::op::{self, Op};
+use crate::io::Started;
 use crate::port::core::Core;
 use crate::port::Packet;
 use crate::sync::lock;
+use crate::sys::epoll::syscalls;
 use crate::Buf;
 use crate::Error;
 
@@ -86,12 +88,25 @@ impl<T> UringDriver<T> {
         }
     }
 
-    /// Records `pending` and submits its SQE.
+    /// Records `pending` and submits its SQE. With `immediate`, a socket
+    /// operation is first tried without blocking, and a result available at
+    /// once is returned instead of submitted.
     pub(crate) fn start(
         &self,
-        pending: Pending<T>,
+        mut pending: Pending<T>,
         to: Option<std::net::SocketAddr>,
-    ) -> Result<OpId, Error> {
+        immediate: bool,
+    ) -> Result<Started<T>, Error> {
+        if immediate && matches!(pending.op, Op::Recv | Op::Send | Op::RecvFrom | Op::SendTo) {
+            // SAFETY: all-zero is a valid value of the scratch's plain C structs.
+            let mut scratch: Scratch = unsafe { std::mem::zeroed() };
+            pending.op.prepare(&mut scratch, &mut pending.buf, to);
+            let res = syscalls::perform(pending.op, pending.fd, &mut scratch, &mut pending.buf);
+            // Not a socket: read/write could block, so let the ring do it.
+            if res != -libc::EAGAIN && res != -libc::ENOTSOCK {
+                return Ok(Started::Done(op::packet(pending, res, &scratch)));
+            }
+        }
         let mut table = lock(&self.inflight);
         let (id, scratch, pending) = table.insert(pending);
         // SAFETY: the slot was just taken from the free list, so nothing else
@@ -105,7 +120,7 @@ impl<T> UringDriver<T> {
         // pending buffer's heap memory, which the table keeps alive (and does
         // not touch) until the completion is reaped.
         match unsafe { self.ring.submit(&entry) } {
-            Ok(()) => Ok(id),
+            Ok(()) => Ok(Started::Pending(id)),
             Err(e) => {
                 table.abandon(id);
                 Err(Error::Io(e))
