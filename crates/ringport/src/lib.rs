@@ -52,3 +52,8 @@ pub mod loom_model {
     pub use crate::port::core::Core;
     pub use crate::port::waiter::Waiter;
 }
+
+/// The examples in README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

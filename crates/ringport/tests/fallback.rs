@@ -80,7 +80,7 @@ fn child_under_seccomp() {
     // The filter works: io_uring cannot be forced.
     let forced = CompletionPort::<u8>::builder()
         .backend(Backend::IoUring)
-        .build::<u8>();
+        .build();
     let e = forced.expect_err("io_uring_setup is denied");
     assert!(e.to_string().contains("io_uring_setup"), "{e}");
 

@@ -171,14 +171,26 @@ impl std::fmt::Display for Backend {
 /// # }
 /// # Ok::<(), ringport::Error>(())
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct Builder {
+#[derive(Debug)]
+pub struct Builder<T> {
     concurrency: usize,
     backend: Backend,
     entries: Option<u32>,
+    _token: PhantomData<fn() -> T>,
 }
 
-impl Builder {
+impl<T: Send + 'static> Default for Builder<T> {
+    fn default() -> Self {
+        Builder {
+            concurrency: 0,
+            backend: Backend::Auto,
+            entries: None,
+            _token: PhantomData,
+        }
+    }
+}
+
+impl<T: Send + 'static> Builder<T> {
     /// The most threads active at once; 0 (the default) means the number of CPUs.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
@@ -202,7 +214,7 @@ impl Builder {
     /// Fails with [`Error::InvalidArgument`] for a concurrency above 65,535
     /// or a bad `RINGPORT_BACKEND`, and with [`Error::Io`] when the forced
     /// backend cannot be set up (the message says why).
-    pub fn build<T: Send + 'static>(self) -> Result<CompletionPort<T>, Error> {
+    pub fn build(self) -> Result<CompletionPort<T>, Error> {
         let limit = match self.concurrency {
             0 => cpu_count(),
             n if n as u64 > state::MAX_ACTIVE => {
@@ -281,7 +293,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     }
 
     /// A builder, to choose the backend or the ring size too.
-    pub fn builder() -> Builder {
+    pub fn builder() -> Builder<T> {
         Builder::default()
     }
 
