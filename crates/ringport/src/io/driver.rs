@@ -79,7 +79,9 @@ impl<T> Driver<T> {
 
     /// Moves finished operations into the port; with `keep`, the (inactive)
     /// caller claims the first for itself if the limit allows, and returns
-    /// whether it did.
+    /// whether it did. `keep` also tells who harvests: a thread in `get`
+    /// (true) or the kernel sleeper (false, through [`Kernel::harvest`]);
+    /// only the sleeper may consume a wake meant for it.
     pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
         match self {
             Driver::Uring(d) => d.harvest(core, keep),

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::waiter::Waiter;
 
@@ -31,7 +31,10 @@ struct Activity {
     /// The port this thread holds a slot on, if any.
     active: Option<Arc<dyn Slot>>,
     /// This thread's dequeue counter on the port it last took packets from.
-    load: Option<(*const (), Arc<AtomicU64>)>,
+    /// The weak reference keeps that port's allocation (not the port) alive,
+    /// so that a new port cannot be allocated at the same address and be
+    /// mistaken for it.
+    load: Option<(Weak<dyn Slot>, Arc<AtomicU64>)>,
     /// This thread's parking cell, reused across waits.
     waiter: Option<Arc<Waiter>>,
 }
@@ -83,14 +86,15 @@ pub(crate) fn set_active<S: Slot + 'static>(port: &Arc<S>, n: u64) {
             a.active = Some(port.clone());
         }
         match &a.load {
-            Some((k, c)) if *k == key => {
+            Some((k, c)) if Weak::as_ptr(k) as *const () == key => {
                 // Only this thread writes its counter: no read-modify-write needed.
                 c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed)
             }
             _ => {
                 let c = port.register_thread();
                 c.fetch_add(n, Ordering::Relaxed);
-                a.load = Some((key, c));
+                let port: Weak<dyn Slot> = Arc::downgrade(port) as Weak<S>;
+                a.load = Some((port, c));
             }
         }
     })

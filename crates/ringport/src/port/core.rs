@@ -41,7 +41,7 @@ use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 
 /// Why a thread got no packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NoPacket {
+pub enum NoPacket {
     /// Nothing claimable and the caller may not wait (or its deadline passed).
     Empty,
     /// The port was closed.
@@ -89,7 +89,8 @@ pub(crate) struct Counters {
     pub(crate) max_active: AtomicU64,
 }
 
-pub(crate) struct Core<T> {
+/// A port's engine: state word, packet queue and LIFO waiter stack.
+pub struct Core<T> {
     state: CachePadded<AtomicU64>,
     limit: u64,
     queue: Queue<T>,
@@ -102,7 +103,7 @@ impl<T> Core<T> {
     /// A port core admitting `limit` active threads (at least 1), with no
     /// kernel source (the loom model's port).
     #[cfg_attr(not(loom), allow(dead_code))]
-    pub(crate) fn new(limit: usize) -> Self {
+    pub fn new(limit: usize) -> Self {
         Self::with_kernel(limit, None)
     }
 
@@ -118,12 +119,27 @@ impl<T> Core<T> {
         }
     }
 
-    pub(crate) fn limit(&self) -> u64 {
+    /// The most threads this core lets be active at once.
+    pub fn limit(&self) -> u64 {
         self.limit
     }
 
     pub(crate) fn state(&self) -> State {
         State(self.state.load(Ordering::Acquire))
+    }
+
+    /// The state word as `(queued, active, waiters, closed)`, for the loom model.
+    #[cfg(loom)]
+    pub fn snapshot(&self) -> (u64, u64, u64, bool) {
+        let s = self.state();
+        (s.queued(), s.active(), s.waiters(), s.closed())
+    }
+
+    /// Whether a parked waiter could run right now (the invariant every
+    /// finished transition leaves false), for the loom model.
+    #[cfg(loom)]
+    pub fn waiter_runnable(&self) -> bool {
+        self.state().waiter_runnable(self.limit)
     }
 
     fn cas(&self, old: State, new: u64) -> Result<(), State> {
@@ -185,7 +201,7 @@ impl<T> Core<T> {
 
     /// Queues one packet and makes it claimable. On a closed port the packet
     /// is dropped (with whatever it owns) and `Err` returned.
-    pub(crate) fn push(&self, packet: T) -> Result<(), NoPacket> {
+    pub fn push(&self, packet: T) -> Result<(), NoPacket> {
         self.queue.push(packet);
         self.publish(1)
     }
@@ -280,7 +296,7 @@ impl<T> Core<T> {
     /// thread's activity ends when it calls `get` again). On `Ok(k)` the caller
     /// is active and must [`take`](Self::take) `k` packets; on `Err` it is not
     /// active.
-    pub(crate) fn try_claim(&self, was_active: bool, max: u64) -> Result<u64, NoPacket> {
+    pub fn try_claim(&self, was_active: bool, max: u64) -> Result<u64, NoPacket> {
         let mine = if was_active { ONE_ACTIVE } else { 0 };
         let mut s = self.state();
         loop {
@@ -316,7 +332,7 @@ impl<T> Core<T> {
 
     /// Claims up to `max` more packets for a thread that is already active
     /// (after it was granted one), without touching the active count.
-    pub(crate) fn claim_more(&self, max: u64) -> u64 {
+    pub fn claim_more(&self, max: u64) -> u64 {
         let mut s = self.state();
         loop {
             let k = s.queued().min(max);
@@ -335,11 +351,7 @@ impl<T> Core<T> {
     /// must take `k` packets. If the port has a kernel source and nobody
     /// sleeps on it, the caller sleeps there instead of in user space, and
     /// returns [`NoPacket::Harvest`] when it wakes without a grant.
-    pub(crate) fn park(
-        &self,
-        me: &Arc<Waiter>,
-        deadline: Option<Instant>,
-    ) -> Result<u64, NoPacket> {
+    pub fn park(&self, me: &Arc<Waiter>, deadline: Option<Instant>) -> Result<u64, NoPacket> {
         let in_kernel = {
             let mut stack = lock(&self.stack);
             let mut s = self.state();
@@ -433,7 +445,7 @@ impl<T> Core<T> {
 
     /// Pops one claimed packet. `None` only if the port was closed and its
     /// queue drained after the claim.
-    pub(crate) fn take(&self) -> Option<T> {
+    pub fn take(&self) -> Option<T> {
         loop {
             if let Some(p) = self.queue.pop() {
                 return Some(p);
@@ -450,7 +462,7 @@ impl<T> Core<T> {
     /// Gives up the caller's slot other than through `get`: entering a
     /// blocking section, exiting the thread, or moving to another port. Wakes
     /// a waiter if that slot was the only thing keeping it parked.
-    pub(crate) fn release(&self) {
+    pub fn release(&self) {
         let s = State(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel) - ONE_ACTIVE);
         if s.waiter_runnable(self.limit) {
             self.wake_for_release();
@@ -476,14 +488,14 @@ impl<T> Core<T> {
 
     /// Takes a slot back after a blocking section, even past the limit (as
     /// Windows does); waiters stay parked until the count falls below it.
-    pub(crate) fn reacquire(&self) {
+    pub fn reacquire(&self) {
         let s = State(self.state.fetch_add(ONE_ACTIVE, Ordering::AcqRel) + ONE_ACTIVE);
         self.note_active(s.active());
     }
 
     /// Closes the port: wakes every waiter with `Closed` and drops every
     /// queued packet. Returns false if it was closed already.
-    pub(crate) fn close(&self) -> bool {
+    pub fn close(&self) -> bool {
         let first = {
             let mut stack = lock(&self.stack);
             let mut s = self.state();

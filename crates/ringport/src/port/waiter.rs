@@ -17,20 +17,32 @@ pub(crate) const CLOSED: u8 = 2;
 /// take its place (it owns no packet).
 pub(crate) const LEAD: u8 = 3;
 
-pub(crate) struct Waiter {
+/// The per-thread cell a parked thread waits on.
+pub struct Waiter {
     verdict: AtomicU8,
     /// Set while the waiter sleeps in the kernel rather than in `park`: it is
     /// woken through the kernel source, not by unparking.
     in_kernel: AtomicBool,
     thread: thread::Thread,
+    /// Under loom the owner sleeps on this instead of its park token: loom's
+    /// `Thread::unpark` also resumes a thread blocked on a *mutex*
+    /// (tokio-rs/loom#249), which is what a timed-out waiter is while a
+    /// releaser that holds the stack's mutex grants it. On std that unpark is
+    /// harmless (the token waits for a later park, and `wait` loops); loom
+    /// would fail the model with "expected to be able to acquire lock".
+    #[cfg(loom)]
+    notify: loom::sync::Notify,
 }
 
 impl Waiter {
-    pub(crate) fn for_current_thread() -> Waiter {
+    /// A waiter that wakes the calling thread.
+    pub fn for_current_thread() -> Waiter {
         Waiter {
             verdict: AtomicU8::new(WAITING),
             in_kernel: AtomicBool::new(false),
             thread: thread::current(),
+            #[cfg(loom)]
+            notify: loom::sync::Notify::new(),
         }
     }
 
@@ -60,7 +72,10 @@ impl Waiter {
     pub(crate) fn release(&self, verdict: u8) {
         self.verdict.store(verdict, Ordering::Release);
         if !self.in_kernel() {
+            #[cfg(not(loom))]
             self.thread.unpark();
+            #[cfg(loom)]
+            self.notify.notify();
         }
     }
 
@@ -74,7 +89,10 @@ impl Waiter {
                 return v;
             }
             match deadline {
+                #[cfg(not(loom))]
                 None => thread::park(),
+                #[cfg(loom)]
+                None => self.notify.wait(),
                 #[cfg(not(loom))]
                 Some(d) => {
                     let now = Instant::now();

@@ -61,10 +61,10 @@ impl Waker {
     }
 
     fn reset(&self) {
-        self.pending.store(false, Ordering::Release);
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64 (non-blocking fd).
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        self.pending.swap(false, Ordering::AcqRel);
     }
 }
 
@@ -345,7 +345,9 @@ impl<T> EpollDriver<T> {
             for ev in &events {
                 let (flags, data) = (ev.events, ev.u64);
                 if data == WAKE {
-                    self.waker.reset();
+                    if !keep {
+                        self.waker.reset();
+                    }
                     continue;
                 }
                 let fd = data as RawFd;

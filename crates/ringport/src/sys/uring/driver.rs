@@ -161,7 +161,7 @@ impl<T> UringDriver<T> {
         let mut n = 0;
         {
             let mut table = lock(&self.inflight);
-            self.ring.reap(|cqe| {
+            self.ring.reap(!keep, |cqe| {
                 if let Some(p) = complete(&mut table, &cqe) {
                     core.enqueue(p);
                     n += 1;
@@ -191,7 +191,7 @@ impl<T> UringDriver<T> {
         loop {
             {
                 let mut table = lock(&self.inflight);
-                self.ring.reap(|cqe| drop(complete(&mut table, &cqe)));
+                self.ring.reap(true, |cqe| drop(complete(&mut table, &cqe)));
                 if table.live() == 0 {
                     return;
                 }

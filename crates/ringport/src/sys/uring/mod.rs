@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::sync::Mutex;
+use crate::sync::{AtomicBool, Mutex, Ordering};
 
 pub(crate) mod driver;
 
@@ -25,6 +25,10 @@ pub(crate) struct Ring {
     ring: IoUring,
     sq: Mutex<()>,
     cq: Mutex<()>,
+    /// A wake NOP is on its way to the kernel sleeper. Any thread may reap
+    /// the NOP's completion; one that is not the sleeper and finds this set
+    /// sends another, so a wake is never lost to a bystander.
+    wake_armed: AtomicBool,
 }
 
 impl Ring {
@@ -54,6 +58,7 @@ impl Ring {
             ring,
             sq: Mutex::new(()),
             cq: Mutex::new(()),
+            wake_armed: AtomicBool::new(false),
         })
     }
 
@@ -99,6 +104,7 @@ impl Ring {
 
     /// Wakes the thread sleeping in [`wait`](Self::wait), if any.
     pub(crate) fn wake(&self) {
+        self.wake_armed.store(true, Ordering::Release);
         let nop = opcode::Nop::new().build().user_data(WAKE);
         // SAFETY: a NOP points at no memory.
         let _ = unsafe { self.submit(&nop) };
@@ -118,28 +124,41 @@ impl Ring {
         };
         // ETIME (deadline), EINTR (signal), EBUSY: the caller re-checks everything.
         let _ = r;
+        // Whatever woke us, the caller now re-checks its verdict, which any
+        // waker set before waking: pending wakes are served.
+        self.wake_armed.store(false, Ordering::Release);
     }
 
     /// Reaps every completion waiting now, if no other thread is reaping.
-    /// Returns how many it passed to `f` (wake NOPs are skipped).
-    pub(crate) fn reap(&self, mut f: impl FnMut(cqueue::Entry)) -> usize {
+    /// Returns how many it passed to `f` (wake NOPs are skipped). `sleeper`
+    /// says whether the caller is the kernel sleeper; anyone else passes on
+    /// a wake NOP it takes while a wake is armed.
+    pub(crate) fn reap(&self, sleeper: bool, mut f: impl FnMut(cqueue::Entry)) -> usize {
         let Ok(_guard) = self.cq.try_lock() else {
             return 0;
         };
         let mut n = 0;
-        // SAFETY: the CQ mutex makes this the only CompletionQueue view alive.
-        let mut cq = unsafe { self.ring.completion_shared() };
-        loop {
-            cq.sync();
-            if cq.is_empty() {
-                break;
-            }
-            for cqe in &mut cq {
-                if cqe.user_data() != WAKE {
-                    f(cqe);
-                    n += 1;
+        let mut stolen = false;
+        {
+            // SAFETY: the CQ mutex makes this the only CompletionQueue view alive.
+            let mut cq = unsafe { self.ring.completion_shared() };
+            loop {
+                cq.sync();
+                if cq.is_empty() {
+                    break;
+                }
+                for cqe in &mut cq {
+                    if cqe.user_data() != WAKE {
+                        f(cqe);
+                        n += 1;
+                    } else {
+                        stolen = true;
+                    }
                 }
             }
+        }
+        if stolen && !sleeper && self.wake_armed.load(Ordering::Acquire) {
+            self.wake();
         }
         n
     }
