@@ -388,41 +388,34 @@ impl<T: Send + 'static> CompletionPort<T> {
         let shared = self.shared();
         let core = &shared.core;
         let io = &shared.io;
-        let mut was_active = activity::begin_get(self.id());
+        let was_active = activity::begin_get(self.id());
         let deadline = match timeout {
             Some(t) if !t.is_zero() => Instant::now().checked_add(t),
             _ => None,
         };
-        let claimed = loop {
-            match core.try_claim(was_active, max) {
-                Ok(k) => break Ok(k),
-                Err(NoPacket::Empty) => {}
-                Err(e) => break Err(e),
-            }
-            if was_active {
+        let claimed = match core.try_claim(was_active, max) {
+            Err(NoPacket::Empty) => {
+                // try_claim gave up the slot this thread held, if any.
                 activity::clear();
-                was_active = false;
+                if io.harvest(core, true) {
+                    // Completions the kernel finished: the thread that reaps
+                    // them keeps the first (no hop to another thread).
+                    Ok(1 + core.claim_more(max - 1))
+                } else if timeout == Some(Duration::ZERO) {
+                    Err(NoPacket::Empty)
+                } else {
+                    core.park(&activity::waiter(), deadline)
+                        .map(|k| k + core.claim_more(max - k))
+                }
             }
-            // Completions the kernel finished: the thread that reaps them
-            // keeps the first (no hop to another thread).
-            if io.harvest(core, true) {
-                break Ok(1 + core.claim_more(max - 1));
-            }
-            if timeout == Some(Duration::ZERO) || deadline.is_some_and(|d| Instant::now() >= d) {
-                break Err(NoPacket::Empty);
-            }
-            match core.park(&activity::waiter(), deadline) {
-                Ok(k) => break Ok(k + core.claim_more(max - k)),
-                Err(NoPacket::Harvest) => continue,
-                Err(e) => break Err(e),
-            }
+            other => other,
         };
         let k = match claimed {
             Ok(k) => k,
             Err(e) => {
                 activity::clear();
                 return Err(match e {
-                    NoPacket::Empty | NoPacket::Harvest => Error::Timeout,
+                    NoPacket::Empty => Error::Timeout,
                     NoPacket::Closed => Error::Closed,
                     NoPacket::TooManyWaiters => Error::TooManyWaiters,
                 });

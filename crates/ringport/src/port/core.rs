@@ -48,8 +48,6 @@ pub enum NoPacket {
     Closed,
     /// The waiter stack is full.
     TooManyWaiters,
-    /// The caller was promoted to sleep in the kernel: claim or park again.
-    Harvest,
 }
 
 /// A kernel completion source that one waiting thread can sleep on (see
@@ -349,59 +347,68 @@ impl<T> Core<T> {
     /// Parks the (inactive) caller until it is granted a packet, the port
     /// closes, or the deadline passes. On `Ok(k)` the caller is active and
     /// must take `k` packets. If the port has a kernel source and nobody
-    /// sleeps on it, the caller sleeps there instead of in user space, and
-    /// returns [`NoPacket::Harvest`] when it wakes without a grant.
+    /// sleeps on it, the caller sleeps there instead of in user space,
+    /// harvesting what wakes it.
     pub fn park(&self, me: &Arc<Waiter>, deadline: Option<Instant>) -> Result<u64, NoPacket> {
-        let in_kernel = {
-            let mut stack = lock(&self.stack);
-            let mut s = self.state();
-            loop {
-                if s.closed() {
-                    return Err(NoPacket::Closed);
-                }
-                let k = s.claimable(self.limit);
-                let new = if k > 0 {
-                    s.0 - ONE_QUEUED + ONE_ACTIVE
-                } else if s.waiters() >= MAX_WAITERS {
-                    return Err(NoPacket::TooManyWaiters);
-                } else {
-                    s.0 + ONE_WAITER
-                };
-                match self.cas(s, new) {
-                    Ok(()) if k > 0 => {
-                        self.note_active(State(new).active());
-                        return Ok(1);
+        loop {
+            let in_kernel = {
+                let mut stack = lock(&self.stack);
+                let mut s = self.state();
+                loop {
+                    if s.closed() {
+                        return Err(NoPacket::Closed);
                     }
-                    Ok(()) => break,
-                    Err(now) => s = now,
+                    let k = s.claimable(self.limit);
+                    let new = if k > 0 {
+                        s.0 - ONE_QUEUED + ONE_ACTIVE
+                    } else if s.waiters() >= MAX_WAITERS {
+                        return Err(NoPacket::TooManyWaiters);
+                    } else {
+                        s.0 + ONE_WAITER
+                    };
+                    match self.cas(s, new) {
+                        Ok(()) if k > 0 => {
+                            self.note_active(State(new).active());
+                            return Ok(1);
+                        }
+                        Ok(()) => break,
+                        Err(now) => s = now,
+                    }
+                }
+                let in_kernel = self.kernel.is_some() && !stack.sleeper;
+                me.reset(in_kernel);
+                if in_kernel {
+                    stack.sleeper = true;
+                    stack.waiters.insert(0, me.clone());
+                } else {
+                    stack.waiters.push(me.clone());
+                }
+                in_kernel
+            };
+            if let (true, Some(kernel)) = (in_kernel, &self.kernel) {
+                loop {
+                    kernel.sleep(deadline);
+                    if me.verdict() == WAITING {
+                        kernel.harvest(self);
+                    }
+                    if me.verdict() != WAITING || deadline.is_some_and(|d| Instant::now() >= d) {
+                        return self.leave_kernel(me);
+                    }
                 }
             }
-            let in_kernel = self.kernel.is_some() && !stack.sleeper;
-            me.reset(in_kernel);
-            if in_kernel {
-                stack.sleeper = true;
-                stack.waiters.insert(0, me.clone());
-            } else {
-                stack.waiters.push(me.clone());
+            let verdict = match me.wait(deadline) {
+                WAITING => self.unpark_timed_out(me),
+                v => v,
+            };
+            match verdict {
+                GRANTED => return Ok(1),
+                CLOSED => return Err(NoPacket::Closed),
+                // Promoted: take the kernel sleeper's place (even past our
+                // deadline, for one pass, so that leaving promotes the next
+                // waiter and the role is never dropped while threads wait).
+                LEAD => continue,
+                _ => return Err(NoPacket::Empty),
             }
-            in_kernel
-        };
-        if let (true, Some(kernel)) = (in_kernel, &self.kernel) {
-            loop {
-                kernel.sleep(deadline);
-                if me.verdict() == WAITING {
-                    kernel.harvest(self);
-                }
-                if me.verdict() != WAITING || deadline.is_some_and(|d| Instant::now() >= d) {
-                    return self.leave_kernel(me);
-                }
-            }
-        }
-        match me.wait(deadline) {
-            GRANTED => Ok(1),
-            CLOSED => Err(NoPacket::Closed),
-            LEAD => Err(NoPacket::Harvest),
-            _ => self.unpark_timed_out(me),
         }
     }
 
@@ -430,17 +437,14 @@ impl<T> Core<T> {
 
     /// The deadline passed. Under the mutex the verdict is final: either a
     /// releaser got to us first (and we take what it gave), or we are still on
-    /// the stack and leave it.
-    fn unpark_timed_out(&self, me: &Arc<Waiter>) -> Result<u64, NoPacket> {
+    /// the stack and leave it (verdict `WAITING`).
+    fn unpark_timed_out(&self, me: &Arc<Waiter>) -> u8 {
         let mut stack = lock(&self.stack);
-        match me.verdict() {
-            GRANTED => return Ok(1),
-            CLOSED => return Err(NoPacket::Closed),
-            LEAD => return Err(NoPacket::Harvest),
-            _ => debug_assert_eq!(me.verdict(), WAITING),
+        let verdict = me.verdict();
+        if verdict == WAITING {
+            self.remove(&mut stack, me);
         }
-        self.remove(&mut stack, me);
-        Err(NoPacket::Empty)
+        verdict
     }
 
     /// Pops one claimed packet. `None` only if the port was closed and its
