@@ -30,6 +30,8 @@ mod io;
 #[cfg(not(loom))]
 mod pool;
 mod port;
+#[cfg(not(loom))]
+pub mod rio;
 mod sync;
 #[cfg(not(loom))]
 mod sys;

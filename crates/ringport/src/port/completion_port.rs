@@ -477,7 +477,6 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// RIO completion queues use it for port notification: the fd is a
     /// queue's own ring, readable when it holds completions. The caller keeps
     /// `fd` open until the packet arrives or the port closes.
-    #[allow(dead_code)] // used by rio, which lands separately
     pub(crate) fn poll_readable(&self, fd: RawFd, key: u64, token: T) -> Result<OpId, Error> {
         self.start(Op::PollReadable, fd, key, token)
     }

@@ -1,0 +1,510 @@
+//! The buffer registry: memory registered once and named by id, sliced by
+//! [`RioBuf`], with every use of every slice tracked so that the kernel never
+//! writes into bytes that Rust code can see, and memory is never freed while
+//! the kernel or a borrow still uses it.
+//!
+//! Like Windows' `RIORegisterBuffer`, the registry is process-wide: a
+//! [`BufferId`] is good with every request queue. Unlike Windows, the registry
+//! allocates the memory itself (page-aligned, zeroed) and owns it, so no
+//! caller-owned memory can be freed under the kernel.
+//!
+//! Each buffer keeps its uses (receives and sends in flight, borrows) sorted
+//! by offset. Receives and mutable borrows *write*; sends and shared borrows
+//! *read*; a write may not overlap any other use, reads may overlap each
+//! other. Checking a new use looks only at uses that start within the longest
+//! use's length before it, so with slices of one size it costs a binary
+//! search and a step or two.
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+use super::RioError;
+use crate::sync::{lock, Mutex};
+use crate::Error;
+
+/// Alignment (and rounding) of registered memory: one page.
+const PAGE: usize = 4096;
+
+/// Names a registered buffer. A deregistered buffer's id stays invalid even
+/// when its slot in the registry is taken again (ids repeat only after one
+/// slot has been reused 2³² times).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufferId(u64);
+
+impl BufferId {
+    fn new(index: u32, generation: u32) -> Self {
+        BufferId((u64::from(generation) << 32) | u64::from(index))
+    }
+
+    fn index(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+
+    fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The id as a number (for logs, or to carry in a request context).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The id a number from [`as_u64`](Self::as_u64) stood for. An id that
+    /// was never handed out is simply unknown to the registry.
+    pub fn from_u64(raw: u64) -> Self {
+        BufferId(raw)
+    }
+}
+
+impl fmt::Display for BufferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}.{}", self.index(), self.generation())
+    }
+}
+
+/// A slice of a registered buffer: `len` bytes from `offset` (`RIO_BUF`).
+///
+/// Nothing is checked when a `RioBuf` is made; a slice that runs past its
+/// buffer, or names a buffer that is not registered, is refused when a
+/// request or a borrow uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RioBuf {
+    /// The buffer.
+    pub id: BufferId,
+    /// Where the slice starts, in bytes from the start of the buffer.
+    pub offset: u32,
+    /// The slice's length in bytes.
+    pub len: u32,
+}
+
+impl RioBuf {
+    /// The slice of `len` bytes at `offset` in buffer `id`.
+    pub const fn new(id: BufferId, offset: u32, len: u32) -> Self {
+        RioBuf { id, offset, len }
+    }
+
+    /// One past the slice's last byte (may exceed `u32::MAX`).
+    pub fn end(&self) -> u64 {
+        u64::from(self.offset) + u64::from(self.len)
+    }
+}
+
+/// What a slice of a registered buffer is being used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliceUse {
+    /// A receive in flight: the kernel may write the bytes.
+    Receive,
+    /// A send in flight: the kernel may read the bytes.
+    Send,
+    /// A [`borrow`]: Rust code reads the bytes.
+    Borrow,
+    /// A [`borrow_mut`]: Rust code writes the bytes.
+    BorrowMut,
+}
+
+impl SliceUse {
+    fn writes(self) -> bool {
+        matches!(self, SliceUse::Receive | SliceUse::BorrowMut)
+    }
+}
+
+impl fmt::Display for SliceUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SliceUse::Receive => "a receive in flight writes into",
+            SliceUse::Send => "a send in flight reads",
+            SliceUse::Borrow => "borrowed",
+            SliceUse::BorrowMut => "borrowed mutably",
+        })
+    }
+}
+
+/// Memory the registry owns: page-aligned, zeroed, freed on drop.
+struct Region {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    len: u32,
+}
+
+// SAFETY: the region is plain memory owned by the registry; every access to
+// its bytes goes through a claim recorded under the registry's lock, which
+// keeps writers exclusive.
+unsafe impl Send for Region {}
+// SAFETY: as above; the Region value itself holds no interior mutability.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn new(len: u32) -> Result<Region, Error> {
+        let size = (len as usize).div_ceil(PAGE) * PAGE;
+        let layout = Layout::from_size_align(size, PAGE)
+            .map_err(|_| Error::InvalidArgument("buffer length too large"))?;
+        // SAFETY: the layout has a non-zero size (len > 0, checked by the caller).
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or(RioError::OutOfMemory { size })?;
+        Ok(Region { ptr, layout, len })
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the registry drops a
+        // region only when no use of it (kernel or borrow) is recorded.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// One use of `start..end` of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+    kind: SliceUse,
+}
+
+impl Span {
+    fn conflicts(&self, other: &Span) -> bool {
+        self.start < other.end
+            && other.start < self.end
+            && (self.kind.writes() || other.kind.writes())
+    }
+}
+
+/// A buffer's uses, sorted by start.
+#[derive(Default)]
+struct Uses {
+    spans: Vec<Span>,
+    /// The longest span recorded since the list was last empty.
+    max_len: u32,
+}
+
+impl Uses {
+    /// What `new` would conflict with, if anything.
+    fn conflict(&self, new: &Span) -> Option<SliceUse> {
+        if new.start == new.end {
+            return None;
+        }
+        // A span starting before this cannot reach `new.start`.
+        let from = new.start.saturating_sub(self.max_len);
+        let i = self.spans.partition_point(|s| s.start < from);
+        self.spans[i..]
+            .iter()
+            .take_while(|s| s.start < new.end)
+            .find(|s| s.conflicts(new))
+            .map(|s| s.kind)
+    }
+
+    fn insert(&mut self, span: Span) {
+        let i = self.spans.partition_point(|s| s.start <= span.start);
+        self.spans.insert(i, span);
+        self.max_len = self.max_len.max(span.end - span.start);
+    }
+
+    fn remove(&mut self, span: &Span) {
+        let i = self.spans.partition_point(|s| s.start < span.start);
+        if let Some(k) = self.spans[i..].iter().position(|s| s == span) {
+            self.spans.remove(i + k);
+        }
+        if self.spans.is_empty() {
+            self.max_len = 0;
+        }
+    }
+}
+
+struct Entry {
+    generation: u32,
+    region: Option<Region>,
+    uses: Uses,
+}
+
+struct Table {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+}
+
+static REGISTRY: Mutex<Table> = Mutex::new(Table {
+    entries: Vec::new(),
+    free: Vec::new(),
+});
+
+impl Table {
+    fn entry(&mut self, id: BufferId) -> Result<&mut Entry, RioError> {
+        match self.entries.get_mut(id.index()) {
+            Some(e) if e.generation == id.generation() && e.region.is_some() => Ok(e),
+            _ => Err(RioError::UnknownBuffer(id)),
+        }
+    }
+}
+
+/// A recorded use of a slice, to be released when the use ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Claim {
+    id: BufferId,
+    span: Span,
+}
+
+/// Registers a new buffer of `len` bytes (`RIORegisterBuffer`): page-aligned,
+/// zeroed memory that the registry owns until
+/// [`deregister_buffer`](deregister_buffer).
+///
+/// The memory is ordinary: it is not pinned, so it counts against no
+/// `RLIMIT_MEMLOCK` (see the module docs for why). Fails with
+/// [`Error::InvalidArgument`] for a length of 0 or above `u32::MAX`, and with
+/// [`RioError::OutOfMemory`] (giving the size) when it cannot be allocated.
+///
+/// ```
+/// use ringport::rio::{self, RioBuf};
+/// let id = rio::register_buffer(8192)?;
+/// rio::borrow_mut(&RioBuf::new(id, 0, 5))?.copy_from_slice(b"hello");
+/// assert_eq!(&*rio::borrow(&RioBuf::new(id, 0, 5))?, b"hello");
+/// rio::deregister_buffer(id)?;
+/// assert!(rio::borrow(&RioBuf::new(id, 0, 5)).is_err());
+/// # Ok::<(), ringport::Error>(())
+/// ```
+pub fn register_buffer(len: usize) -> Result<BufferId, Error> {
+    if len == 0 {
+        return Err(Error::InvalidArgument(
+            "a registered buffer cannot be empty",
+        ));
+    }
+    let len = u32::try_from(len)
+        .map_err(|_| Error::InvalidArgument("a registered buffer is at most 4 GiB - 1 bytes"))?;
+    let region = Region::new(len)?;
+    let mut table = lock(&REGISTRY);
+    let index = match table.free.pop() {
+        Some(i) => i,
+        None => {
+            let i = u32::try_from(table.entries.len())
+                .map_err(|_| Error::InvalidArgument("too many registered buffers"))?;
+            table.entries.push(Entry {
+                generation: 0,
+                region: None,
+                uses: Uses::default(),
+            });
+            i
+        }
+    };
+    let entry = &mut table.entries[index as usize];
+    // Generation 0 is never handed out, so BufferId(0) is never valid.
+    entry.generation = entry.generation.wrapping_add(1).max(1);
+    entry.region = Some(region);
+    Ok(BufferId::new(index, entry.generation))
+}
+
+/// Deregisters a buffer (`RIODeregisterBuffer`) and frees its memory.
+///
+/// Refused with [`RioError::BufferInUse`] while any request in flight or any
+/// borrow uses it; [`RioError::UnknownBuffer`] if it is not registered.
+pub fn deregister_buffer(id: BufferId) -> Result<(), Error> {
+    let region = {
+        let mut table = lock(&REGISTRY);
+        let entry = table.entry(id)?;
+        if !entry.uses.spans.is_empty() {
+            return Err(RioError::BufferInUse {
+                id,
+                uses: entry.uses.spans.len(),
+            }
+            .into());
+        }
+        let region = entry.region.take();
+        entry.uses = Uses::default();
+        table.free.push(id.index() as u32);
+        region
+    };
+    // Freed outside the lock.
+    drop(region);
+    Ok(())
+}
+
+/// The length of a registered buffer, as asked for at registration.
+pub fn buffer_len(id: BufferId) -> Result<u32, Error> {
+    let mut table = lock(&REGISTRY);
+    let entry = table.entry(id)?;
+    Ok(entry.region.as_ref().map_or(0, |r| r.len))
+}
+
+/// Records a use of `buf` and returns its start in memory. The memory stays
+/// allocated, and no conflicting use is allowed, until the claim is released.
+pub(super) fn claim(buf: &RioBuf, kind: SliceUse) -> Result<(Claim, *mut u8), Error> {
+    let mut table = lock(&REGISTRY);
+    let entry = table.entry(buf.id)?;
+    let region = entry
+        .region
+        .as_ref()
+        .ok_or(RioError::UnknownBuffer(buf.id))?;
+    if buf.end() > u64::from(region.len) {
+        return Err(RioError::OutOfBounds {
+            buf: *buf,
+            buffer_len: region.len,
+        }
+        .into());
+    }
+    let span = Span {
+        start: buf.offset,
+        end: buf.offset + buf.len,
+        kind,
+    };
+    if let Some(conflict) = entry.uses.conflict(&span) {
+        return Err(RioError::SliceBusy {
+            buf: *buf,
+            conflict,
+        }
+        .into());
+    }
+    // SAFETY: offset + len <= region.len, checked above, so the pointer stays
+    // inside the allocation.
+    let ptr = unsafe { region.ptr.as_ptr().add(buf.offset as usize) };
+    entry.uses.insert(span);
+    Ok((Claim { id: buf.id, span }, ptr))
+}
+
+/// Ends the uses recorded by `claims`, under one lock.
+pub(super) fn release(claims: &[Claim]) {
+    if claims.is_empty() {
+        return;
+    }
+    let mut table = lock(&REGISTRY);
+    for c in claims {
+        if let Ok(entry) = table.entry(c.id) {
+            entry.uses.remove(&c.span);
+        }
+    }
+}
+
+/// Read access to a slice of a registered buffer, for as long as the guard
+/// lives: no receive can be started into these bytes meanwhile, and the
+/// buffer cannot be deregistered.
+#[derive(Debug)]
+pub struct BufRef {
+    claim: Claim,
+    ptr: NonNull<u8>,
+}
+
+/// Write access to a slice of a registered buffer, for as long as the guard
+/// lives: no request can be started on these bytes meanwhile, and the buffer
+/// cannot be deregistered.
+#[derive(Debug)]
+pub struct BufMut {
+    claim: Claim,
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: the guards are claims on registry memory, valid from any thread;
+// the claim keeps the memory alive and conflicting uses out.
+unsafe impl Send for BufRef {}
+// SAFETY: shared access to a BufRef only reads.
+unsafe impl Sync for BufRef {}
+// SAFETY: as for BufRef; the claim is exclusive.
+unsafe impl Send for BufMut {}
+// SAFETY: `&BufMut` gives only shared reads.
+unsafe impl Sync for BufMut {}
+
+/// Borrows a slice of a registered buffer to read it.
+///
+/// Refused with [`RioError::SliceBusy`] while a receive in flight (or a
+/// mutable borrow) covers any of its bytes, so the kernel never writes under
+/// the returned `&[u8]`. Out-of-bounds and unknown buffers are errors too.
+pub fn borrow(buf: &RioBuf) -> Result<BufRef, Error> {
+    let (claim, ptr) = claim(buf, SliceUse::Borrow)?;
+    Ok(BufRef {
+        claim,
+        ptr: NonNull::new(ptr).ok_or(Error::InvalidArgument("null buffer"))?,
+    })
+}
+
+/// Borrows a slice of a registered buffer to write it.
+///
+/// Refused with [`RioError::SliceBusy`] while any request in flight or any
+/// other borrow covers any of its bytes.
+pub fn borrow_mut(buf: &RioBuf) -> Result<BufMut, Error> {
+    let (claim, ptr) = claim(buf, SliceUse::BorrowMut)?;
+    Ok(BufMut {
+        claim,
+        ptr: NonNull::new(ptr).ok_or(Error::InvalidArgument("null buffer"))?,
+    })
+}
+
+impl Deref for BufRef {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let len = (self.claim.span.end - self.claim.span.start) as usize;
+        // SAFETY: the claim keeps the region allocated and no writer (kernel
+        // receive or mutable borrow) overlapping it; ptr..ptr+len is in bounds.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), len) }
+    }
+}
+
+impl Deref for BufMut {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let len = (self.claim.span.end - self.claim.span.start) as usize;
+        // SAFETY: as for BufRef; this claim excludes every other use.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), len) }
+    }
+}
+
+impl DerefMut for BufMut {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = (self.claim.span.end - self.claim.span.start) as usize;
+        // SAFETY: the claim is exclusive over these bytes (no request in
+        // flight, no other borrow) and keeps them allocated; `&mut self`
+        // makes this the only Rust reference derived from the guard.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
+    }
+}
+
+impl Drop for BufRef {
+    fn drop(&mut self) {
+        release(&[self.claim]);
+    }
+}
+
+impl Drop for BufMut {
+    fn drop(&mut self) {
+        release(&[self.claim]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(start: u32, end: u32, kind: SliceUse) -> Span {
+        Span { start, end, kind }
+    }
+
+    #[test]
+    fn writes_exclude_everything_reads_share() {
+        let mut u = Uses::default();
+        u.insert(span(0, 100, SliceUse::Receive));
+        u.insert(span(200, 300, SliceUse::Send));
+        assert_eq!(
+            u.conflict(&span(50, 60, SliceUse::Borrow)),
+            Some(SliceUse::Receive)
+        );
+        assert_eq!(u.conflict(&span(100, 200, SliceUse::BorrowMut)), None);
+        assert_eq!(u.conflict(&span(250, 260, SliceUse::Borrow)), None);
+        assert_eq!(
+            u.conflict(&span(299, 400, SliceUse::Receive)),
+            Some(SliceUse::Send)
+        );
+        assert_eq!(u.conflict(&span(50, 50, SliceUse::BorrowMut)), None);
+        u.remove(&span(0, 100, SliceUse::Receive));
+        assert_eq!(u.conflict(&span(50, 60, SliceUse::BorrowMut)), None);
+    }
+
+    #[test]
+    fn long_spans_are_found_from_far_before() {
+        let mut u = Uses::default();
+        u.insert(span(0, 10_000, SliceUse::Send));
+        for i in 0..100 {
+            u.insert(span(10_000 + i * 10, 10_010 + i * 10, SliceUse::Send));
+        }
+        assert_eq!(
+            u.conflict(&span(9_999, 10_000, SliceUse::Receive)),
+            Some(SliceUse::Send)
+        );
+        assert_eq!(u.conflict(&span(20_000, 20_010, SliceUse::Receive)), None);
+    }
+}

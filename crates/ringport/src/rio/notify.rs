@@ -1,0 +1,142 @@
+//! How a completion queue tells that results are waiting: not at all
+//! (polled), through an eventfd, or with a packet on a completion port.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::sync::lock;
+use crate::{CompletionPort, Error, Handle};
+
+/// A completion queue's notification (`RIO_NOTIFICATION_COMPLETION`).
+pub enum Notify {
+    /// None: the owner polls [`dequeue`](super::CompletionQueue::dequeue).
+    Polled,
+    /// An eventfd the kernel signals (`RIO_EVENT_COMPLETION`); wait with
+    /// [`CompletionQueue::wait`](super::CompletionQueue::wait).
+    Event,
+    /// A packet on a completion port (`RIO_IOCP_COMPLETION`); make one with
+    /// [`Notify::port`].
+    Port(PortTarget),
+}
+
+/// Where a port notification goes: a port, a key and a token, for
+/// [`Notify::Port`].
+pub struct PortTarget {
+    arm: Box<dyn Fn(RawFd, u64) -> Result<(), Error> + Send + Sync>,
+}
+
+/// A port target's token, and the ring descriptor the port watches.
+struct Watch<T: Send + 'static> {
+    token: T,
+    /// The generation of the ring it duplicates, and the duplicate,
+    /// associated with the port.
+    ring: Option<(u64, Handle<T>)>,
+}
+
+impl Notify {
+    /// Notification by packet: each armed notification queues one packet
+    /// with `key` and a clone of `token` on `port` (through a one-shot poll
+    /// of the queue's ring on the port), with the poll mask as its result.
+    ///
+    /// The port watches a duplicate of the ring's descriptor, associated
+    /// with it under `key` (the epoll backend watches only associated
+    /// descriptors); it is closed with the completion queue.
+    pub fn port<T: Clone + Send + 'static>(port: &CompletionPort<T>, key: u64, token: T) -> Notify {
+        let port = port.clone();
+        let watch = Mutex::new(Watch { token, ring: None });
+        Notify::Port(PortTarget {
+            arm: Box::new(move |ring_fd, generation| {
+                let mut w = lock(&watch);
+                let w = &mut *w;
+                let stale = w.ring.as_ref().is_none_or(|(g, _)| *g != generation);
+                if stale {
+                    w.ring = None;
+                    let handle = port.associate(dup(ring_fd)?, key)?;
+                    w.ring = Some((generation, handle));
+                }
+                let fd = w.ring.as_ref().map_or(-1, |(_, h)| h.as_fd().as_raw_fd());
+                port.poll_readable(fd, key, w.token.clone()).map(drop)
+            }),
+        })
+    }
+}
+
+fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes no pointers and returns a new descriptor.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+impl PortTarget {
+    /// Queues the one-shot poll of ring `generation`, whose descriptor is
+    /// `ring_fd`, on the port.
+    pub(super) fn arm(&self, ring_fd: RawFd, generation: u64) -> Result<(), Error> {
+        (self.arm)(ring_fd, generation)
+    }
+}
+
+impl fmt::Debug for Notify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Notify::Polled => "Polled",
+            Notify::Event => "Event",
+            Notify::Port(_) => "Port",
+        })
+    }
+}
+
+/// A non-blocking eventfd.
+pub(super) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(super) fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nothing else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds one to the counter (makes the fd readable).
+    pub(super) fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: write reads 8 bytes from &one. It only fails when the
+        // counter is at its maximum, which leaves the fd readable anyway.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter to zero.
+    pub(super) fn drain(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: read writes 8 bytes into &mut n. EAGAIN means it was zero.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
+
+    /// Waits until the fd is readable or `timeout` passes; true if readable.
+    pub(super) fn wait(&self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        // SAFETY: poll reads and writes one pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        r > 0 && pfd.revents & libc::POLLIN != 0
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}

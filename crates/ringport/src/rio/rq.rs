@@ -1,0 +1,607 @@
+//! [`RequestQueue`]: a socket's receives and sends, each charged to a
+//! completion queue.
+
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use super::addr::{self, ADDRESS_LEN};
+use super::buffer::{self, Claim, SliceUse};
+use super::cq::CqShared;
+use super::request::{Op, Request, RequestKind};
+use super::{CompletionQueue, RioBuf, RioError, RioFlags};
+use crate::sync::lock;
+use crate::Error;
+
+/// A socket's request queue (`RIO_RQ`): receives and sends on registered
+/// buffers, at most `max_receives` and `max_sends` outstanding, completing
+/// to a receive and a send [`CompletionQueue`] (which may be the same).
+///
+/// Every outstanding request is charged to its completion queue from
+/// creation: [`new`](Self::new) fails if the queues lack room for
+/// `max_receives` and `max_sends` more, so a completion queue can never
+/// overflow. A request beyond the queue's maximum fails at once with
+/// [`RioError::TooManyRequests`]; a request counts as outstanding from the
+/// call that makes it until its result is dequeued.
+///
+/// Results for one socket arrive in its completion queue in the order the
+/// kernel completed them: the order the data arrived, as long as one thread
+/// submits the receives. Which pending receive takes which datagram is the
+/// kernel's choice, so find a result's buffer by its request context.
+///
+/// Dropping the queue cancels its requests in flight: they complete with
+/// status `ECANCELED`, and the socket is closed once the last of them has
+/// been dequeued (or its completion queue closed).
+///
+/// ```
+/// use ringport::rio::{self, CompletionQueue, Notify, RequestQueue, RioBuf, RioFlags, RioResult};
+/// use std::net::UdpSocket;
+///
+/// let socket = UdpSocket::bind("127.0.0.1:0")?;
+/// let addr = socket.local_addr()?;
+/// let cq = CompletionQueue::new(64, Notify::Polled)?;
+/// let rq = RequestQueue::new(socket, 32, 32, &cq, &cq, 7)?;
+/// let buffer = rio::register_buffer(32 * 2048)?;
+/// for i in 0..32 {
+///     rq.receive(RioBuf::new(buffer, i * 2048, 2048), RioFlags::NONE, i as u64)?;
+/// }
+/// UdpSocket::bind("127.0.0.1:0")?.send_to(b"hello", addr)?;
+///
+/// let mut results = [RioResult::default(); 16];
+/// let n = loop {
+///     match cq.dequeue(&mut results)? {
+///         0 => std::thread::yield_now(),
+///         n => break n,
+///     }
+/// };
+/// assert_eq!((n, results[0].socket_context, results[0].bytes), (1, 7, 5));
+/// let slice = RioBuf::new(buffer, results[0].request_context as u32 * 2048, 5);
+/// assert_eq!(&*rio::borrow(&slice)?, b"hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct RequestQueue {
+    shared: Arc<RqShared>,
+}
+
+/// What a request queue's requests share with it: the socket, the limits
+/// and counts, and the completion queues.
+pub(super) struct RqShared {
+    fd: OwnedFd,
+    pub(super) socket_context: u64,
+    datagram: bool,
+    domain: i32,
+    receive_cq: Arc<CqShared>,
+    send_cq: Arc<CqShared>,
+    max: [AtomicU32; 2],
+    outstanding: [AtomicU32; 2],
+    closing: AtomicBool,
+    /// The socket's port, once `IP_PKTINFO` is on (for local addresses).
+    local_port: Mutex<Option<u16>>,
+    resizing: Mutex<()>,
+}
+
+fn slot(kind: RequestKind) -> usize {
+    match kind {
+        RequestKind::Receive => 0,
+        RequestKind::Send => 1,
+    }
+}
+
+impl RqShared {
+    pub(super) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// A request of this kind has ended (completed, or never started).
+    pub(super) fn done(&self, kind: RequestKind) {
+        self.outstanding[slot(kind)].fetch_sub(1, SeqCst);
+    }
+
+    /// Whether the queue was dropped (its requests are being cancelled).
+    pub(super) fn is_closing(&self) -> bool {
+        self.closing.load(SeqCst)
+    }
+
+    fn cq(&self, kind: RequestKind) -> &Arc<CqShared> {
+        match kind {
+            RequestKind::Receive => &self.receive_cq,
+            RequestKind::Send => &self.send_cq,
+        }
+    }
+
+    /// Counts one more outstanding request, or fails if at the maximum.
+    fn reserve(&self, kind: RequestKind) -> Result<(), Error> {
+        let k = slot(kind);
+        let before = self.outstanding[k].fetch_add(1, SeqCst);
+        let max = self.max[k].load(SeqCst);
+        if before >= max {
+            self.outstanding[k].fetch_sub(1, SeqCst);
+            return Err(RioError::TooManyRequests { kind, max }.into());
+        }
+        Ok(())
+    }
+
+    /// Changes one limit, charging or uncharging its completion queue.
+    fn set_max(&self, kind: RequestKind, new: u32) -> Result<(), Error> {
+        let k = slot(kind);
+        let old = self.max[k].load(SeqCst);
+        if new > old {
+            self.cq(kind).charge(new - old)?;
+            self.max[k].store(new, SeqCst);
+        } else if new < old {
+            // Lower the limit first, then look: a request counted before
+            // this store is seen below; one after it sees the new limit.
+            self.max[k].store(new, SeqCst);
+            let in_use = self.outstanding[k].load(SeqCst);
+            if in_use > new {
+                self.max[k].store(old, SeqCst);
+                return Err(RioError::BelowOutstanding { in_use, asked: new }.into());
+            }
+            self.cq(kind).uncharge(old - new);
+        }
+        Ok(())
+    }
+
+    /// Turns on local-address reporting and returns the socket's port.
+    fn local_port(&self) -> Result<u16, Error> {
+        let mut port = lock(&self.local_port);
+        if let Some(p) = *port {
+            return Ok(p);
+        }
+        addr::enable_pktinfo(self.raw_fd(), self.domain)?;
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: getsockname writes at most `len` bytes into storage.
+        let r = unsafe {
+            libc::getsockname(
+                self.raw_fd(),
+                &mut storage as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: the kernel wrote `len` bytes of storage (at most its size).
+        let len = (len as usize).min(size_of::<libc::sockaddr_storage>());
+        let bytes = unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, len) };
+        let p = addr::read_addr(bytes).map_or(0, |a| a.port());
+        *port = Some(p);
+        Ok(p)
+    }
+}
+
+impl Drop for RqShared {
+    fn drop(&mut self) {
+        // The last request has been dequeued: the charges can go.
+        let r = self.max[0].load(SeqCst);
+        let s = self.max[1].load(SeqCst);
+        if Arc::ptr_eq(&self.receive_cq, &self.send_cq) {
+            self.receive_cq.uncharge(r.saturating_add(s));
+        } else {
+            self.receive_cq.uncharge(r);
+            self.send_cq.uncharge(s);
+        }
+    }
+}
+
+fn sockopt(fd: RawFd, name: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into v.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(v)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Slices a request uses, claimed together (all or none).
+struct Claims {
+    claims: [Option<Claim>; 3],
+    n: usize,
+}
+
+impl Claims {
+    fn new() -> Self {
+        Claims {
+            claims: [None; 3],
+            n: 0,
+        }
+    }
+
+    fn add(&mut self, buf: &RioBuf, kind: SliceUse) -> Result<*mut u8, Error> {
+        match buffer::claim(buf, kind) {
+            Ok((claim, ptr)) => {
+                self.claims[self.n] = Some(claim);
+                self.n += 1;
+                Ok(ptr)
+            }
+            Err(e) => {
+                let taken: Vec<Claim> = self.claims.iter().flatten().copied().collect();
+                buffer::release(&taken);
+                self.claims = [None; 3];
+                Err(e)
+            }
+        }
+    }
+
+    fn release(self) {
+        let taken: Vec<Claim> = self.claims.iter().flatten().copied().collect();
+        buffer::release(&taken);
+    }
+}
+
+fn address_slice(buf: &RioBuf) -> Result<(), Error> {
+    if buf.len < ADDRESS_LEN {
+        return Err(RioError::AddressBufferTooSmall {
+            buf: *buf,
+            need: ADDRESS_LEN,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl RequestQueue {
+    /// Creates the request queue of `socket` (`RIOCreateRequestQueue`),
+    /// which it owns from now on.
+    ///
+    /// Charges `max_receives` to `receive_cq` and `max_sends` to `send_cq`,
+    /// failing with [`RioError::QueueTooSmall`] if either lacks room.
+    /// `socket_context` comes back in every result. Fails with
+    /// [`Error::Io`] if `socket` is not a socket.
+    pub fn new(
+        socket: impl Into<OwnedFd>,
+        max_receives: u32,
+        max_sends: u32,
+        receive_cq: &CompletionQueue,
+        send_cq: &CompletionQueue,
+        socket_context: u64,
+    ) -> Result<RequestQueue, Error> {
+        let fd: OwnedFd = socket.into();
+        let kind = sockopt(fd.as_raw_fd(), libc::SO_TYPE)?;
+        let domain = sockopt(fd.as_raw_fd(), libc::SO_DOMAIN)?;
+        let (rcq, scq) = (receive_cq.shared().clone(), send_cq.shared().clone());
+        if Arc::ptr_eq(&rcq, &scq) {
+            rcq.charge(
+                max_receives
+                    .checked_add(max_sends)
+                    .ok_or(Error::InvalidArgument("too many outstanding requests"))?,
+            )?;
+        } else {
+            rcq.charge(max_receives)?;
+            if let Err(e) = scq.charge(max_sends) {
+                rcq.uncharge(max_receives);
+                return Err(e);
+            }
+        }
+        Ok(RequestQueue {
+            shared: Arc::new(RqShared {
+                fd,
+                socket_context,
+                datagram: kind == libc::SOCK_DGRAM,
+                domain,
+                receive_cq: rcq,
+                send_cq: scq,
+                max: [AtomicU32::new(max_receives), AtomicU32::new(max_sends)],
+                outstanding: [AtomicU32::new(0), AtomicU32::new(0)],
+                closing: AtomicBool::new(false),
+                local_port: Mutex::new(None),
+                resizing: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The context given at creation, carried by every result.
+    pub fn socket_context(&self) -> u64 {
+        self.shared.socket_context
+    }
+
+    /// Receives and sends outstanding now.
+    pub fn outstanding(&self) -> (u32, u32) {
+        let o = &self.shared.outstanding;
+        (o[0].load(SeqCst), o[1].load(SeqCst))
+    }
+
+    /// The most receives and sends that may be outstanding.
+    pub fn limits(&self) -> (u32, u32) {
+        let m = &self.shared.max;
+        (m[0].load(SeqCst), m[1].load(SeqCst))
+    }
+
+    fn check(&self, flags: RioFlags) -> Result<(), Error> {
+        if flags.contains(RioFlags::COMMIT_ONLY) {
+            return Err(Error::InvalidArgument(
+                "COMMIT_ONLY takes no buffer: call commit()",
+            ));
+        }
+        if flags.contains(RioFlags::WAITALL) && self.shared.datagram {
+            return Err(RioError::WaitAllOnDatagram.into());
+        }
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        kind: RequestKind,
+        flags: RioFlags,
+        context: u64,
+        claims: Claims,
+        op: Op,
+    ) -> Result<(), Error> {
+        let request = Request {
+            rq: self.shared.clone(),
+            kind,
+            context,
+            quiet: flags.contains(RioFlags::DONT_NOTIFY),
+            op,
+            claims: claims.claims,
+        };
+        self.shared
+            .cq(kind)
+            .submit(request, flags.contains(RioFlags::DEFER))
+    }
+
+    /// Starts a receive into `buf` (`RIOReceive`); its result goes to the
+    /// receive completion queue with `request_context`.
+    ///
+    /// Fails at once, starting nothing, if the queue has its maximum of
+    /// receives outstanding, if `buf` is out of bounds, not registered, or
+    /// overlaps bytes in use (a borrow, another receive, a send), for
+    /// `WAITALL` on a datagram socket, and once the completion queue closed.
+    /// A datagram longer than `buf` completes with status `EMSGSIZE` and
+    /// `buf.len` bytes.
+    pub fn receive(&self, buf: RioBuf, flags: RioFlags, request_context: u64) -> Result<(), Error> {
+        self.check(flags)?;
+        self.shared.reserve(RequestKind::Receive)?;
+        let mut claims = Claims::new();
+        let ptr = match claims.add(&buf, SliceUse::Receive) {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared.done(RequestKind::Receive);
+                return Err(e);
+            }
+        };
+        let mut msg_flags = 0;
+        if flags.contains(RioFlags::WAITALL) {
+            msg_flags |= libc::MSG_WAITALL;
+        }
+        if self.shared.datagram {
+            // The kernel then reports a datagram's full length: truncation shows.
+            msg_flags |= libc::MSG_TRUNC;
+        }
+        let op = Op::Recv {
+            ptr,
+            len: buf.len,
+            flags: msg_flags,
+        };
+        self.start(RequestKind::Receive, flags, request_context, claims, op)
+    }
+
+    /// Starts a send of `buf` (`RIOSend`) on a connected socket; its result
+    /// goes to the send completion queue with `request_context`.
+    ///
+    /// Fails at once as [`receive`](Self::receive) does; a send may share
+    /// bytes with other sends and shared borrows, not with a receive or a
+    /// mutable borrow.
+    pub fn send(&self, buf: RioBuf, flags: RioFlags, request_context: u64) -> Result<(), Error> {
+        self.check(flags)?;
+        self.shared.reserve(RequestKind::Send)?;
+        let mut claims = Claims::new();
+        let ptr = match claims.add(&buf, SliceUse::Send) {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared.done(RequestKind::Send);
+                return Err(e);
+            }
+        };
+        let msg_flags = if flags.contains(RioFlags::WAITALL) {
+            libc::MSG_WAITALL
+        } else {
+            0
+        };
+        let op = Op::Send {
+            ptr,
+            len: buf.len,
+            flags: msg_flags,
+        };
+        self.start(RequestKind::Send, flags, request_context, claims, op)
+    }
+
+    /// Starts a receive that also reports addresses (`RIOReceiveEx`): the
+    /// sender's into `remote`, and the local address the datagram was sent
+    /// to into `local` (this turns on `IP_PKTINFO` for the socket). Address
+    /// slices hold at least [`ADDRESS_LEN`] bytes; read them with
+    /// [`read_addr`](super::read_addr) once the result is dequeued.
+    pub fn receive_ex(
+        &self,
+        buf: RioBuf,
+        local: Option<RioBuf>,
+        remote: Option<RioBuf>,
+        flags: RioFlags,
+        request_context: u64,
+    ) -> Result<(), Error> {
+        self.check(flags)?;
+        for a in local.iter().chain(remote.iter()) {
+            address_slice(a)?;
+        }
+        let port = match local {
+            Some(_) => Some(self.shared.local_port()?),
+            None => None,
+        };
+        self.shared.reserve(RequestKind::Receive)?;
+        let mut claims = Claims::new();
+        let claimed = (|| {
+            let ptr = claims.add(&buf, SliceUse::Receive)?;
+            let remote = match remote {
+                Some(r) => Some((claims.add(&r, SliceUse::Receive)?, r.len)),
+                None => None,
+            };
+            let local = match (local, port) {
+                (Some(l), Some(port)) => Some((claims.add(&l, SliceUse::Receive)?, port)),
+                _ => None,
+            };
+            Ok::<_, Error>((ptr, remote, local))
+        })();
+        let (ptr, remote, local) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                claims.release();
+                self.shared.done(RequestKind::Receive);
+                return Err(e);
+            }
+        };
+        let op = Op::RecvMsg {
+            ptr,
+            len: buf.len,
+            remote,
+            local,
+            flags: if flags.contains(RioFlags::WAITALL) {
+                libc::MSG_WAITALL as u32
+            } else {
+                0
+            },
+        };
+        self.start(RequestKind::Receive, flags, request_context, claims, op)
+    }
+
+    /// Starts a send to the address in `remote` (`RIOSendEx`), from the
+    /// local address in `local` if given (through `IP_PKTINFO`). Address
+    /// slices hold a `sockaddr_in`/`sockaddr_in6` (see
+    /// [`write_addr`](super::write_addr)) in at least [`ADDRESS_LEN`] bytes.
+    pub fn send_ex(
+        &self,
+        buf: RioBuf,
+        local: Option<RioBuf>,
+        remote: Option<RioBuf>,
+        flags: RioFlags,
+        request_context: u64,
+    ) -> Result<(), Error> {
+        self.check(flags)?;
+        for a in local.iter().chain(remote.iter()) {
+            address_slice(a)?;
+        }
+        // The local address is copied into the request now.
+        let local = match local {
+            Some(l) => Some(addr::read_addr(&buffer::borrow(&l)?).ok_or(
+                Error::InvalidArgument("local address slice holds no IP address"),
+            )?),
+            None => None,
+        };
+        self.shared.reserve(RequestKind::Send)?;
+        let mut claims = Claims::new();
+        let claimed = (|| {
+            let ptr = claims.add(&buf, SliceUse::Send)?;
+            let remote = match remote {
+                Some(r) => {
+                    let p = claims.add(&r, SliceUse::Send)?;
+                    // SAFETY: the slice is at least ADDRESS_LEN bytes and
+                    // claimed for reading: no writer can touch it.
+                    let len = unsafe { addr::len_at(p) };
+                    if len == 0 {
+                        return Err(Error::InvalidArgument(
+                            "remote address slice holds no IP address",
+                        ));
+                    }
+                    Some((p.cast_const(), len))
+                }
+                None => None,
+            };
+            Ok((ptr.cast_const(), remote))
+        })();
+        let (ptr, remote) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                claims.release();
+                self.shared.done(RequestKind::Send);
+                return Err(e);
+            }
+        };
+        let op = Op::SendMsg {
+            ptr,
+            len: buf.len,
+            remote,
+            local,
+            flags: if flags.contains(RioFlags::WAITALL) {
+                libc::MSG_WAITALL as u32
+            } else {
+                0
+            },
+        };
+        self.start(RequestKind::Send, flags, request_context, claims, op)
+    }
+
+    /// Hands every request queued with [`RioFlags::DEFER`] to the kernel
+    /// (`RIO_MSG_COMMIT_ONLY`): one `io_uring_enter` per completion queue
+    /// that has any. Deferred requests of other request queues on the same
+    /// completion queues go too.
+    pub fn commit(&self) -> Result<(), Error> {
+        self.shared.receive_cq.commit()?;
+        if !Arc::ptr_eq(&self.shared.receive_cq, &self.shared.send_cq) {
+            self.shared.send_cq.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Changes the most receives and sends outstanding
+    /// (`RIOResizeRequestQueue`). Growing charges the completion queues and
+    /// fails with [`RioError::QueueTooSmall`] if they lack room; shrinking
+    /// below what is outstanding now fails with
+    /// [`RioError::BelowOutstanding`]. On failure nothing changes.
+    pub fn resize(&self, max_receives: u32, max_sends: u32) -> Result<(), Error> {
+        let _one_at_a_time = lock(&self.shared.resizing);
+        let (old_r, _) = self.limits();
+        self.shared.set_max(RequestKind::Receive, max_receives)?;
+        if let Err(e) = self.shared.set_max(RequestKind::Send, max_sends) {
+            let _ = self.shared.set_max(RequestKind::Receive, old_r);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for RequestQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.fd.as_fd()
+    }
+}
+
+impl AsRawFd for RequestQueue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.shared.raw_fd()
+    }
+}
+
+impl Drop for RequestQueue {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, SeqCst);
+        let fd = self.shared.raw_fd();
+        self.shared.receive_cq.cancel_fd(fd);
+        if !Arc::ptr_eq(&self.shared.receive_cq, &self.shared.send_cq) {
+            self.shared.send_cq.cancel_fd(fd);
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestQueue")
+            .field("fd", &self.shared.raw_fd())
+            .field("socket_context", &self.shared.socket_context)
+            .field("limits", &self.limits())
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}

@@ -1,0 +1,997 @@
+//! Registered I/O on real loopback sockets: one test per rule of DESIGN.md's
+//! "Registered I/O semantics". Every wait is bounded.
+
+use std::fmt::Debug;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringport::rio::{
+    self, BufferId, CompletionQueue, Notify, RequestKind, RequestQueue, RioBuf, RioError, RioFlags,
+    RioResult, SliceUse,
+};
+use ringport::{CompletionPort, Error};
+
+const SECOND: Duration = Duration::from_secs(1);
+const SHORT: Duration = Duration::from_millis(300);
+
+fn rio_err<T: Debug>(r: Result<T, Error>) -> RioError {
+    match r {
+        Err(Error::Rio(e)) => e,
+        other => panic!("expected a RIO error, got {other:?}"),
+    }
+}
+
+fn udp() -> (UdpSocket, SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
+fn client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").unwrap()
+}
+
+/// Dequeues exactly `n` results, waiting at most 5 s.
+fn take(cq: &CompletionQueue, n: usize) -> Vec<RioResult> {
+    let deadline = Instant::now() + 5 * SECOND;
+    let mut got = Vec::new();
+    let mut buf = [RioResult::default(); 64];
+    while got.len() < n {
+        let want = (n - got.len()).min(buf.len());
+        let k = cq.dequeue(&mut buf[..want]).unwrap();
+        got.extend_from_slice(&buf[..k]);
+        if k == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "timed out with {} of {n} results",
+                got.len()
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    got
+}
+
+/// Checks for 50 ms that no result arrives.
+fn none_for_a_while(cq: &CompletionQueue) {
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(cq.dequeue(&mut [RioResult::default(); 4]).unwrap(), 0);
+}
+
+fn bytes(buf: RioBuf) -> Vec<u8> {
+    rio::borrow(&buf).unwrap().to_vec()
+}
+
+/// Runs the rest of the test in a child process (this test binary, running
+/// only `name`), for checks that must not see other tests' threads or fds.
+/// Returns true in the child.
+fn in_child(name: &str, env: &[(&str, &str)], wrapper: &[&str]) -> bool {
+    if std::env::var("RIO_CHILD").as_deref() == Ok(name) {
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrapper.split_first() {
+        Some((w, args)) => {
+            let mut c = Command::new(w);
+            c.args(args).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env("RIO_CHILD", name)
+        .envs(env.iter().copied());
+    let out = cmd.output().expect("running the child test");
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "child {name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+#[test]
+fn slices_out_of_bounds_or_of_unknown_buffers_are_refused_at_submission() {
+    let (server, _) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    assert_eq!(rio::buffer_len(id).unwrap(), 4096);
+
+    let past = RioBuf::new(id, 4000, 200);
+    assert_eq!(
+        rio_err(rq.receive(past, RioFlags::NONE, 0)),
+        RioError::OutOfBounds {
+            buf: past,
+            buffer_len: 4096
+        }
+    );
+    assert!(matches!(
+        rio_err(rq.send(RioBuf::new(id, u32::MAX, 2), RioFlags::NONE, 0)),
+        RioError::OutOfBounds { .. }
+    ));
+    assert!(matches!(
+        rio_err(rio::borrow(&past)),
+        RioError::OutOfBounds { .. }
+    ));
+    // Nothing was started, nothing is counted.
+    assert_eq!(rq.outstanding(), (0, 0));
+
+    rio::deregister_buffer(id).unwrap();
+    let gone = RioBuf::new(id, 0, 100);
+    assert_eq!(
+        rio_err(rq.receive(gone, RioFlags::NONE, 0)),
+        RioError::UnknownBuffer(id)
+    );
+    assert_eq!(
+        rio_err(rio::deregister_buffer(id)),
+        RioError::UnknownBuffer(id)
+    );
+    let never = BufferId::from_u64(0);
+    assert_eq!(
+        rio_err(rq.send(RioBuf::new(never, 0, 1), RioFlags::NONE, 0)),
+        RioError::UnknownBuffer(never)
+    );
+    // A new buffer in the same registry slot does not revive the old id.
+    let again = rio::register_buffer(4096).unwrap();
+    assert_ne!(again, id);
+    assert!(rio::borrow(&gone).is_err());
+    assert_eq!(rq.outstanding(), (0, 0));
+    assert!(matches!(
+        rio::register_buffer(0),
+        Err(Error::InvalidArgument(_))
+    ));
+    rio::deregister_buffer(again).unwrap();
+}
+
+#[test]
+fn a_buffer_with_requests_outstanding_cannot_be_deregistered() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    rq.receive(RioBuf::new(id, 0, 1024), RioFlags::NONE, 1)
+        .unwrap();
+    rq.receive(RioBuf::new(id, 1024, 1024), RioFlags::NONE, 2)
+        .unwrap();
+    assert_eq!(
+        rio_err(rio::deregister_buffer(id)),
+        RioError::BufferInUse { id, uses: 2 }
+    );
+    let c = client();
+    c.send_to(b"a", addr).unwrap();
+    c.send_to(b"b", addr).unwrap();
+    take(&cq, 2);
+    // Both requests ended: the memory can go.
+    rio::deregister_buffer(id).unwrap();
+}
+
+#[test]
+fn slices_the_kernel_writes_cannot_be_borrowed_and_borrowed_slices_cannot_receive() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    let rx = RioBuf::new(id, 0, 100);
+    rq.receive(rx, RioFlags::NONE, 1).unwrap();
+
+    let inside = RioBuf::new(id, 50, 10);
+    assert_eq!(
+        rio_err(rio::borrow(&inside)),
+        RioError::SliceBusy {
+            buf: inside,
+            conflict: SliceUse::Receive
+        }
+    );
+    assert!(rio::borrow_mut(&inside).is_err());
+    // Bytes next to it are free.
+    rio::borrow_mut(&RioBuf::new(id, 100, 100)).unwrap().fill(7);
+    // A second receive into the same bytes is refused too.
+    assert!(matches!(
+        rio_err(rq.receive(RioBuf::new(id, 90, 20), RioFlags::NONE, 2)),
+        RioError::SliceBusy {
+            conflict: SliceUse::Receive,
+            ..
+        }
+    ));
+
+    // While a slice is borrowed, a receive into it is refused, a send allowed.
+    let tx = RioBuf::new(id, 200, 100);
+    rio::borrow_mut(&tx).unwrap()[..5].copy_from_slice(b"hello");
+    let held = rio::borrow(&tx).unwrap();
+    assert_eq!(
+        rio_err(rq.receive(RioBuf::new(id, 250, 10), RioFlags::NONE, 3)),
+        RioError::SliceBusy {
+            buf: RioBuf::new(id, 250, 10),
+            conflict: SliceUse::Borrow
+        }
+    );
+    assert!(rio::borrow_mut(&tx).is_err());
+    drop(held);
+    assert_eq!(rq.outstanding(), (1, 0));
+
+    client().send_to(b"data", addr).unwrap();
+    let r = take(&cq, 1);
+    assert_eq!((r[0].request_context, r[0].bytes), (1, 4));
+    assert_eq!(&bytes(RioBuf::new(id, 0, 4)), b"data");
+    rio::deregister_buffer(id).unwrap();
+}
+
+#[test]
+fn request_queues_are_charged_to_their_completion_queues() {
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let a = RequestQueue::new(udp().0, 4, 4, &cq, &cq, 0).unwrap();
+    assert_eq!(cq.charged(), 8);
+    assert_eq!(
+        rio_err(RequestQueue::new(udp().0, 1, 0, &cq, &cq, 0)),
+        RioError::QueueTooSmall {
+            size: 8,
+            charged: 8,
+            asked: 1
+        }
+    );
+    drop(a);
+    assert_eq!(cq.charged(), 0);
+    let _b = RequestQueue::new(udp().0, 8, 0, &cq, &cq, 0).unwrap();
+
+    // Separate queues: each is charged its own kind, and a failure on one
+    // leaves the other uncharged.
+    let rcq = CompletionQueue::new(4, Notify::Polled).unwrap();
+    let scq = CompletionQueue::new(2, Notify::Polled).unwrap();
+    assert!(matches!(
+        rio_err(RequestQueue::new(udp().0, 4, 3, &rcq, &scq, 0)),
+        RioError::QueueTooSmall { size: 2, .. }
+    ));
+    assert_eq!((rcq.charged(), scq.charged()), (0, 0));
+    let _c = RequestQueue::new(udp().0, 4, 2, &rcq, &scq, 0).unwrap();
+    assert_eq!((rcq.charged(), scq.charged()), (4, 2));
+    assert!(RequestQueue::new(
+        std::fs::File::open("/dev/null").unwrap(),
+        0,
+        0,
+        &rcq,
+        &scq,
+        0
+    )
+    .is_err());
+}
+
+#[test]
+fn a_request_beyond_the_queues_maximum_fails_at_once() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 2, 1, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(8192).unwrap();
+    for i in 0..2 {
+        rq.receive(RioBuf::new(id, i * 1024, 1024), RioFlags::NONE, i as u64)
+            .unwrap();
+    }
+    assert_eq!(
+        rio_err(rq.receive(RioBuf::new(id, 4096, 1024), RioFlags::NONE, 9)),
+        RioError::TooManyRequests {
+            kind: RequestKind::Receive,
+            max: 2
+        }
+    );
+    // The slice of the refused request is not held.
+    rio::borrow_mut(&RioBuf::new(id, 4096, 1024)).unwrap();
+    client().send_to(b"x", addr).unwrap();
+    take(&cq, 1);
+    rq.receive(RioBuf::new(id, 4096, 1024), RioFlags::NONE, 2)
+        .unwrap();
+
+    // A deferred send counts as soon as it is made.
+    rq.send(RioBuf::new(id, 6000, 10), RioFlags::DEFER, 0)
+        .unwrap();
+    assert_eq!(
+        rio_err(rq.send(RioBuf::new(id, 6000, 10), RioFlags::NONE, 0)),
+        RioError::TooManyRequests {
+            kind: RequestKind::Send,
+            max: 1
+        }
+    );
+    assert_eq!(rq.outstanding(), (2, 1));
+}
+
+#[test]
+fn resizing_a_request_queue_rechecks_its_completion_queues() {
+    let (server, _) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 2, 2, &cq, &cq, 0).unwrap();
+    rq.resize(4, 4).unwrap();
+    assert_eq!((rq.limits(), cq.charged()), ((4, 4), 8));
+    assert!(matches!(
+        rio_err(rq.resize(5, 4)),
+        RioError::QueueTooSmall { .. }
+    ));
+    assert_eq!((rq.limits(), cq.charged()), ((4, 4), 8));
+    let id = rio::register_buffer(4096).unwrap();
+    for i in 0..3 {
+        rq.receive(RioBuf::new(id, i * 100, 100), RioFlags::NONE, 0)
+            .unwrap();
+    }
+    assert_eq!(
+        rio_err(rq.resize(2, 4)),
+        RioError::BelowOutstanding {
+            in_use: 3,
+            asked: 2
+        }
+    );
+    rq.resize(3, 1).unwrap();
+    assert_eq!((rq.limits(), cq.charged()), ((3, 1), 4));
+    // The room given back can be charged by another queue.
+    let _other = RequestQueue::new(udp().0, 4, 0, &cq, &cq, 0).unwrap();
+    assert_eq!(cq.charged(), 8);
+}
+
+#[test]
+fn notify_while_armed_is_an_error() {
+    let event = CompletionQueue::new(8, Notify::Event).unwrap();
+    assert_eq!(rio_err(event.wait(Some(SHORT))), RioError::NotArmed);
+    event.notify().unwrap();
+    assert!(event.is_armed());
+    assert_eq!(rio_err(event.notify()), RioError::AlreadyArmed);
+
+    let port = CompletionPort::<u64>::new(0).unwrap();
+    let ported = CompletionQueue::new(8, Notify::port(&port, 5, 0)).unwrap();
+    ported.notify().unwrap();
+    assert_eq!(rio_err(ported.notify()), RioError::AlreadyArmed);
+    assert_eq!(
+        rio_err(ported.wait(Some(SHORT))),
+        RioError::WrongNotification
+    );
+
+    let polled = CompletionQueue::new(8, Notify::Polled).unwrap();
+    assert_eq!(rio_err(polled.notify()), RioError::WrongNotification);
+}
+
+#[test]
+fn notify_fires_at_once_when_results_are_waiting() {
+    for port_mode in [false, true] {
+        let port = CompletionPort::<u64>::new(0).unwrap();
+        let notify = if port_mode {
+            Notify::port(&port, 5, 77)
+        } else {
+            Notify::Event
+        };
+        let (server, addr) = udp();
+        let cq = CompletionQueue::new(8, notify).unwrap();
+        let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+        let id = rio::register_buffer(4096).unwrap();
+        rq.receive(RioBuf::new(id, 0, 100), RioFlags::NONE, 0)
+            .unwrap();
+        client().send_to(b"early", addr).unwrap();
+        thread::sleep(Duration::from_millis(50));
+
+        // The result came before the notification was armed.
+        cq.notify().unwrap();
+        if port_mode {
+            let p = port.get(Some(Duration::ZERO)).unwrap();
+            assert_eq!((p.key, p.token), (5, 77));
+        } else {
+            cq.wait(Some(Duration::ZERO)).unwrap();
+        }
+        assert_eq!(take(&cq, 1)[0].bytes, 5);
+    }
+}
+
+#[test]
+fn an_event_notification_fires_once_per_arm() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(16, Notify::Event).unwrap();
+    let rq = RequestQueue::new(server, 8, 8, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(8192).unwrap();
+    for i in 0..8 {
+        rq.receive(RioBuf::new(id, i * 1024, 1024), RioFlags::NONE, i as u64)
+            .unwrap();
+    }
+    cq.notify().unwrap();
+    let c = client();
+    for _ in 0..3 {
+        c.send_to(b"x", addr).unwrap();
+    }
+    cq.wait(Some(5 * SECOND)).unwrap();
+    // Fired once: nothing is armed any more.
+    assert_eq!(rio_err(cq.wait(Some(SHORT))), RioError::NotArmed);
+    take(&cq, 3);
+
+    // Armed on an empty queue: no notification until a result comes.
+    cq.notify().unwrap();
+    assert!(matches!(cq.wait(Some(SHORT)), Err(Error::Timeout)));
+    c.send_to(b"y", addr).unwrap();
+    cq.wait(Some(5 * SECOND)).unwrap();
+    take(&cq, 1);
+    assert_eq!(cq.stats().notifies, 2);
+}
+
+#[test]
+fn a_port_notification_queues_one_packet_per_arm() {
+    let port = CompletionPort::<&str>::new(0).unwrap();
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(16, Notify::port(&port, 11, "cq")).unwrap();
+    let rq = RequestQueue::new(server, 8, 8, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(8192).unwrap();
+    for i in 0..8 {
+        rq.receive(RioBuf::new(id, i * 1024, 1024), RioFlags::NONE, i as u64)
+            .unwrap();
+    }
+    cq.notify().unwrap();
+    assert!(matches!(port.get(Some(SHORT)), Err(Error::Timeout)));
+    let c = client();
+    for _ in 0..5 {
+        c.send_to(b"x", addr).unwrap();
+    }
+    let p = port.get(Some(5 * SECOND)).unwrap();
+    assert_eq!((p.key, p.token), (11, "cq"));
+    // Five results, one packet.
+    assert!(matches!(port.get(Some(SHORT)), Err(Error::Timeout)));
+    take(&cq, 5);
+
+    // Re-armed on an empty queue: one packet for the next result only.
+    cq.notify().unwrap();
+    assert!(matches!(port.get(Some(SHORT)), Err(Error::Timeout)));
+    c.send_to(b"y", addr).unwrap();
+    c.send_to(b"z", addr).unwrap();
+    assert_eq!(port.get(Some(5 * SECOND)).unwrap().key, 11);
+    assert!(matches!(port.get(Some(SHORT)), Err(Error::Timeout)));
+    take(&cq, 2);
+}
+
+#[test]
+fn defer_queues_requests_and_commit_submits_them_in_one_call() {
+    let (peer, peer_addr) = udp();
+    peer.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let sender = client();
+    sender.connect(peer_addr).unwrap();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(sender, 0, 8, &cq, &cq, 3).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    for i in 0..4u32 {
+        rio::borrow_mut(&RioBuf::new(id, i * 16, 1))
+            .unwrap()
+            .copy_from_slice(&[b'a' + i as u8]);
+    }
+    let before = cq.stats();
+    for i in 0..4u32 {
+        rq.send(RioBuf::new(id, i * 16, 1), RioFlags::DEFER, i as u64)
+            .unwrap();
+    }
+    assert_eq!(cq.stats().submits, before.submits);
+    let mut b = [0u8; 16];
+    assert!(peer.recv(&mut b).is_err(), "a deferred send went out");
+    none_for_a_while(&cq);
+
+    rq.commit().unwrap();
+    assert_eq!(cq.stats().submits, before.submits + 1);
+    peer.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let n = peer.recv(&mut b).unwrap();
+        got.push(b[..n].to_vec());
+    }
+    assert_eq!(got, [b"a", b"b", b"c", b"d"]);
+    let results = take(&cq, 4);
+    let contexts: Vec<u64> = results.iter().map(|r| r.request_context).collect();
+    assert_eq!(contexts, [0, 1, 2, 3]);
+    assert!(results
+        .iter()
+        .all(|r| r.socket_context == 3 && r.bytes == 1));
+    // Committing nothing makes no system call.
+    rq.commit().unwrap();
+    assert_eq!(cq.stats().submits, before.submits + 1);
+    assert!(matches!(
+        rq.send(RioBuf::new(id, 0, 1), RioFlags::COMMIT_ONLY, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_dont_notify_result_does_not_wake_an_event_waiter() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Event).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    rq.receive(RioBuf::new(id, 0, 100), RioFlags::DONT_NOTIFY, 1)
+        .unwrap();
+    cq.notify().unwrap();
+    let c = client();
+    c.send_to(b"quiet", addr).unwrap();
+    assert!(matches!(cq.wait(Some(SHORT)), Err(Error::Timeout)));
+
+    // A result that may notify wakes it.
+    rq.receive(RioBuf::new(id, 100, 100), RioFlags::NONE, 2)
+        .unwrap();
+    c.send_to(b"loud", addr).unwrap();
+    cq.wait(Some(5 * SECOND)).unwrap();
+    let r = take(&cq, 2);
+    assert_eq!(
+        r.iter()
+            .map(|r| (r.request_context, r.bytes))
+            .collect::<Vec<_>>(),
+        [(1, 5), (2, 4)]
+    );
+}
+
+#[test]
+fn waitall_is_refused_on_datagram_sockets_and_fills_stream_buffers() {
+    let (server, _) = udp();
+    let cq = CompletionQueue::new(16, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    let buf = RioBuf::new(id, 0, 10);
+    assert_eq!(
+        rio_err(rq.receive(buf, RioFlags::WAITALL, 0)),
+        RioError::WaitAllOnDatagram
+    );
+    assert_eq!(
+        rio_err(rq.send(buf, RioFlags::WAITALL, 0)),
+        RioError::WaitAllOnDatagram
+    );
+    assert_eq!(rq.outstanding(), (0, 0));
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let rq = RequestQueue::new(stream, 4, 4, &cq, &cq, 0).unwrap();
+    rq.receive(buf, RioFlags::WAITALL, 7).unwrap();
+    writer.write_all(b"01234").unwrap();
+    none_for_a_while(&cq);
+    writer.write_all(b"56789").unwrap();
+    let r = take(&cq, 1);
+    assert_eq!((r[0].request_context, r[0].bytes, r[0].status), (7, 10, 0));
+    assert_eq!(&bytes(buf), b"0123456789");
+}
+
+#[test]
+fn a_datagram_longer_than_its_buffer_completes_with_emsgsize() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    rq.receive(RioBuf::new(id, 0, 4), RioFlags::NONE, 0)
+        .unwrap();
+    client().send_to(b"0123456789", addr).unwrap();
+    let r = take(&cq, 1)[0];
+    assert_eq!((r.status, r.bytes), (libc::EMSGSIZE, 4));
+    assert_eq!(r.result().unwrap_err().raw_os_error(), Some(libc::EMSGSIZE));
+    assert_eq!(&bytes(RioBuf::new(id, 0, 4)), b"0123");
+}
+
+#[test]
+fn resizing_a_completion_queue_keeps_results_and_requests() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(4, Notify::Event).unwrap();
+    assert_eq!(cq.ring_capacity(), 4);
+    let rq = RequestQueue::new(server, 2, 2, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    for i in 0..2u32 {
+        rq.receive(RioBuf::new(id, i * 100, 100), RioFlags::NONE, i as u64)
+            .unwrap();
+    }
+    let c = client();
+    c.send_to(b"first", addr).unwrap();
+    thread::sleep(Duration::from_millis(50));
+
+    assert_eq!(
+        rio_err(cq.resize(3)),
+        RioError::BelowOutstanding {
+            in_use: 4,
+            asked: 3
+        }
+    );
+    // Within the ring: only the number changes.
+    cq.resize(4).unwrap();
+    // Beyond it: a new ring; the waiting result and the receive in flight move.
+    cq.resize(100).unwrap();
+    assert_eq!((cq.size(), cq.ring_capacity()), (100, 128));
+    let _more = RequestQueue::new(udp().0, 90, 0, &cq, &cq, 0).unwrap();
+
+    c.send_to(b"second", addr).unwrap();
+    // Results in the order the datagrams came (which receive took which is
+    // the kernel's choice).
+    let got: Vec<Vec<u8>> = take(&cq, 2)
+        .iter()
+        .map(|r| bytes(RioBuf::new(id, r.request_context as u32 * 100, r.bytes)))
+        .collect();
+    assert_eq!(got, [&b"first"[..], &b"second"[..]]);
+
+    // The event notification works on the new ring.
+    rq.receive(RioBuf::new(id, 0, 100), RioFlags::NONE, 2)
+        .unwrap();
+    cq.notify().unwrap();
+    c.send_to(b"third", addr).unwrap();
+    cq.wait(Some(5 * SECOND)).unwrap();
+    assert_eq!(take(&cq, 1)[0].request_context, 2);
+
+    // Moving while armed is refused.
+    cq.notify().unwrap();
+    assert_eq!(rio_err(cq.resize(1000)), RioError::Armed);
+}
+
+#[test]
+fn dropping_a_request_queue_cancels_its_requests() {
+    let (server, _) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 5).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    for i in 0..3u32 {
+        rq.receive(RioBuf::new(id, i * 100, 100), RioFlags::NONE, i as u64)
+            .unwrap();
+    }
+    let fd = rq.as_raw_fd();
+    let name = fd_target(fd).unwrap();
+    drop(rq);
+    let r = take(&cq, 3);
+    assert!(r
+        .iter()
+        .all(|r| r.status == libc::ECANCELED && r.socket_context == 5));
+    // The socket closed with its last request, and its charges went.
+    assert_ne!(fd_target(fd), Some(name));
+    assert_eq!(cq.charged(), 0);
+    rio::deregister_buffer(id).unwrap();
+}
+
+fn fd_target(fd: RawFd) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// What this process holds open, by kind.
+fn open_fds() -> (usize, usize, usize) {
+    let (mut rings, mut events, mut sockets) = (0, 0, 0);
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let t = std::fs::read_link(e.path()).unwrap_or_default();
+        let t = t.to_string_lossy();
+        if t.contains("io_uring") {
+            rings += 1;
+        } else if t.contains("eventfd") {
+            events += 1;
+        } else if t.starts_with("socket:") {
+            sockets += 1;
+        }
+    }
+    (rings, events, sockets)
+}
+
+#[test]
+fn closing_a_completion_queue_with_requests_outstanding_leaks_nothing() {
+    if !in_child(
+        "closing_a_completion_queue_with_requests_outstanding_leaks_nothing",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // (The port's own ring is left out: a thread that took a packet keeps
+    // the port's state in a thread-local.)
+    let port = CompletionPort::<u64>::new(0).unwrap();
+    let before = open_fds();
+    for mode in 0..3 {
+        let notify = match mode {
+            0 => Notify::Polled,
+            1 => Notify::Event,
+            _ => Notify::port(&port, 3, 0),
+        };
+        let cq = CompletionQueue::new(64, notify).unwrap();
+        let (server, addr) = udp();
+        let (sender, _) = udp();
+        sender.connect(addr).unwrap();
+        let rq = RequestQueue::new(server, 32, 0, &cq, &cq, 0).unwrap();
+        let tx = RequestQueue::new(sender, 0, 16, &cq, &cq, 0).unwrap();
+        let id = rio::register_buffer(64 * 1024).unwrap();
+        for i in 0..32u32 {
+            rq.receive(RioBuf::new(id, i * 1024, 1024), RioFlags::NONE, 0)
+                .unwrap();
+        }
+        for i in 0..4u32 {
+            tx.send(RioBuf::new(id, 40_000 + i, 1), RioFlags::DEFER, 0)
+                .unwrap();
+        }
+        // Armed (where there is a notification) while requests are in flight.
+        let _ = cq.notify();
+        cq.close().unwrap();
+        // Every slice is free, every later call says closed.
+        assert_eq!(rq.outstanding(), (0, 0));
+        assert_eq!(tx.outstanding(), (0, 0));
+        assert_eq!(
+            rio_err(rq.receive(RioBuf::new(id, 0, 1), RioFlags::NONE, 0)),
+            RioError::QueueClosed
+        );
+        assert_eq!(
+            rio_err(cq.dequeue(&mut [RioResult::default()])),
+            RioError::QueueClosed
+        );
+        rio::deregister_buffer(id).unwrap();
+        drop((rq, tx, cq));
+        if mode == 2 {
+            // The armed port notification fired when the queue closed.
+            assert_eq!(port.get(Some(5 * SECOND)).unwrap().key, 3);
+        }
+        assert_eq!(open_fds(), before, "something was left open");
+    }
+}
+
+#[test]
+fn closing_wakes_an_event_waiter() {
+    let cq = CompletionQueue::new(8, Notify::Event).unwrap();
+    cq.notify().unwrap();
+    thread::scope(|s| {
+        let waiter = s.spawn(|| cq.wait(Some(5 * SECOND)));
+        thread::sleep(Duration::from_millis(50));
+        cq.close().unwrap();
+        assert_eq!(rio_err(waiter.join().unwrap()), RioError::QueueClosed);
+    });
+    assert_eq!(rio_err(cq.notify()), RioError::QueueClosed);
+}
+
+#[test]
+fn one_sockets_datagrams_come_out_in_order() {
+    const OUTSTANDING: u32 = 64;
+    const TOTAL: u32 = 3000;
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(OUTSTANDING, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, OUTSTANDING, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(OUTSTANDING as usize * 64).unwrap();
+    let slice = |i: u64| RioBuf::new(id, i as u32 * 64, 64);
+    for i in 0..OUTSTANDING as u64 {
+        rq.receive(slice(i), RioFlags::NONE, i).unwrap();
+    }
+    let c = client();
+    let mut next = 0u32;
+    let mut sent = 0u32;
+    let mut results = [RioResult::default(); 64];
+    let deadline = Instant::now() + 10 * SECOND;
+    while next < TOTAL {
+        // Bursts no larger than the receives posted: nothing is dropped.
+        while sent < TOTAL && sent - next < OUTSTANDING / 2 {
+            c.send_to(&sent.to_le_bytes(), addr).unwrap();
+            sent += 1;
+        }
+        let n = cq.dequeue(&mut results).unwrap();
+        for r in &results[..n] {
+            assert_eq!(r.bytes, 4);
+            let b = bytes(slice(r.request_context));
+            let seq = u32::from_le_bytes(b[..4].try_into().unwrap());
+            assert_eq!(seq, next, "datagrams out of order");
+            next += 1;
+            rq.receive(slice(r.request_context), RioFlags::DEFER, r.request_context)
+                .unwrap();
+        }
+        rq.commit().unwrap();
+        assert!(Instant::now() < deadline, "stuck at {next} of {TOTAL}");
+    }
+}
+
+/// As in a multi-threaded port server: two threads take turns on one
+/// completion queue (a mutex standing in for the notification), each
+/// re-posting the receives it dequeued, so receives of one socket are
+/// submitted from both threads.
+#[test]
+fn datagrams_stay_in_order_when_threads_take_turns_on_a_queue() {
+    const OUTSTANDING: u32 = 64;
+    const TOTAL: u32 = 20_000;
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(OUTSTANDING, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, OUTSTANDING, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(OUTSTANDING as usize * 64).unwrap();
+    let slice = |i: u64| RioBuf::new(id, i as u32 * 64, 64);
+    for i in 0..OUTSTANDING as u64 {
+        rq.receive(slice(i), RioFlags::NONE, i).unwrap();
+    }
+    // (next sequence number expected, results out of order, results)
+    let turn = std::sync::Mutex::new((0u32, 0u32, 0u32));
+    let received = std::sync::atomic::AtomicU32::new(0);
+    let deadline = Instant::now() + 20 * SECOND;
+    thread::scope(|s| {
+        s.spawn(|| {
+            let c = client();
+            for i in 0..TOTAL {
+                // Never more in the socket than its buffer holds: no loss.
+                while i - received.load(Ordering::Relaxed) > 128 && Instant::now() < deadline {
+                    thread::yield_now();
+                }
+                c.send_to(&i.to_le_bytes(), addr).unwrap();
+            }
+        });
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut results = [RioResult::default(); 64];
+                loop {
+                    let mut t = turn.lock().unwrap();
+                    if t.2 >= TOTAL || Instant::now() > deadline {
+                        break;
+                    }
+                    let n = cq.dequeue(&mut results).unwrap();
+                    for r in &results[..n] {
+                        let b = bytes(slice(r.request_context));
+                        let seq = u32::from_le_bytes(b[..4].try_into().unwrap());
+                        if seq < t.0 {
+                            t.1 += 1;
+                        } else {
+                            t.0 = seq + 1;
+                        }
+                        t.2 += 1;
+                        rq.receive(slice(r.request_context), RioFlags::NONE, r.request_context)
+                            .unwrap();
+                    }
+                    received.store(t.2, Ordering::Relaxed);
+                    drop(t);
+                    if n == 0 {
+                        thread::yield_now();
+                    }
+                }
+            });
+        }
+    });
+    let t = turn.lock().unwrap();
+    assert_eq!((t.2, t.1), (TOTAL, 0), "(results, out of order)");
+}
+
+#[test]
+fn receive_ex_and_send_ex_carry_addresses_in_registered_buffers() {
+    let (server, server_addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    let data = RioBuf::new(id, 0, 1500);
+    // Address slices at odd offsets: nothing assumes alignment.
+    let local = RioBuf::new(id, 2001, 128);
+    let remote = RioBuf::new(id, 3001, rio::ADDRESS_LEN);
+    assert!(matches!(
+        rio_err(rq.receive_ex(
+            data,
+            None,
+            Some(RioBuf::new(id, 3001, 16)),
+            RioFlags::NONE,
+            0
+        )),
+        RioError::AddressBufferTooSmall { need: 28, .. }
+    ));
+    rq.receive_ex(data, Some(local), Some(remote), RioFlags::NONE, 1)
+        .unwrap();
+    let (peer, peer_addr) = udp();
+    peer.set_read_timeout(Some(5 * SECOND)).unwrap();
+    peer.send_to(b"hi there", server_addr).unwrap();
+    let r = take(&cq, 1)[0];
+    assert_eq!((r.request_context, r.bytes, r.status), (1, 8, 0));
+    assert_eq!(
+        rio::read_addr(&rio::borrow(&remote).unwrap()),
+        Some(peer_addr)
+    );
+    assert_eq!(
+        rio::read_addr(&rio::borrow(&local).unwrap()),
+        Some(server_addr)
+    );
+
+    // Reply to the address the kernel wrote, from the local address it reported.
+    rq.send_ex(
+        RioBuf::new(id, 0, 8),
+        Some(local),
+        Some(remote),
+        RioFlags::NONE,
+        2,
+    )
+    .unwrap();
+    let mut b = [0u8; 16];
+    let (n, from) = peer.recv_from(&mut b).unwrap();
+    assert_eq!((&b[..n], from), (&b"hi there"[..], server_addr));
+    assert_eq!(take(&cq, 1)[0].request_context, 2);
+
+    // An address written by the user.
+    let (other, other_addr) = udp();
+    other.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let to = RioBuf::new(id, 3500, 128);
+    rio::write_addr(&mut rio::borrow_mut(&to).unwrap(), other_addr).unwrap();
+    rq.send_ex(RioBuf::new(id, 0, 2), None, Some(to), RioFlags::NONE, 3)
+        .unwrap();
+    let n = other.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"hi");
+    assert_eq!(take(&cq, 1)[0].request_context, 3);
+}
+
+/// With `RINGPORT_STRACE=1` (and strace installed), runs a loop of dequeues
+/// that takes 200 datagrams under `strace -f` and checks that the dequeuing
+/// thread made no system call between two markers.
+#[test]
+fn dequeue_makes_no_system_call() {
+    const NAME: &str = "dequeue_makes_no_system_call";
+    if std::env::var("RIO_CHILD").as_deref() != Ok(NAME) {
+        if std::env::var("RINGPORT_STRACE").is_err() {
+            eprintln!("skipped: set RINGPORT_STRACE=1 to run under strace");
+            return;
+        }
+        let log = std::env::temp_dir().join(format!("rio-strace-{}.log", std::process::id()));
+        let log_s = log.to_string_lossy().into_owned();
+        in_child(NAME, &[], &["strace", "-f", "-qq", "-o", &log_s]);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        let lines: Vec<&str> = text.lines().collect();
+        // The markers (strace may split one into "unfinished" and "resumed").
+        let marks: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].contains("getppid"))
+            .collect();
+        assert!(marks.len() >= 2, "markers not found in strace log");
+        let (first, last) = (marks[0], marks[marks.len() - 1]);
+        let tid = lines[first].split_whitespace().next().unwrap();
+        let between: Vec<&str> = lines[first + 1..last]
+            .iter()
+            .copied()
+            .filter(|l| l.split_whitespace().next() == Some(tid) && !l.contains("getppid"))
+            .collect();
+        eprintln!(
+            "dequeuing thread {tid}: {} system calls between the markers",
+            between.len()
+        );
+        assert!(
+            between.is_empty(),
+            "system calls while dequeuing: {between:#?}"
+        );
+        return;
+    }
+    // The child, under strace.
+    const N: usize = 200;
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(256, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 256, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(256 * 64).unwrap();
+    for i in 0..256u32 {
+        rq.receive(RioBuf::new(id, i * 64, 64), RioFlags::NONE, 0)
+            .unwrap();
+    }
+    let (go, give_up, done) = (
+        AtomicBool::new(false),
+        AtomicBool::new(false),
+        AtomicBool::new(false),
+    );
+    let mut results = [RioResult::default(); 64];
+    let (mut got, mut calls) = (0usize, 0u64);
+    thread::scope(|s| {
+        s.spawn(|| {
+            let c = client();
+            let deadline = Instant::now() + 10 * SECOND;
+            while !go.load(Ordering::Relaxed) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            // Datagrams arrive while the other thread spins on the queue.
+            for i in 0..N as u32 {
+                c.send_to(&i.to_le_bytes(), addr).unwrap();
+            }
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            give_up.store(true, Ordering::Relaxed);
+        });
+        // SAFETY: getppid takes no arguments; it is the marker in the log.
+        unsafe { libc::getppid() };
+        go.store(true, Ordering::Relaxed);
+        while got < N && !give_up.load(Ordering::Relaxed) {
+            got += cq.dequeue(&mut results).unwrap();
+            calls += 1;
+            std::hint::spin_loop();
+        }
+        // SAFETY: as above.
+        unsafe { libc::getppid() };
+        done.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(got, N);
+    println!("{calls} dequeue calls took {got} results");
+}
+
+#[test]
+fn the_rio_types_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<CompletionQueue>();
+    shared::<RequestQueue>();
+    shared::<rio::BufRef>();
+    shared::<rio::BufMut>();
+    shared::<RioError>();
+}
