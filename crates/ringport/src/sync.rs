@@ -3,7 +3,7 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+    atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering},
     Arc, Mutex, MutexGuard,
 };
 #[cfg(loom)]
@@ -11,7 +11,7 @@ pub(crate) use loom::thread;
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+    atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering},
     Arc, Mutex, MutexGuard,
 };
 #[cfg(not(loom))]

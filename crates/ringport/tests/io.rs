@@ -441,13 +441,53 @@ fn operations_complete_to_worker_threads_under_the_limit() {
 
 #[test]
 fn a_post_wakes_a_thread_sleeping_in_the_kernel() {
-    // The first waiter sleeps on the ring; a post must reach it.
+    // With an operation in flight the first waiter sleeps on the ring (or
+    // in epoll_wait); a post must reach it there.
     let port = port();
+    let idle = port
+        .associate(UdpSocket::bind("127.0.0.1:0").unwrap(), 2)
+        .unwrap();
+    idle.recv(vec![0u8; 8], Op::Recv).unwrap();
     let p2 = port.clone();
     let t = std::thread::spawn(move || p2.get(WAIT).map(|p| p.token));
     std::thread::sleep(Duration::from_millis(50));
     port.post(1, Op::Other(5), Ok(0)).unwrap();
     assert_eq!(t.join().unwrap().unwrap(), Op::Other(5));
+}
+
+#[test]
+fn a_thread_parked_before_any_io_is_sent_to_watch_the_first_operation() {
+    // With nothing in flight, waiters park in user space; starting an
+    // operation must send one of them to sleep in the kernel, or its
+    // completion would wait for the next get.
+    let port = port();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let p = port.clone();
+            std::thread::spawn(move || p.get(WAIT).map(|p| p.token))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while port.stats().waiting < 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap();
+    let s = port.associate(s, 3).unwrap();
+    s.recv(vec![0u8; 8], Op::Recv).unwrap();
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"x", addr)
+        .unwrap();
+    // One worker gets the datagram; a post releases the other.
+    port.post(0, Op::Other(9), Ok(0)).unwrap();
+    let mut got: Vec<Op> = workers
+        .into_iter()
+        .map(|w| w.join().unwrap().unwrap())
+        .collect();
+    got.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(got, vec![Op::Other(9), Op::Recv]);
 }
 
 #[test]

@@ -44,10 +44,14 @@ impl<T> Driver<T> {
         to: Option<SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        match self {
+        let started = match self {
             Driver::Uring(d) => d.start(pending, to, immediate),
             Driver::Epoll(d) => d.start(core, pending, to, immediate),
+        }?;
+        if let Started::Pending(_) = started {
+            core.kernel_work_started();
         }
+        Ok(started)
     }
 
     pub(crate) fn cancel(&self, core: &Core<Packet<T>>, id: OpId, fd: RawFd) -> Result<(), Error> {
@@ -105,5 +109,11 @@ impl<T: Send + 'static> Kernel<Packet<T>> for Driver<T> {
     }
     fn harvest(&self, core: &Core<Packet<T>>) {
         Driver::harvest(self, core, false);
+    }
+    fn busy(&self) -> bool {
+        match self {
+            Driver::Uring(d) => d.busy(),
+            Driver::Epoll(d) => d.busy(),
+        }
     }
 }

@@ -37,7 +37,7 @@ use crossbeam_utils::CachePadded;
 use super::queue::Queue;
 use super::state::{State, MAX_ACTIVE, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER};
 use super::waiter::{Waiter, CLOSED, GRANTED, LEAD, WAITING};
-use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// Why a thread got no packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,11 @@ pub(crate) trait Kernel<T>: Send + Sync {
     fn wake(&self);
     /// Moves finished completions into `core` as packets and publishes them.
     fn harvest(&self, core: &Core<T>);
+    /// Whether operations are in flight that could complete. While none
+    /// are, waiting threads all park in user space (a futex wake is cheaper
+    /// than waking a thread out of the kernel), and the thread that starts
+    /// the next operation calls [`Core::kernel_work_started`].
+    fn busy(&self) -> bool;
 }
 
 /// The waiter stack: user-space waiters, most recent last, and at index 0
@@ -93,6 +98,8 @@ pub struct Core<T> {
     limit: u64,
     queue: Queue<T>,
     stack: Mutex<Stack>,
+    /// `stack.sleeper`, readable without the mutex (written under it).
+    has_sleeper: AtomicBool,
     kernel: Option<Arc<dyn Kernel<T>>>,
     pub(crate) counters: Counters,
 }
@@ -112,6 +119,7 @@ impl<T> Core<T> {
             limit: (limit as u64).clamp(1, MAX_ACTIVE),
             queue: Queue::new(),
             stack: Mutex::new(Stack::default()),
+            has_sleeper: AtomicBool::new(false),
             kernel,
             counters: Counters::default(),
         }
@@ -281,12 +289,38 @@ impl<T> Core<T> {
     /// its place, so kernel completions always have a thread watching.
     fn promote(&self, stack: &mut Stack) {
         stack.sleeper = false;
-        if self.kernel.is_none() || stack.waiters.is_empty() {
+        self.has_sleeper.store(false, Ordering::SeqCst);
+        // Pairs with the fence in kernel_work_started: either we see its
+        // operation in flight, or it sees that nobody sleeps in the kernel.
+        fence(Ordering::SeqCst);
+        if self.kernel.as_ref().is_some_and(|k| k.busy()) {
+            self.lead_top(stack);
+        }
+    }
+
+    /// Sends the most recent user-space waiter, if any, to sleep in the
+    /// kernel (under the stack mutex, with no sleeper there).
+    fn lead_top(&self, stack: &mut Stack) {
+        if let Some(w) = stack.waiters.pop() {
+            self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
+            w.release(LEAD);
+        }
+    }
+
+    /// Called by a kernel source after it started an operation: if threads
+    /// wait in user space and none sleeps in the kernel (there was nothing
+    /// to wait for there), the most recent is sent to sleep in the kernel.
+    pub(crate) fn kernel_work_started(&self) {
+        // Pairs with the fences in park and promote (a Dekker handshake on
+        // the in-flight count and the sleeper flag).
+        fence(Ordering::SeqCst);
+        if self.has_sleeper.load(Ordering::SeqCst) || self.state().waiters() == 0 {
             return;
         }
-        let w = stack.waiters.pop().expect("not empty");
-        self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
-        w.release(LEAD);
+        let mut stack = lock(&self.stack);
+        if !stack.sleeper {
+            self.lead_top(&mut stack);
+        }
     }
 
     /// Claims up to `max` packets without blocking. `was_active` says the
@@ -375,10 +409,16 @@ impl<T> Core<T> {
                         Err(now) => s = now,
                     }
                 }
-                let in_kernel = self.kernel.is_some() && !stack.sleeper;
+                // Our waiter count is published (the CAS above); the fence
+                // pairs with kernel_work_started's: either we see its
+                // operation in flight and sleep in the kernel, or it sees us
+                // waiting and sends us there.
+                fence(Ordering::SeqCst);
+                let in_kernel = !stack.sleeper && self.kernel.as_ref().is_some_and(|k| k.busy());
                 me.reset(in_kernel);
                 if in_kernel {
                     stack.sleeper = true;
+                    self.has_sleeper.store(true, Ordering::SeqCst);
                     stack.waiters.insert(0, me.clone());
                 } else {
                     stack.waiters.push(me.clone());

@@ -19,8 +19,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use self::files::FilePool;
@@ -42,6 +42,8 @@ pub(crate) struct EpollDriver<T> {
     /// Events the sleeper received, for the next harvest to act on.
     stash: Mutex<Vec<libc::epoll_event>>,
     files: FilePool,
+    /// Operations in flight, readable without the state's mutex.
+    live: AtomicUsize,
 }
 
 /// The eventfd that ends a sleeper's `epoll_wait`, written at most once
@@ -72,6 +74,32 @@ struct State<T> {
     table: Inflight<T>,
     fds: HashMap<RawFd, FdOps>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+/// The locked state; unlocking publishes the in-flight count for
+/// [`EpollDriver::busy`].
+struct Locked<'a, T> {
+    guard: MutexGuard<'a, State<T>>,
+    live: &'a AtomicUsize,
+}
+
+impl<T> std::ops::Deref for Locked<'_, T> {
+    type Target = State<T>;
+    fn deref(&self) -> &State<T> {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut State<T> {
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for Locked<'_, T> {
+    fn drop(&mut self) {
+        self.live.store(self.guard.table.live(), Ordering::SeqCst);
+    }
 }
 
 /// One associated descriptor's waiting operations.
@@ -139,6 +167,7 @@ impl<T> EpollDriver<T> {
                 timers: BinaryHeap::new(),
             }),
             stash: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(0),
         })
     }
 
@@ -173,7 +202,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn detach(&self, core: &Core<Packet<T>>, fd: RawFd) {
         let mut done = Vec::new();
         {
-            let mut st = lock(&self.state);
+            let mut st = self.lock_state();
             Self::cancel_queued(&mut st, fd, &mut done);
             if let Some(ops) = st.fds.remove(&fd) {
                 if ops.file.is_none() {
@@ -203,7 +232,7 @@ impl<T> EpollDriver<T> {
     ) -> Result<Started<T>, Error> {
         let mut done = Vec::new();
         let id = {
-            let mut st = lock(&self.state);
+            let mut st = self.lock_state();
             let st = &mut *st;
             let fd = pending.fd;
             let op = pending.op;
@@ -258,6 +287,18 @@ impl<T> EpollDriver<T> {
         Ok(Started::Pending(id))
     }
 
+    pub(crate) fn busy(&self) -> bool {
+        self.live.load(Ordering::SeqCst) > 0
+    }
+
+    /// The state, locked; the in-flight count is published when it unlocks.
+    fn lock_state(&self) -> Locked<'_, T> {
+        Locked {
+            guard: lock(&self.state),
+            live: &self.live,
+        }
+    }
+
     fn deliver(core: &Core<Packet<T>>, done: Vec<Packet<T>>, keep: bool) -> bool {
         let n = done.len() as u64;
         for p in done {
@@ -287,7 +328,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn cancel(&self, core: &Core<Packet<T>>, id: OpId, fd: RawFd) -> Result<(), Error> {
         let mut done = Vec::new();
         {
-            let mut st = lock(&self.state);
+            let mut st = self.lock_state();
             if st.table.fd_of(id) != Some(fd) {
                 return Err(Error::InvalidArgument(
                     "no such operation in flight on this handle",
@@ -309,7 +350,7 @@ impl<T> EpollDriver<T> {
     /// Cancels every waiting operation on `fd`.
     pub(crate) fn cancel_fd(&self, core: &Core<Packet<T>>, fd: RawFd) {
         let mut done = Vec::new();
-        Self::cancel_queued(&mut lock(&self.state), fd, &mut done);
+        Self::cancel_queued(&mut self.lock_state(), fd, &mut done);
         Self::deliver(core, done, false);
     }
 
@@ -317,7 +358,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn cancel_all(&self, core: &Core<Packet<T>>) {
         let mut done = Vec::new();
         {
-            let mut st = lock(&self.state);
+            let mut st = self.lock_state();
             let fds: Vec<RawFd> = st.fds.keys().copied().collect();
             for fd in fds {
                 Self::cancel_queued(&mut st, fd, &mut done);
@@ -341,7 +382,7 @@ impl<T> EpollDriver<T> {
 
         let mut done = Vec::new();
         {
-            let mut st = lock(&self.state);
+            let mut st = self.lock_state();
             for ev in &events {
                 let (flags, data) = (ev.events, ev.u64);
                 if data == WAKE {

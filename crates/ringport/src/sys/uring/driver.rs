@@ -1,6 +1,7 @@
 //! The io_uring driver: operations become SQEs on the port's ring, and the
 //! ring's completions become packets.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ const CANCEL: u64 = u64::MAX - 1;
 pub(crate) struct UringDriver<T> {
     ring: Ring,
     inflight: Mutex<Inflight<T>>,
+    /// Operations in flight, readable without the table's mutex.
+    live: AtomicUsize,
 }
 
 fn len32(n: usize) -> u32 {
@@ -85,6 +88,7 @@ impl<T> UringDriver<T> {
         UringDriver {
             ring,
             inflight: Mutex::new(Inflight::new()),
+            live: AtomicUsize::new(0),
         }
     }
 
@@ -109,6 +113,7 @@ impl<T> UringDriver<T> {
         }
         let mut table = lock(&self.inflight);
         let (id, scratch, pending) = table.insert(pending);
+        self.live.fetch_add(1, Ordering::SeqCst);
         // SAFETY: the slot was just taken from the free list, so nothing else
         // (the kernel included) refers to its scratch yet.
         let scratch = unsafe { &mut *scratch };
@@ -123,6 +128,7 @@ impl<T> UringDriver<T> {
             Ok(()) => Ok(Started::Pending(id)),
             Err(e) => {
                 table.abandon(id);
+                self.live.fetch_sub(1, Ordering::SeqCst);
                 Err(Error::Io(e))
             }
         }
@@ -167,6 +173,7 @@ impl<T> UringDriver<T> {
                     n += 1;
                 }
             });
+            self.live.store(table.live(), Ordering::SeqCst);
         }
         core.publish_completed(n, keep)
     }
@@ -177,6 +184,10 @@ impl<T> UringDriver<T> {
 
     pub(crate) fn wake(&self) {
         self.ring.wake()
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        self.live.load(Ordering::SeqCst) > 0
     }
 
     /// Cancels everything in flight and waits (bounded) for the kernel to
