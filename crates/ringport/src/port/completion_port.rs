@@ -404,8 +404,10 @@ impl<T: Send + 'static> CompletionPort<T> {
                 } else if timeout == Some(Duration::ZERO) {
                     Err(NoPacket::Empty)
                 } else {
-                    core.park(&activity::waiter(), deadline)
-                        .map(|k| k + core.claim_more(max - k))
+                    Self::spin(core, max).unwrap_or_else(|| {
+                        core.park(&activity::waiter(), deadline)
+                            .map(|k| k + core.claim_more(max - k))
+                    })
                 }
             }
             other => other,
@@ -436,6 +438,22 @@ impl<T: Send + 'static> CompletionPort<T> {
             return Err(Error::Closed);
         }
         Ok(taken)
+    }
+
+    /// Spins briefly (then yields) before parking, as crossbeam-channel
+    /// does: under a steady stream a thread finds the next packet without a
+    /// futex round trip. A spinning thread is neither active nor waiting, so
+    /// posts meanwhile queue without waking anyone.
+    fn spin(core: &Core<Packet<T>>, max: u64) -> Option<Result<u64, NoPacket>> {
+        let backoff = crossbeam_utils::Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            match core.try_claim(false, max) {
+                Err(NoPacket::Empty) => {}
+                other => return Some(other),
+            }
+        }
+        None
     }
 
     /// Associates a file descriptor (a socket, file, pipe: anything that
