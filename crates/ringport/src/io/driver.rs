@@ -83,9 +83,7 @@ impl<T> Driver<T> {
 
     /// Moves finished operations into the port; with `keep`, the (inactive)
     /// caller claims the first for itself if the limit allows, and returns
-    /// whether it did. `keep` also tells who harvests: a thread in `get`
-    /// (true) or the kernel sleeper (false, through [`Kernel::harvest`]);
-    /// only the sleeper may consume a wake meant for it.
+    /// whether it did.
     pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
         match self {
             Driver::Uring(d) => d.harvest(core, keep),
@@ -107,8 +105,8 @@ impl<T: Send + 'static> Kernel<Packet<T>> for Driver<T> {
             Driver::Epoll(d) => d.wake(),
         }
     }
-    fn harvest(&self, core: &Core<Packet<T>>) {
-        Driver::harvest(self, core, false);
+    fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
+        Driver::harvest(self, core, keep)
     }
     fn busy(&self) -> bool {
         match self {

@@ -65,8 +65,10 @@ pub(crate) trait Kernel<T>: Send + Sync {
     fn sleep(&self, deadline: Option<Instant>);
     /// Ends a concurrent [`sleep`](Self::sleep) (or the next one, if none).
     fn wake(&self);
-    /// Moves finished completions into `core` as packets and publishes them.
-    fn harvest(&self, core: &Core<T>);
+    /// Moves finished completions into `core` as packets and publishes them;
+    /// with `keep`, the (inactive, not waiting) caller claims the first for
+    /// itself if the limit allows, and the result says whether it did.
+    fn harvest(&self, core: &Core<T>, keep: bool) -> bool;
     /// Whether operations are in flight that could complete. While none
     /// are, waiting threads all park in user space (a futex wake is cheaper
     /// than waking a thread out of the kernel), and the thread that starts
@@ -426,15 +428,23 @@ impl<T> Core<T> {
                 in_kernel
             };
             if let (true, Some(kernel)) = (in_kernel, &self.kernel) {
-                loop {
-                    kernel.sleep(deadline);
-                    if me.verdict() == WAITING {
-                        kernel.harvest(self);
-                    }
-                    if me.verdict() != WAITING || deadline.is_some_and(|d| Instant::now() >= d) {
-                        return self.leave_kernel(me);
-                    }
+                kernel.sleep(deadline);
+                if me.verdict() != WAITING || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return self.leave_kernel(me);
                 }
+                // Completions woke us (or nothing did). Step off the stack and
+                // reap, keeping the first completion: the thread that is awake
+                // runs it, with no hop to another thread. The rest go to the
+                // most recent waiters.
+                if let Some(result) = self.step_out(me) {
+                    return result;
+                }
+                if kernel.harvest(self, true) {
+                    // Whoever waits behind us now watches the kernel.
+                    self.promote(&mut lock(&self.stack));
+                    return Ok(1);
+                }
+                continue; // nothing for us: wait again
             }
             let verdict = match me.wait(deadline) {
                 WAITING => self.unpark_timed_out(me),
@@ -466,6 +476,24 @@ impl<T> Core<T> {
         };
         self.promote(&mut stack);
         result
+    }
+
+    /// The kernel sleeper leaves the stack and the role without a verdict,
+    /// unless a verdict came meanwhile (then that is the result).
+    fn step_out(&self, me: &Arc<Waiter>) -> Option<Result<u64, NoPacket>> {
+        let mut stack = lock(&self.stack);
+        match me.verdict() {
+            WAITING => {
+                self.remove(&mut stack, me);
+                stack.sleeper = false;
+                self.has_sleeper.store(false, Ordering::SeqCst);
+                None
+            }
+            _ => {
+                drop(stack);
+                Some(self.leave_kernel(me))
+            }
+        }
     }
 
     fn remove(&self, stack: &mut Stack, me: &Arc<Waiter>) {

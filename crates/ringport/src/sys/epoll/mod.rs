@@ -386,9 +386,8 @@ impl<T> EpollDriver<T> {
             for ev in &events {
                 let (flags, data) = (ev.events, ev.u64);
                 if data == WAKE {
-                    if !keep {
-                        self.waker.reset();
-                    }
+                    // Only the sleeper drains the eventfd (in `sleep`): it
+                    // stays readable for the thread it was written for.
                     continue;
                 }
                 let fd = data as RawFd;
@@ -462,7 +461,12 @@ impl<T> EpollDriver<T> {
         // SAFETY: the buffer holds 64 events.
         let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), 64, timeout) };
         if n > 0 {
-            lock(&self.stash).extend_from_slice(&buf[..n as usize]);
+            let events = &buf[..n as usize];
+            if events.iter().any(|e| e.u64 == WAKE) {
+                // Woken on purpose: the caller re-checks its verdict next.
+                self.waker.reset();
+            }
+            lock(&self.stash).extend(events.iter().filter(|e| e.u64 != WAKE));
         }
     }
 
