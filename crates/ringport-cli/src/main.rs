@@ -1,6 +1,8 @@
 //! `ringport`: the completion-port sum demo, servers, load generator and benchmarks.
 
 mod bench;
+mod load;
+mod serve;
 mod sum;
 
 use std::process::ExitCode;
@@ -22,15 +24,26 @@ struct Cli {
 enum Command {
     /// The classic completion-port demo: sum 0..N in work items on a worker pool.
     Sum(sum::Args),
+    /// Echo servers on one completion port: tcp-echo or udp-echo.
+    Serve(serve::Args),
+    /// A ping-pong load generator for echo servers: messages/s and latency.
+    Load(load::Args),
     /// Benchmarks, each against its peers in the same run.
     #[command(subcommand)]
     Bench(bench::Bench),
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`ringport sum | head -1`) instead of
+    // failing a print with EPIPE; sockets send with MSG_NOSIGNAL.
+    // SAFETY: setting a signal's disposition to the default, before any
+    // other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sum(args) => sum::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Load(args) => load::run(args),
         Command::Bench(b) => bench::run(b),
     };
     match result {

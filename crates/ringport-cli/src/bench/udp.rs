@@ -1,0 +1,309 @@
+//! `ringport bench udp`: the ringport UDP echo server against a tokio
+//! (multi-thread runtime), a mio and a plain blocking `recv_from`/`send_to`
+//! echo server.
+//!
+//! The same method as `bench tcp` (see there): each server in this process
+//! on 127.0.0.1 port 0, one at a time, the same ping-pong load generator (64
+//! sockets, one 64-byte datagram each in flight, every byte checked), rounds
+//! interleaved, medians reported with ringport's ratio to each peer.
+//!
+//! Every server has `--threads` threads on one socket: ringport's workers on
+//! one port with `--pending` receives pending; tokio's tasks sharing the
+//! socket; mio's threads each with their own epoll on a clone of it; the
+//! blocking server's threads each in `recv_from` on a clone of it.
+//!
+//! Ping-pong with 64 datagrams in flight measures the server's cost per
+//! datagram and the round trip, not the most it can take: for that a
+//! sender far faster than one datagram per system call is needed (see
+//! MEASURING.md on GSO senders).
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::tcp::{compare, select, tokio_runtime, Plan, Server, Start, Tokio};
+use crate::load::{parse_duration, LoadConfig, Proto};
+use crate::serve;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds each server is measured in each round.
+    #[arg(long, default_value = "3", value_parser = parse_duration)]
+    seconds: Duration,
+    /// Interleaved rounds; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Time at the start of each run not counted.
+    #[arg(long, default_value = "0.5", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Sockets, each with one datagram in flight.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Bytes per datagram (at most 65,507).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Threads of every server [default: CPUs].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// ringport: packets a worker takes per get (get_many).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Servers to run, comma-separated: ringport, tokio, mio, blocking, and
+    /// the variants ringport-noskip (no skip-on-success) and ringport-epoll.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ringport,tokio,mio,blocking"
+    )]
+    peers: Vec<String>,
+}
+
+const PEERS: [(&str, Start); 6] = [
+    ("ringport", start_ringport),
+    ("ringport-noskip", start_ringport_noskip),
+    ("ringport-epoll", start_ringport_epoll),
+    ("tokio", start_tokio),
+    ("mio", start_mio),
+    ("blocking", start_blocking),
+];
+
+pub fn run(args: Args) -> Result<(), String> {
+    let peers = select(&args.peers, &PEERS)?;
+    let plan = Plan {
+        title: format!(
+            "ringport bench udp: echo, {} CPUs, backend io_uring",
+            ringport::cpu_count()
+        ),
+        load: LoadConfig {
+            proto: Proto::Udp,
+            addr: localhost(),
+            connections: args.connections,
+            size: args.size,
+            duration: Some(args.seconds),
+            count: None,
+            threads: args.client_threads.min(args.connections.max(1)),
+            timeout: Duration::from_secs(1),
+            warmup: args.warmup,
+            progress: false,
+        },
+        rounds: args.rounds,
+        threads: args.threads.unwrap_or_else(ringport::cpu_count),
+        batch: args.batch,
+    };
+    compare(&plan, &peers)
+}
+
+fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Room for the largest datagram.
+const BUF: usize = 64 << 10;
+
+fn bind() -> Result<(UdpSocket, SocketAddr), String> {
+    let s = UdpSocket::bind(localhost()).map_err(|e| format!("binding a UDP socket: {e}"))?;
+    let addr = s.local_addr().map_err(|e| e.to_string())?;
+    Ok((s, addr))
+}
+
+// ---------------------------------------------------------------- ringport
+
+struct Ringport(serve::UdpEcho);
+
+impl Server for Ringport {
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+    fn stop(self: Box<Self>) -> Result<(), String> {
+        match self.0.stop().fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn ringport_with(
+    threads: usize,
+    batch: usize,
+    tweak: impl FnOnce(&mut serve::Options),
+) -> Result<Box<dyn Server>, String> {
+    let mut opts = serve::Options::new(serve::Kind::UdpEcho);
+    opts.threads = threads;
+    opts.concurrency = threads;
+    opts.batch = batch;
+    tweak(&mut opts);
+    Ok(Box::new(Ringport(serve::UdpEcho::start(
+        localhost(),
+        &opts,
+    )?)))
+}
+
+fn start_ringport(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
+    ringport_with(threads, batch, |_| {})
+}
+
+/// The same server with every send's packet going through the port.
+fn start_ringport_noskip(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
+    ringport_with(threads, batch, |o| o.skip = false)
+}
+
+/// The same server on the epoll backend.
+fn start_ringport_epoll(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
+    ringport_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
+}
+
+// ---------------------------------------------------------------- tokio
+
+fn start_tokio(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    let rt = tokio_runtime(threads)?;
+    let (std_sock, addr) = bind()?;
+    std_sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let sock = {
+        let _guard = rt.enter();
+        Arc::new(tokio::net::UdpSocket::from_std(std_sock).map_err(|e| e.to_string())?)
+    };
+    for _ in 0..threads {
+        let sock = sock.clone();
+        rt.spawn(async move {
+            let mut buf = vec![0u8; BUF];
+            loop {
+                if let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                    let _ = sock.send_to(&buf[..n], from).await;
+                }
+            }
+        });
+    }
+    Ok(Box::new(Tokio { rt: Some(rt), addr }))
+}
+
+// ---------------------------------------------------------------- mio
+
+/// Threads that each run an epoll loop on their own clone of the socket.
+struct Threads {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server for Threads {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn stop(mut self: Box<Self>) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        let mut panicked = false;
+        for t in self.threads.drain(..) {
+            panicked |= t.join().is_err();
+        }
+        if panicked {
+            return Err("a server thread panicked".into());
+        }
+        Ok(())
+    }
+}
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+fn start_mio(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    let (sock, addr) = bind()?;
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut server = Threads {
+        addr,
+        stop: Arc::new(AtomicBool::new(false)),
+        wakers: Vec::new(),
+        threads: Vec::new(),
+    };
+    for i in 0..threads {
+        let clone = sock.try_clone().map_err(|e| e.to_string())?;
+        let mut sock = mio::net::UdpSocket::from_std(clone);
+        let mut poll = Poll::new().map_err(|e| e.to_string())?;
+        poll.registry()
+            .register(&mut sock, SOCKET, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?;
+        server.wakers.push(Arc::new(waker));
+        let stop = server.stop.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("mio-udp-{i}"))
+            .spawn(move || {
+                let mut events = Events::with_capacity(64);
+                let mut buf = vec![0u8; BUF];
+                while !stop.load(Ordering::Relaxed) {
+                    match poll.poll(&mut events, None) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => return,
+                    }
+                    // Edge-triggered: drain the socket.
+                    loop {
+                        match sock.recv_from(&mut buf) {
+                            Ok((n, from)) => {
+                                let _ = sock.send_to(&buf[..n], from);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(_) => {}
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => server.threads.push(h),
+            Err(e) => {
+                let _ = Box::new(server).stop();
+                return Err(format!("starting a mio thread: {e}"));
+            }
+        }
+    }
+    Ok(Box::new(server))
+}
+
+// ---------------------------------------------------------------- blocking
+
+/// Threads blocked in `recv_from` on clones of one socket; a short receive
+/// timeout lets them see the stop flag.
+fn start_blocking(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    let (sock, addr) = bind()?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| e.to_string())?;
+    let mut server = Threads {
+        addr,
+        stop: Arc::new(AtomicBool::new(false)),
+        wakers: Vec::new(),
+        threads: Vec::new(),
+    };
+    for i in 0..threads {
+        let sock = sock.try_clone().map_err(|e| e.to_string())?;
+        let stop = server.stop.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("udp-blocking-{i}"))
+            .spawn(move || {
+                let mut buf = vec![0u8; BUF];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => server.threads.push(h),
+            Err(e) => {
+                let _ = Box::new(server).stop();
+                return Err(format!("starting a thread: {e}"));
+            }
+        }
+    }
+    Ok(Box::new(server))
+}

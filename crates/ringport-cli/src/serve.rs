@@ -1,0 +1,844 @@
+//! `ringport serve tcp-echo|udp-echo`: echo servers on one completion port.
+//!
+//! Both are the classic IOCP server: `--threads` workers loop on one
+//! [`CompletionPort`] (at most `--concurrency` of them active at once), and
+//! every socket is associated with the port, so each finished receive, send
+//! or accept arrives at whichever worker the port releases (LIFO), as a
+//! packet whose key names the socket and whose token names the operation.
+//!
+//! **TCP.** The listener keeps `--accepts` accepts pending. Each connection
+//! has exactly **one operation in flight at a time**: a receive; when it
+//! completes with data, the send of that data (re-sent from where it stopped
+//! after a partial send, until all of it is out); then the next receive. That
+//! keeps each connection's bytes in order whichever worker takes which packet
+//! and needs no per-connection lock, because only the worker holding the
+//! connection's one packet touches it. (Several receives pending on one
+//! stream would need sequence numbers and a reassembly buffer to put their
+//! data back in order, and two sends pending on one stream could interleave
+//! after a partial send; for an echo server, which cannot send before it has
+//! received, one operation at a time costs nothing.) Many connections are
+//! served at once, each with its own pending receive, so the port always has
+//! work for every worker. A 0-byte receive (the peer closed) or any error
+//! closes the connection; the buffer is reused from packet to packet. Sends
+//! use skip-on-success (`send_now`, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS)
+//! unless `--no-skip`: a send that completes at once, as nearly all do, is
+//! followed on the spot by the next receive instead of by a packet.
+//!
+//! **UDP.** The socket keeps `--pending` receives (`recv_from`) pending, each
+//! with its own buffer; a datagram is sent back to its sender with `send_to`
+//! using the same buffer, whose completion re-issues the receive. With
+//! skip-on-success (the default) the send normally completes on the spot,
+//! and the worker then tries the next receive at once too: while datagrams
+//! are waiting it echoes up to 32 in a row without going back to the port,
+//! as a `recvfrom` loop would, and leaves a receive pending when none is.
+//!
+//! The servers print the address they listen on (so `--addr 127.0.0.1:0`
+//! works) and run until Ctrl-C (SIGINT or SIGTERM) or `--duration`.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ringport::{cpu_count, Backend, CompletionPort, Error, Handle, Packet, Started};
+
+use crate::load::{parse_duration, resolve};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// TCP echo: every byte received on a connection is sent back on it.
+    TcpEcho,
+    /// UDP echo: every datagram is sent back to its sender.
+    UdpEcho,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// tcp-echo or udp-echo.
+    #[arg(value_enum)]
+    kind: Kind,
+    /// Address to listen on; port 0 picks a free one (printed).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: String,
+    /// Worker threads on the port [default: 2 × CPUs].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The port's concurrency limit [default: CPUs].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Stop after this long (e.g. 30s, 2m) instead of waiting for Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// TCP: accepts kept pending on the listener.
+    #[arg(long, default_value_t = 16)]
+    accepts: usize,
+    /// UDP: receives kept pending on the socket.
+    #[arg(long, default_value_t = 16)]
+    pending: usize,
+    /// Bytes of each receive buffer [default: 16384 for TCP, 65536 for UDP].
+    #[arg(long)]
+    buf_size: Option<usize>,
+    /// Packets a worker takes from the port at once (get_many); 1 is the
+    /// classic one-packet-per-get loop.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Queue a packet even for a send that completes at once (turns off
+    /// skip-on-success, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS).
+    #[arg(long)]
+    no_skip: bool,
+    /// The port's backend: auto, io_uring or epoll (RINGPORT_BACKEND overrides).
+    #[arg(long, default_value = "auto")]
+    backend: Backend,
+}
+
+/// How to run a server; the benchmarks build these directly.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub threads: usize,
+    pub concurrency: usize,
+    pub accepts: usize,
+    pub pending: usize,
+    pub buf_size: usize,
+    pub batch: usize,
+    /// Sends with skip-on-success: a send that completes at once is
+    /// handled on the spot instead of going through the port.
+    pub skip: bool,
+    pub backend: Backend,
+}
+
+impl Options {
+    /// Defaults for `kind` on this machine.
+    pub fn new(kind: Kind) -> Options {
+        Options {
+            threads: 2 * cpu_count(),
+            concurrency: cpu_count(),
+            accepts: 16,
+            pending: 16,
+            buf_size: match kind {
+                Kind::TcpEcho => 16 << 10,
+                Kind::UdpEcho => 64 << 10,
+            },
+            batch: 1,
+            skip: true,
+            backend: Backend::Auto,
+        }
+    }
+
+    fn port<T: Send + 'static>(&self) -> Result<CompletionPort<T>, String> {
+        CompletionPort::builder()
+            .concurrency(self.concurrency)
+            .backend(self.backend)
+            .build()
+            .map_err(|e| format!("creating the completion port: {e}"))
+    }
+
+    fn validate(&self, kind: Kind) -> Result<(), String> {
+        if self.threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return Err("--batch must be at least 1".into());
+        }
+        if self.buf_size == 0 || self.buf_size > 1 << 30 {
+            return Err("--buf-size must be between 1 byte and 1 GiB".into());
+        }
+        match kind {
+            Kind::TcpEcho if self.accepts == 0 => Err("--accepts must be at least 1".into()),
+            Kind::UdpEcho if self.pending == 0 => Err("--pending must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn catch_stop_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe;
+    // the sigaction struct is fully initialised (zeroed, then set).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    let addr = resolve(&args.addr)?;
+    let mut opts = Options::new(args.kind);
+    if let Some(t) = args.threads {
+        opts.threads = t;
+    }
+    if let Some(c) = args.concurrency {
+        opts.concurrency = c;
+    }
+    if let Some(b) = args.buf_size {
+        opts.buf_size = b;
+    }
+    opts.accepts = args.accepts;
+    opts.pending = args.pending;
+    opts.batch = args.batch;
+    opts.skip = !args.no_skip;
+    opts.backend = args.backend;
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        return Err("--duration must be more than 0".into());
+    }
+    opts.validate(args.kind)?;
+    catch_stop_signals();
+
+    type Stop = Box<dyn FnOnce() -> Summary>;
+    let (server, name, backend): (Stop, &str, Backend) = match args.kind {
+        Kind::TcpEcho => {
+            let s = TcpEcho::start(addr, &opts)?;
+            println!("listening on {} (tcp-echo)", s.local_addr());
+            let b = s.backend();
+            (Box::new(move || s.stop()), "tcp-echo", b)
+        }
+        Kind::UdpEcho => {
+            let s = UdpEcho::start(addr, &opts)?;
+            println!("listening on {} (udp-echo)", s.local_addr());
+            let b = s.backend();
+            (Box::new(move || s.stop()), "udp-echo", b)
+        }
+    };
+    println!(
+        "backend {backend}, {} worker threads, concurrency {}, batch {}, skip-on-success {}",
+        opts.threads,
+        opts.concurrency,
+        opts.batch,
+        if opts.skip { "on" } else { "off" }
+    );
+    match args.duration {
+        Some(d) => println!("stopping after {d:?} or on Ctrl-C"),
+        None => println!("stopping on Ctrl-C"),
+    }
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    loop {
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if expired || STOP.load(Ordering::Relaxed) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let s = server();
+    println!(
+        "{name} stopped: {} connections, {} messages, {} bytes echoed, {} errors",
+        s.connections, s.messages, s.bytes, s.errors
+    );
+    if let Some(e) = s.fatal {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// What a server did.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Connections accepted (TCP).
+    pub connections: u64,
+    /// Receives that brought data.
+    pub messages: u64,
+    /// Bytes sent back.
+    pub bytes: u64,
+    /// Operations that failed (connections reset, …).
+    pub errors: u64,
+    /// Why the server could not go on, if it could not.
+    pub fatal: Option<String>,
+}
+
+/// Counters on their own cache lines, one set per worker.
+#[repr(align(128))]
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64, n: u64) {
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}
+
+fn summarize(counters: &[Counters], fatal: &Mutex<Option<String>>) -> Summary {
+    let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
+        counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+    };
+    Summary {
+        connections: sum(|c| &c.connections),
+        messages: sum(|c| &c.messages),
+        bytes: sum(|c| &c.bytes),
+        errors: sum(|c| &c.errors),
+        fatal: fatal.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+    }
+}
+
+/// Starts `threads` workers looping on `port`, each handing its packets to
+/// `handle(worker index, packet)`, until the port closes.
+fn spawn_workers<T, F>(
+    port: &CompletionPort<T>,
+    opts: &Options,
+    name: &str,
+    handle: F,
+) -> Result<Vec<JoinHandle<()>>, String>
+where
+    T: Send + 'static,
+    F: Fn(usize, Packet<T>) + Send + Sync + 'static,
+{
+    let handle = Arc::new(handle);
+    let mut workers = Vec::with_capacity(opts.threads);
+    for w in 0..opts.threads {
+        let wport = port.clone();
+        let handle = handle.clone();
+        let batch = opts.batch;
+        let spawned = thread::Builder::new()
+            .name(format!("{name}-{w}"))
+            .spawn(move || {
+                let mut packets = Vec::with_capacity(batch);
+                loop {
+                    match wport.get_into(&mut packets, batch, None) {
+                        Ok(_) => {
+                            for p in packets.drain(..) {
+                                handle(w, p);
+                            }
+                        }
+                        Err(Error::Closed) => break,
+                        Err(e) => {
+                            eprintln!("ringport: worker {w}: {e}");
+                            break;
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => workers.push(h),
+            Err(e) => {
+                port.close();
+                for h in workers {
+                    let _ = h.join();
+                }
+                return Err(format!("starting worker {w}: {e}"));
+            }
+        }
+    }
+    Ok(workers)
+}
+
+// ---------------------------------------------------------------- TCP
+
+/// What an operation was; the packet's key says on which socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TcpOp {
+    Accept,
+    /// Retry an accept after running out of descriptors or memory.
+    AcceptLater,
+    Recv,
+    Send,
+}
+
+const LISTENER: u64 = 0;
+
+/// The connections, by key (index + 1).
+#[derive(Default)]
+struct Conns {
+    slots: Vec<Option<Arc<Handle<TcpOp>>>>,
+    free: Vec<usize>,
+}
+
+struct TcpState {
+    port: CompletionPort<TcpOp>,
+    listener: Handle<TcpOp>,
+    conns: Mutex<Conns>,
+    buf_size: usize,
+    skip: bool,
+    counters: Vec<Counters>,
+    fatal: Mutex<Option<String>>,
+}
+
+/// A running TCP echo server.
+pub struct TcpEcho {
+    port: CompletionPort<TcpOp>,
+    state: Option<Arc<TcpState>>,
+    workers: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+fn bind_error(addr: SocketAddr, e: io::Error) -> String {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => " (the port is taken; use another, or port 0)",
+        io::ErrorKind::AddrNotAvailable => " (no such local address)",
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+        _ => "",
+    };
+    format!("cannot listen on {addr}: {e}{hint}")
+}
+
+impl TcpEcho {
+    /// Binds `addr` and starts serving.
+    pub fn start(addr: SocketAddr, opts: &Options) -> Result<TcpEcho, String> {
+        opts.validate(Kind::TcpEcho)?;
+        let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        // std listens with a backlog of 128; a burst of connects wants more.
+        // SAFETY: listen on a socket we own; it only changes the backlog.
+        unsafe { libc::listen(listener.as_raw_fd(), 1024) };
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let port = opts.port()?;
+        let listener = port
+            .associate(listener, LISTENER)
+            .map_err(|e| format!("associating the listener: {e}"))?;
+        let state = Arc::new(TcpState {
+            port: port.clone(),
+            listener,
+            conns: Mutex::new(Conns::default()),
+            buf_size: opts.buf_size,
+            skip: opts.skip,
+            counters: (0..opts.threads).map(|_| Counters::default()).collect(),
+            fatal: Mutex::new(None),
+        });
+        let s = state.clone();
+        let workers = spawn_workers(&port, opts, "tcp-echo", move |w, p| s.handle(w, p))?;
+        let mut server = TcpEcho {
+            port,
+            state: Some(state.clone()),
+            workers,
+            addr,
+        };
+        for _ in 0..opts.accepts {
+            if let Err(e) = state.listener.accept(TcpOp::Accept) {
+                server.shutdown();
+                return Err(format!("starting an accept: {e}"));
+            }
+        }
+        Ok(server)
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The backend its port runs on.
+    pub fn backend(&self) -> Backend {
+        self.port.backend()
+    }
+
+    /// Closes the port (in-flight operations are cancelled), joins the
+    /// workers and closes every socket.
+    pub fn stop(mut self) -> Summary {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Summary {
+        self.port.close();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        match self.state.take() {
+            Some(s) => summarize(&s.counters, &s.fatal),
+            None => Summary::default(),
+        }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl TcpState {
+    fn conn(&self, key: u64) -> Option<Arc<Handle<TcpOp>>> {
+        let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = usize::try_from(key).ok()?.checked_sub(1)?;
+        conns.slots.get(i)?.clone()
+    }
+
+    fn close_conn(&self, key: u64) {
+        let taken = {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            let i = key as usize - 1;
+            let taken = conns.slots.get_mut(i).and_then(Option::take);
+            if taken.is_some() {
+                conns.free.push(i);
+            }
+            taken
+        };
+        // Dropped outside the lock: closing the socket is a system call.
+        drop(taken);
+    }
+
+    fn fail(&self, why: String) {
+        let mut f = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+        if f.is_none() {
+            eprintln!("ringport: tcp-echo: {why}");
+            *f = Some(why);
+        }
+    }
+
+    fn handle(&self, w: usize, mut p: Packet<TcpOp>) {
+        let c = &self.counters[w];
+        let key = p.key;
+        match (key, p.token) {
+            (LISTENER, TcpOp::Accept) => return self.accepted(w, &mut p),
+            (LISTENER, TcpOp::AcceptLater) => {
+                if let Err(e) = self.listener.accept(TcpOp::Accept) {
+                    self.stopped_accepting(e);
+                }
+                return;
+            }
+            (LISTENER, _) | (_, TcpOp::Accept | TcpOp::AcceptLater) => return,
+            _ => {}
+        }
+        let Some(conn) = self.conn(key) else { return };
+        let next = match p.token {
+            TcpOp::Recv => match (p.take_buf(), p.result) {
+                (Some(buf), Ok(n)) if n > 0 => {
+                    Counters::bump(&c.messages, 1);
+                    self.send(&conn, buf.into_vec())
+                }
+                // 0 bytes: the peer closed.
+                (_, Ok(_)) => Err(None),
+                (_, Err(e)) => Err(Some(e)),
+            },
+            _ => Ok(Some(p)),
+        };
+        // Follow sends that completed at once (skip-on-success) until one
+        // is pending or all is sent and the next receive is pending.
+        let mut next = next;
+        loop {
+            match next {
+                Ok(None) => return,
+                Ok(Some(mut sent)) => {
+                    let n = match sent.result {
+                        Ok(n) if n > 0 => n,
+                        Ok(_) => {
+                            next = Err(None);
+                            continue;
+                        }
+                        Err(e) => {
+                            next = Err(Some(e));
+                            continue;
+                        }
+                    };
+                    Counters::bump(&c.bytes, n as u64);
+                    let Some(buf) = sent.take_buf() else {
+                        next = Err(None);
+                        continue;
+                    };
+                    let mut buf = buf.into_vec();
+                    if n < buf.len() {
+                        // A partial send: send the rest before receiving more.
+                        buf.drain(..n);
+                        next = self.send(&conn, buf);
+                    } else {
+                        buf.clear();
+                        next = conn
+                            .recv(buf, TcpOp::Recv)
+                            .map(|_| None)
+                            .map_err(|e| Some(e.into()));
+                    }
+                }
+                Err(e) => {
+                    if let Some(e) = e {
+                        if e.raw_os_error() != Some(libc::ECANCELED) {
+                            Counters::bump(&c.errors, 1);
+                        }
+                    }
+                    drop(conn);
+                    return self.close_conn(key);
+                }
+            }
+        }
+    }
+
+    /// Starts sending `buf`; with skip-on-success, a send that completed at
+    /// once comes back as its packet.
+    fn send(
+        &self,
+        conn: &Handle<TcpOp>,
+        buf: Vec<u8>,
+    ) -> Result<Option<Packet<TcpOp>>, Option<io::Error>> {
+        let r = if self.skip {
+            conn.send_now(buf, TcpOp::Send).map(|s| match s {
+                Started::Done(p) => Some(p),
+                Started::Pending(_) => None,
+            })
+        } else {
+            conn.send(buf, TcpOp::Send).map(|_| None)
+        };
+        r.map_err(|e| Some(e.into()))
+    }
+
+    fn stopped_accepting(&self, e: Error) {
+        if !matches!(e, Error::Closed) {
+            self.fail(format!("cannot start an accept: {e}"));
+        }
+    }
+
+    fn accepted(&self, w: usize, p: &mut Packet<TcpOp>) {
+        let c = &self.counters[w];
+        match &p.result {
+            Ok(_) => {}
+            Err(_) if p.is_cancelled() || self.port.is_closed() => return,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
+                // Out of descriptors or memory: try again a little later
+                // rather than spin.
+                Counters::bump(&c.errors, 1);
+                eprintln!("ringport: tcp-echo: accept: {e}; retrying in 10 ms");
+                if let Err(e) =
+                    self.port
+                        .timer(Duration::from_millis(10), LISTENER, TcpOp::AcceptLater)
+                {
+                    self.stopped_accepting(e);
+                }
+                return;
+            }
+            Err(_) => Counters::bump(&c.errors, 1),
+        }
+        // Keep the number of pending accepts up before serving this one.
+        if let Err(e) = self.listener.accept(TcpOp::Accept) {
+            self.stopped_accepting(e);
+        }
+        let Some(stream) = p.take_stream() else {
+            return;
+        };
+        Counters::bump(&c.connections, 1);
+        let _ = stream.set_nodelay(true);
+        let key = {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            match conns.free.pop() {
+                Some(i) => i,
+                None => {
+                    conns.slots.push(None);
+                    conns.slots.len() - 1
+                }
+            }
+        } as u64
+            + 1;
+        let conn = match self.port.associate(stream, key) {
+            Ok(h) => Arc::new(h),
+            Err(e) => {
+                if !matches!(e, Error::Closed) {
+                    Counters::bump(&c.errors, 1);
+                }
+                let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                conns.free.push(key as usize - 1);
+                return;
+            }
+        };
+        {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.slots[key as usize - 1] = Some(conn.clone());
+        }
+        if conn
+            .recv(Vec::with_capacity(self.buf_size), TcpOp::Recv)
+            .is_err()
+        {
+            drop(conn);
+            self.close_conn(key);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- UDP
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UdpOp {
+    Recv,
+    Send,
+}
+
+struct UdpState {
+    sock: Handle<UdpOp>,
+    buf_size: usize,
+    skip: bool,
+    counters: Vec<Counters>,
+    fatal: Mutex<Option<String>>,
+}
+
+/// A running UDP echo server.
+pub struct UdpEcho {
+    port: CompletionPort<UdpOp>,
+    state: Option<Arc<UdpState>>,
+    workers: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl UdpEcho {
+    /// Binds `addr` and starts serving.
+    pub fn start(addr: SocketAddr, opts: &Options) -> Result<UdpEcho, String> {
+        opts.validate(Kind::UdpEcho)?;
+        let sock = UdpSocket::bind(addr).map_err(|e| bind_error(addr, e))?;
+        let addr = sock.local_addr().map_err(|e| e.to_string())?;
+        let port = opts.port()?;
+        let sock = port
+            .associate(sock, 0)
+            .map_err(|e| format!("associating the socket: {e}"))?;
+        let state = Arc::new(UdpState {
+            sock,
+            buf_size: opts.buf_size,
+            skip: opts.skip,
+            counters: (0..opts.threads).map(|_| Counters::default()).collect(),
+            fatal: Mutex::new(None),
+        });
+        let s = state.clone();
+        let workers = spawn_workers(&port, opts, "udp-echo", move |w, p| s.handle(w, p))?;
+        let mut server = UdpEcho {
+            port,
+            state: Some(state.clone()),
+            workers,
+            addr,
+        };
+        for _ in 0..opts.pending {
+            if let Err(e) = state
+                .sock
+                .recv_from(Vec::with_capacity(state.buf_size), UdpOp::Recv)
+            {
+                server.shutdown();
+                return Err(format!("starting a receive: {e}"));
+            }
+        }
+        Ok(server)
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The backend its port runs on.
+    pub fn backend(&self) -> Backend {
+        self.port.backend()
+    }
+
+    /// Closes the port, joins the workers and closes the socket.
+    pub fn stop(mut self) -> Summary {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Summary {
+        self.port.close();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        match self.state.take() {
+            Some(s) => summarize(&s.counters, &s.fatal),
+            None => Summary::default(),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Datagrams one worker takes straight from the socket (receives that
+/// completed at once) before it goes back to the port.
+const EAGER_MAX: usize = 32;
+
+impl UdpState {
+    fn handle(&self, w: usize, p: Packet<UdpOp>) {
+        let mut next = Some(p);
+        let mut eager = 0;
+        while let Some(p) = next.take() {
+            let Some(buf) = self.echo(w, p) else { return };
+            // With skip-on-success, try the next receive at once: a datagram
+            // already waiting is echoed here without a trip through the
+            // ring and the port (as a recvfrom loop would), up to EAGER_MAX
+            // in a row so that one worker does not keep the socket to itself.
+            eager += 1;
+            let c = &self.counters[w];
+            if self.skip && eager < EAGER_MAX {
+                match self.sock.recv_from_now(buf, UdpOp::Recv) {
+                    Ok(Started::Done(p)) => next = Some(p),
+                    Ok(Started::Pending(_)) => {}
+                    Err(e) => self.lost_buffer(c, e),
+                }
+            } else if let Err(e) = self.sock.recv_from(buf, UdpOp::Recv) {
+                self.lost_buffer(c, e);
+            }
+        }
+    }
+
+    /// Echoes a received datagram; returns the buffer, emptied, for the next
+    /// receive, or None when it is in flight with a send.
+    fn echo(&self, w: usize, mut p: Packet<UdpOp>) -> Option<Vec<u8>> {
+        let c = &self.counters[w];
+        if p.is_cancelled() {
+            return None;
+        }
+        let peer = p.peer();
+        let mut buf = p.take_buf()?.into_vec();
+        match (p.token, p.result) {
+            (UdpOp::Recv, Ok(n)) => {
+                if let Some(to) = peer {
+                    Counters::bump(&c.messages, 1);
+                    buf.truncate(n);
+                    if !self.skip {
+                        if let Err(e) = self.sock.send_to(buf, to, UdpOp::Send) {
+                            self.lost_buffer(c, e);
+                        }
+                        return None;
+                    }
+                    match self.sock.send_to_now(buf, to, UdpOp::Send) {
+                        Ok(Started::Pending(_)) => return None,
+                        Ok(Started::Done(mut sent)) => {
+                            match sent.result {
+                                Ok(n) => Counters::bump(&c.bytes, n as u64),
+                                Err(_) => Counters::bump(&c.errors, 1),
+                            }
+                            buf = sent.take_buf()?.into_vec();
+                        }
+                        Err(e) => {
+                            self.lost_buffer(c, e);
+                            return None;
+                        }
+                    }
+                }
+            }
+            (UdpOp::Send, Ok(n)) => Counters::bump(&c.bytes, n as u64),
+            // A receive can fail with the ICMP error of an earlier send
+            // (ECONNREFUSED from a client that went away): not fatal.
+            (_, Err(_)) => Counters::bump(&c.errors, 1),
+        }
+        buf.clear();
+        if buf.capacity() < self.buf_size {
+            buf.reserve_exact(self.buf_size);
+        }
+        Some(buf)
+    }
+
+    /// An operation could not be started: one receive fewer is pending.
+    fn lost_buffer(&self, c: &Counters, e: Error) {
+        if matches!(e, Error::Closed) {
+            return;
+        }
+        Counters::bump(&c.errors, 1);
+        let mut f = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+        if f.is_none() {
+            eprintln!("ringport: udp-echo: cannot start an operation: {e}");
+            *f = Some(format!("cannot start an operation: {e}"));
+        }
+    }
+}
