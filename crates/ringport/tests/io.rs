@@ -589,3 +589,29 @@ fn skip_on_success_returns_an_immediate_result_and_queues_nothing() {
         ringport::Started::Done(_)
     ));
 }
+
+#[test]
+fn closing_a_port_frees_tokens_that_own_its_handles() {
+    use std::sync::{Arc, Mutex, Weak};
+    // A token that owns a handle of its own port: a reference cycle through
+    // the port's in-flight table, which close() must break.
+    type Token = Option<Arc<ringport::Handle<Tok>>>;
+    struct Tok(Mutex<Token>);
+    let port: CompletionPort<Tok> = CompletionPort::new(0).unwrap();
+    let h = Arc::new(
+        port.associate(UdpSocket::bind("127.0.0.1:0").unwrap(), 1)
+            .unwrap(),
+    );
+    let weak: Weak<ringport::Handle<Tok>> = Arc::downgrade(&h);
+    for _ in 0..3 {
+        h.recv(vec![0u8; 16], Tok(Mutex::new(Some(h.clone()))))
+            .unwrap();
+    }
+    drop(h);
+    assert!(weak.upgrade().is_some(), "the tokens keep the handle alive");
+    port.close();
+    assert!(
+        weak.upgrade().is_none(),
+        "close dropped the cancelled operations' tokens"
+    );
+}

@@ -71,13 +71,19 @@ impl<T> Driver<T> {
         }
     }
 
-    pub(crate) fn cancel_all(&self, core: &Core<Packet<T>>) -> Result<(), Error> {
+    /// On close: cancels everything and drops what completes (bounded).
+    /// Nobody takes packets from a closed port, so without this, completions
+    /// of cancelled operations (and whatever their tokens own) would wait for
+    /// the port's last reference to go, which a token owning one of the
+    /// port's handles would never let happen.
+    pub(crate) fn close(&self, core: &Core<Packet<T>>) {
         match self {
-            Driver::Uring(d) => d.cancel_all(),
-            Driver::Epoll(d) => {
-                d.cancel_all(core);
-                Ok(())
+            Driver::Uring(d) => {
+                d.drain(Instant::now() + std::time::Duration::from_secs(1));
             }
+            // The epoll backend completes cancelled operations at once (into
+            // the closed port, which drops them).
+            Driver::Epoll(d) => d.cancel_all(core),
         }
     }
 

@@ -78,9 +78,8 @@ impl<T> Shared<T> {
     fn close(&self) {
         if self.core.close() {
             // In-flight operations complete as cancelled; their packets are
-            // dropped and their memory freed once the kernel has let go (the
-            // driver's drop waits for that).
-            let _ = self.io.cancel_all(&self.core);
+            // dropped and their memory freed once the kernel has let go.
+            self.io.close(&self.core);
         }
     }
 }

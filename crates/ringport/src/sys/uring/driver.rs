@@ -190,34 +190,47 @@ impl<T> UringDriver<T> {
         self.live.load(Ordering::SeqCst) > 0
     }
 
-    /// Cancels everything in flight and waits (bounded) for the kernel to
-    /// finish with it. What the kernel still holds after that is leaked, not
-    /// freed: leaking is safe, freeing memory the kernel may write is not.
-    fn quiesce(&mut self) {
-        if lock(&self.inflight).live() == 0 {
-            return;
+    /// Cancels everything in flight and reaps until the kernel has given
+    /// every operation back or `deadline` passes; the packets are dropped,
+    /// with what their tokens own. Returns whether nothing is left in flight.
+    /// Called when the port closes: tokens may own handles of this very
+    /// port, and dropping them is what breaks that cycle.
+    pub(crate) fn drain(&self, deadline: Instant) -> bool {
+        if self.live.load(Ordering::SeqCst) == 0 {
+            return true;
         }
         let _ = self.cancel_all();
-        let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            {
+            let mut dropped = Vec::new();
+            let left = {
                 let mut table = lock(&self.inflight);
-                self.ring.reap(true, |cqe| drop(complete(&mut table, &cqe)));
-                if table.live() == 0 {
-                    return;
-                }
-            }
+                self.ring
+                    .reap(true, |cqe| dropped.extend(complete(&mut table, &cqe)));
+                self.live.store(table.live(), Ordering::SeqCst);
+                table.live()
+            };
+            // Outside the lock: a token's drop may run a handle's drop,
+            // which cancels through this driver.
+            drop(dropped);
             let now = Instant::now();
-            if now >= deadline {
-                break;
+            if left == 0 || now >= deadline {
+                return left == 0;
             }
-            self.ring.wait(Some(now + Duration::from_millis(10)));
+            self.ring
+                .wait(Some(deadline.min(now + Duration::from_millis(10))));
         }
-        let table = std::mem::replace(
-            self.inflight.get_mut().unwrap_or_else(|e| e.into_inner()),
-            Inflight::new(),
-        );
-        std::mem::forget(table);
+    }
+
+    /// Drains (bounded); what the kernel still holds after that is leaked,
+    /// not freed: leaking is safe, freeing memory the kernel may write is not.
+    fn quiesce(&mut self) {
+        if !self.drain(Instant::now() + Duration::from_secs(2)) {
+            let table = std::mem::replace(
+                self.inflight.get_mut().unwrap_or_else(|e| e.into_inner()),
+                Inflight::new(),
+            );
+            std::mem::forget(table);
+        }
     }
 }
 
