@@ -604,8 +604,7 @@ fn closing_a_port_frees_tokens_that_own_its_handles() {
     );
     let weak: Weak<ringport::Handle<Tok>> = Arc::downgrade(&h);
     for _ in 0..3 {
-        h.recv(vec![0u8; 16], Tok(Mutex::new(Some(h.clone()))))
-            .unwrap();
+        h.recv(vec![0u8; 16], Tok(h.clone())).unwrap();
     }
     drop(h);
     assert!(weak.upgrade().is_some(), "the tokens keep the handle alive");
