@@ -14,7 +14,7 @@ use ringport::rio::{
     self, BufferId, CompletionQueue, Notify, RequestKind, RequestQueue, RioBuf, RioError, RioFlags,
     RioResult, SliceUse,
 };
-use ringport::{CompletionPort, Error};
+use ringport::{Backend, CompletionPort, Error};
 
 const SECOND: Duration = Duration::from_secs(1);
 const SHORT: Duration = Duration::from_millis(300);
@@ -69,7 +69,8 @@ fn bytes(buf: RioBuf) -> Vec<u8> {
 
 /// Runs the rest of the test in a child process (this test binary, running
 /// only `name`), for checks that must not see other tests' threads or fds.
-/// Returns true in the child.
+/// `env` is set for it (an empty value removes the variable). Returns true
+/// in the child.
 fn in_child(name: &str, env: &[(&str, &str)], wrapper: &[&str]) -> bool {
     if std::env::var("RIO_CHILD").as_deref() == Ok(name) {
         return true;
@@ -84,8 +85,13 @@ fn in_child(name: &str, env: &[(&str, &str)], wrapper: &[&str]) -> bool {
         None => Command::new(&exe),
     };
     cmd.args([name, "--exact", "--test-threads=1", "--nocapture"])
-        .env("RIO_CHILD", name)
-        .envs(env.iter().copied());
+        .env("RIO_CHILD", name);
+    for (k, v) in env {
+        match v.is_empty() {
+            true => cmd.env_remove(k),
+            false => cmd.env(k, v),
+        };
+    }
     let out = cmd.output().expect("running the child test");
     eprint!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
@@ -983,7 +989,10 @@ fn dequeue_makes_no_system_call() {
         done.store(true, Ordering::Relaxed);
     });
     assert_eq!(got, N);
-    println!("{calls} dequeue calls took {got} results");
+    println!(
+        "{calls} dequeue calls took {got} results ({} backend)",
+        cq.backend()
+    );
 }
 
 #[test]
@@ -994,4 +1003,360 @@ fn the_rio_types_can_be_shared_between_threads() {
     shared::<rio::BufRef>();
     shared::<rio::BufMut>();
     shared::<RioError>();
+}
+
+#[test]
+fn ringport_backend_chooses_the_engine_of_completion_queues() {
+    const NAME: &str = "ringport_backend_chooses_the_engine_of_completion_queues";
+    if std::env::var("RIO_CHILD").as_deref() != Ok(NAME) {
+        in_child(NAME, &[("RINGPORT_BACKEND", "epoll")], &[]);
+        in_child(NAME, &[("RINGPORT_BACKEND", "")], &[]);
+        return;
+    }
+    let forced = std::env::var("RINGPORT_BACKEND").unwrap_or_default();
+    let cq = CompletionQueue::new(8, Notify::Event).unwrap();
+    let explicit = CompletionQueue::with_backend(8, Notify::Polled, Backend::IoUring);
+    if forced == "epoll" {
+        // The variable overrides what the program asks for, as for ports.
+        assert_eq!(cq.backend(), Backend::Epoll);
+        assert_eq!(explicit.unwrap().backend(), Backend::Epoll);
+    } else {
+        // Unset: the program's choice; Auto takes io_uring where a ring can
+        // be set up.
+        let epoll = CompletionQueue::with_backend(8, Notify::Polled, Backend::Epoll).unwrap();
+        assert_eq!(epoll.backend(), Backend::Epoll);
+        match explicit {
+            Ok(q) => {
+                assert_eq!(q.backend(), Backend::IoUring);
+                assert_eq!(cq.backend(), Backend::IoUring);
+            }
+            Err(_) => assert_eq!(cq.backend(), Backend::Epoll),
+        }
+    }
+    assert!(matches!(
+        CompletionQueue::new(0, Notify::Polled),
+        Err(Error::InvalidArgument(_))
+    ));
+    // A round trip on the queue chosen.
+    let (server, addr) = udp();
+    let rq = RequestQueue::new(server, 2, 2, &cq, &cq, 4).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    rq.receive(RioBuf::new(id, 0, 100), RioFlags::NONE, 1)
+        .unwrap();
+    cq.notify().unwrap();
+    client().send_to(b"which", addr).unwrap();
+    cq.wait(Some(5 * SECOND)).unwrap();
+    let r = take(&cq, 1)[0];
+    assert_eq!((r.socket_context, r.request_context, r.bytes), (4, 1, 5));
+    println!("RINGPORT_BACKEND={forced}: {}", cq.backend());
+}
+
+/// On the epoll backend the queue posts port packets itself, so
+/// `DONT_NOTIFY` keeps a result from queueing one (on io_uring the port
+/// watches the ring, and any result fires it).
+#[test]
+fn a_dont_notify_result_does_not_queue_a_port_packet_on_epoll() {
+    let port = CompletionPort::<u64>::new(0).unwrap();
+    let cq = CompletionQueue::new(8, Notify::port(&port, 21, 0)).unwrap();
+    if cq.backend() != Backend::Epoll {
+        return;
+    }
+    let (server, addr) = udp();
+    let rq = RequestQueue::new(server, 4, 4, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    rq.receive(RioBuf::new(id, 0, 100), RioFlags::DONT_NOTIFY, 1)
+        .unwrap();
+    cq.notify().unwrap();
+    let c = client();
+    c.send_to(b"quiet", addr).unwrap();
+    assert!(matches!(port.get(Some(SHORT)), Err(Error::Timeout)));
+    assert!(cq.is_armed());
+    rq.receive(RioBuf::new(id, 100, 100), RioFlags::NONE, 2)
+        .unwrap();
+    c.send_to(b"loud", addr).unwrap();
+    assert_eq!(port.get(Some(5 * SECOND)).unwrap().key, 21);
+    assert!(!cq.is_armed());
+    let r = take(&cq, 2);
+    assert_eq!(
+        r.iter().map(|r| r.request_context).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+/// Receives and sends of one socket completing to two different queues:
+/// an echo through separate receive and send completion queues.
+#[test]
+fn receives_and_sends_can_complete_to_different_queues() {
+    let (server, addr) = udp();
+    let rcq = CompletionQueue::new(16, Notify::Event).unwrap();
+    let scq = CompletionQueue::new(16, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 8, 8, &rcq, &scq, 9).unwrap();
+    let id = rio::register_buffer(8 * 256 + 8 * 128).unwrap();
+    let data = |i: u64| RioBuf::new(id, i as u32 * 256, 256);
+    let from = |i: u64| RioBuf::new(id, 8 * 256 + i as u32 * 128, 128);
+    for i in 0..8 {
+        rq.receive_ex(data(i), None, Some(from(i)), RioFlags::NONE, i)
+            .unwrap();
+    }
+    let c = client();
+    c.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let mut echoed = 0;
+    for round in 0..20u32 {
+        rcq.notify().unwrap();
+        c.send_to(&round.to_le_bytes(), addr).unwrap();
+        rcq.wait(Some(5 * SECOND)).unwrap();
+        for r in take(&rcq, 1) {
+            let i = r.request_context;
+            assert_eq!((r.socket_context, r.bytes), (9, 4));
+            // Echo the datagram from the same slices, then receive into
+            // them again once the send is done.
+            rq.send_ex(
+                RioBuf::new(id, i as u32 * 256, r.bytes),
+                None,
+                Some(from(i)),
+                RioFlags::NONE,
+                i,
+            )
+            .unwrap();
+            let mut b = [0u8; 8];
+            let n = c.recv(&mut b).unwrap();
+            assert_eq!(&b[..n], &round.to_le_bytes());
+            let s = take(&scq, 1)[0];
+            assert_eq!((s.request_context, s.bytes, s.status), (i, 4, 0));
+            rq.receive_ex(data(i), None, Some(from(i)), RioFlags::NONE, i)
+                .unwrap();
+            echoed += 1;
+        }
+    }
+    assert_eq!(echoed, 20);
+    assert_eq!(rcq.stats().results, 20);
+    assert_eq!(scq.stats().results, 20);
+}
+
+/// Closing a queue while datagrams pour in: results are being produced as
+/// it closes. Nothing is left claimed, every later call says closed.
+#[test]
+fn closing_a_completion_queue_while_results_arrive() {
+    for round in 0..5 {
+        let (server, addr) = udp();
+        let cq = CompletionQueue::new(64, Notify::Event).unwrap();
+        let rq = RequestQueue::new(server, 64, 0, &cq, &cq, 0).unwrap();
+        let id = rio::register_buffer(64 * 64).unwrap();
+        for i in 0..64u32 {
+            rq.receive(RioBuf::new(id, i * 64, 64), RioFlags::NONE, i as u64)
+                .unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let c = client();
+                let deadline = Instant::now() + 5 * SECOND;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let _ = c.send_to(b"flood", addr);
+                }
+            });
+            // Let some arrive and be taken, re-posting receives.
+            let mut results = [RioResult::default(); 64];
+            let until = Instant::now() + Duration::from_millis(20 + round * 10);
+            while Instant::now() < until {
+                let n = cq.dequeue(&mut results).unwrap();
+                for r in &results[..n] {
+                    let i = r.request_context as u32;
+                    rq.receive(RioBuf::new(id, i * 64, 64), RioFlags::NONE, i as u64)
+                        .unwrap();
+                }
+            }
+            cq.close().unwrap();
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(rq.outstanding(), (0, 0));
+        assert_eq!(
+            rio_err(rq.receive(RioBuf::new(id, 0, 64), RioFlags::NONE, 0)),
+            RioError::QueueClosed
+        );
+        rio::deregister_buffer(id).unwrap();
+    }
+}
+
+/// Makes `io_uring_setup` fail with EPERM for this thread and the threads
+/// it creates later, as Docker's default seccomp profile does.
+fn deny_io_uring_setup() {
+    let ld = libc::sock_filter {
+        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0, // seccomp_data.nr
+    };
+    let filter = [
+        ld,
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA),
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with the documented arguments; `prog` and `filter` are
+    // alive for the call, which copies the program into the kernel.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog
+            ),
+            0,
+            "seccomp: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Where io_uring is switched off, completion queues fall back to epoll
+/// (and forcing io_uring says why it fails), and registered I/O works:
+/// every notification mode, in a child whose `io_uring_setup` gets EPERM.
+#[test]
+fn registered_io_works_where_io_uring_is_denied() {
+    const NAME: &str = "registered_io_works_where_io_uring_is_denied";
+    if std::env::var("RIO_CHILD").as_deref() != Ok(NAME) {
+        in_child(NAME, &[("RINGPORT_BACKEND", "")], &[]);
+        return;
+    }
+    deny_io_uring_setup();
+    let e = CompletionQueue::with_backend(8, Notify::Polled, Backend::IoUring).unwrap_err();
+    assert!(e.to_string().contains("io_uring_setup"), "{e}");
+    let port = CompletionPort::<u64>::new(0).unwrap();
+    for mode in 0..3 {
+        let notify = match mode {
+            0 => Notify::Polled,
+            1 => Notify::Event,
+            _ => Notify::port(&port, 8, 0),
+        };
+        let cq = CompletionQueue::new(16, notify).unwrap();
+        assert_eq!(cq.backend(), Backend::Epoll);
+        let (server, addr) = udp();
+        let rq = RequestQueue::new(server, 8, 8, &cq, &cq, 0).unwrap();
+        let id = rio::register_buffer(4096).unwrap();
+        rq.receive(RioBuf::new(id, 0, 100), RioFlags::NONE, 1)
+            .unwrap();
+        match mode {
+            0 => {}
+            1 => cq.notify().unwrap(),
+            _ => cq.notify().unwrap(),
+        }
+        let c = client();
+        c.set_read_timeout(Some(5 * SECOND)).unwrap();
+        c.send_to(b"denied", addr).unwrap();
+        match mode {
+            0 => {}
+            1 => cq.wait(Some(5 * SECOND)).unwrap(),
+            _ => assert_eq!(port.get(Some(5 * SECOND)).unwrap().key, 8),
+        }
+        let r = take(&cq, 1)[0];
+        assert_eq!((r.request_context, r.bytes), (1, 6));
+        // And back, with the sender's address written by a receive_ex.
+        let from = RioBuf::new(id, 1024, 128);
+        rq.receive_ex(RioBuf::new(id, 0, 100), None, Some(from), RioFlags::NONE, 2)
+            .unwrap();
+        c.send_to(b"again", addr).unwrap();
+        assert_eq!(take(&cq, 1)[0].bytes, 5);
+        rq.send_ex(RioBuf::new(id, 0, 5), None, Some(from), RioFlags::NONE, 3)
+            .unwrap();
+        let mut b = [0u8; 8];
+        let n = c.recv(&mut b).unwrap();
+        assert_eq!(&b[..n], b"again");
+        assert_eq!(take(&cq, 1)[0].request_context, 3);
+    }
+    println!("io_uring denied: registered I/O ran on epoll");
+}
+
+/// Stream sends larger than the socket can take at once wait for room (on
+/// epoll: for the socket to become writable) and, with `WAITALL`, complete
+/// whole, in order, while a slow reader drains the other end.
+#[test]
+fn stream_sends_wait_for_room_and_complete_whole() {
+    const CHUNK: u32 = 256 * 1024;
+    const SENDS: u32 = 8;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut reader, _) = listener.accept().unwrap();
+    reader.set_read_timeout(Some(10 * SECOND)).unwrap();
+    // Small socket buffers: a chunk never fits at once.
+    for (fd, opt) in [
+        (writer.as_raw_fd(), libc::SO_SNDBUF),
+        (reader.as_raw_fd(), libc::SO_RCVBUF),
+    ] {
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: setsockopt reads size_of::<c_int>() bytes from &size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+    }
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(writer, 0, 1, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer((CHUNK * 2) as usize).unwrap();
+    for half in 0..2u32 {
+        let fill = |b: &mut [u8]| {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = (i as u32 + half * CHUNK) as u8;
+            }
+        };
+        fill(&mut rio::borrow_mut(&RioBuf::new(id, half * CHUNK, CHUNK)).unwrap());
+    }
+    thread::scope(|s| {
+        let read = s.spawn(move || {
+            use std::io::Read;
+            let mut total = 0usize;
+            let mut b = vec![0u8; 16 * 1024];
+            while total < (CHUNK * SENDS) as usize {
+                let n = reader.read(&mut b).unwrap();
+                assert!(n > 0, "stream ended early at {total}");
+                for (i, x) in b[..n].iter().enumerate() {
+                    assert_eq!(*x, ((total + i) % (2 * CHUNK as usize)) as u8);
+                }
+                total += n;
+                if total % (1 << 20) < n {
+                    // Slow now and then, so that the sender has to wait.
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+            total
+        });
+        for i in 0..SENDS {
+            let half = i % 2;
+            rq.send(
+                RioBuf::new(id, half * CHUNK, CHUNK),
+                RioFlags::WAITALL,
+                i as u64,
+            )
+            .unwrap();
+            let r = take(&cq, 1)[0];
+            assert_eq!((r.request_context, r.status, r.bytes), (i as u64, 0, CHUNK));
+        }
+        assert_eq!(read.join().unwrap(), (CHUNK * SENDS) as usize);
+    });
 }

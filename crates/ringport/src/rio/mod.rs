@@ -1,4 +1,5 @@
-//! Registered I/O (Windows RIO) on io_uring.
+//! Registered I/O (Windows RIO) on io_uring, or on epoll where io_uring is
+//! switched off.
 //!
 //! The model, as in Windows:
 //! - **Buffers** are registered once ([`register_buffer`]) and named by a
@@ -73,10 +74,41 @@
 //!   gives what registration gives on Windows: memory that cannot be freed
 //!   while the kernel uses it, and bounds checked when a request is made.
 //!
+//! # The epoll backend
+//!
+//! Where io_uring is switched off (seccomp, `kernel.io_uring_disabled`,
+//! gVisor, old kernels), or `RINGPORT_BACKEND=epoll` asks for it, a
+//! completion queue runs on epoll with the same semantics
+//! ([`CompletionQueue::backend`] says which; the choice follows the port's
+//! rule, see [`Backend`](crate::Backend)):
+//! - Results wait in a ring in user memory, written by one producer at a
+//!   time and read by `dequeue` without a lock the producers take, so
+//!   `dequeue` still makes no system call.
+//! - A request without `DEFER` is attempted at once, non-blocking, by the
+//!   thread making it if nothing waits before it on its socket (a system
+//!   call, as `RIOReceive` makes one); otherwise, or if it would block, it
+//!   waits in its socket's queue, and the completion queue's engine thread,
+//!   asleep in `epoll_wait` on the sockets of its request queues, carries it
+//!   out when the socket is ready. One socket's requests are carried out in
+//!   order, and their results queued in that order: the order the data
+//!   arrived, whichever threads make the requests.
+//! - `DEFER` keeps requests in user space until the next request without it
+//!   or a commit starts them, in order.
+//! - Notification is fired by whichever thread queues the first result
+//!   without `DONT_NOTIFY` after `notify`: it signals the eventfd, or posts
+//!   the packet to the port itself.
+//! - Closing takes every waiting request back (waiting for a system call in
+//!   progress on one, if any) and ends the engine thread before it releases
+//!   their slices.
+//!
 //! # Limits
 //! - `DONT_NOTIFY` is honoured by event notification (a waiter is not
-//!   released for such a result) but not by port notification: the port
-//!   polls the ring, which any completion makes readable.
+//!   released for such a result), and by port notification on the epoll
+//!   backend, but not by port notification on io_uring: the port polls the
+//!   ring, which any completion makes readable.
+//! - The epoll backend costs a system call per request carried out (no
+//!   batching of datagrams with `recvmmsg` yet) and an engine thread per
+//!   completion queue.
 //! - Results of one socket come in the order the kernel completed its
 //!   requests: for receives submitted by one thread, the order the data
 //!   arrived. Which of several pending receives takes a datagram is the
@@ -90,11 +122,12 @@
 mod addr;
 mod buffer;
 mod cq;
+mod epoll;
 mod error;
 mod notify;
 mod request;
-mod ring;
 mod rq;
+mod uring;
 
 use std::io;
 use std::ops::{BitOr, BitOrAssign};

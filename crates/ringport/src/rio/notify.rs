@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::sync::lock;
@@ -25,7 +25,29 @@ pub enum Notify {
 /// Where a port notification goes: a port, a key and a token, for
 /// [`Notify::Port`].
 pub struct PortTarget {
+    /// io_uring engine: queues the one-shot poll of a ring on the port.
     arm: Box<dyn Fn(RawFd, u64) -> Result<(), Error> + Send + Sync>,
+    /// epoll engine: posts the packet.
+    post: Box<dyn Fn() -> Result<(), Error> + Send + Sync>,
+}
+
+/// How a completion queue's engine tells that results are waiting: what
+/// [`Notify`] became once the queue was made.
+pub(super) enum Notifier {
+    Polled,
+    Event(EventFd),
+    Port(PortTarget),
+}
+
+impl Notifier {
+    /// The notifier for `notify`, with a new eventfd for [`Notify::Event`].
+    pub(super) fn new(notify: Notify) -> io::Result<Notifier> {
+        Ok(match notify {
+            Notify::Polled => Notifier::Polled,
+            Notify::Event => Notifier::Event(EventFd::new()?),
+            Notify::Port(target) => Notifier::Port(target),
+        })
+    }
 }
 
 /// A port target's token, and the ring descriptor the port watches.
@@ -38,16 +60,23 @@ struct Watch<T: Send + 'static> {
 
 impl Notify {
     /// Notification by packet: each armed notification queues one packet
-    /// with `key` and a clone of `token` on `port` (through a one-shot poll
-    /// of the queue's ring on the port), with the poll mask as its result.
+    /// with `key` and a clone of `token` on `port`, with the poll mask
+    /// (`POLLIN`) as its result.
     ///
-    /// The port watches a duplicate of the ring's descriptor, associated
-    /// with it under `key` (the epoll backend watches only associated
-    /// descriptors); it is closed with the completion queue.
+    /// On the io_uring engine the packet comes from a one-shot poll of the
+    /// queue's ring on the port: the port watches a duplicate of the ring's
+    /// descriptor, associated with it under `key` (the port's epoll backend
+    /// watches only associated descriptors), closed with the completion
+    /// queue. On the epoll engine the queue posts the packet itself.
     pub fn port<T: Clone + Send + 'static>(port: &CompletionPort<T>, key: u64, token: T) -> Notify {
         let port = port.clone();
-        let watch = Mutex::new(Watch { token, ring: None });
+        let watch = Arc::new(Mutex::new(Watch { token, ring: None }));
+        let (post_port, post_watch) = (port.clone(), watch.clone());
         Notify::Port(PortTarget {
+            post: Box::new(move || {
+                let token = lock(&post_watch).token.clone();
+                post_port.post(key, token, Ok(libc::POLLIN as usize))
+            }),
             arm: Box::new(move |ring_fd, generation| {
                 let mut w = lock(&watch);
                 let w = &mut *w;
@@ -79,6 +108,11 @@ impl PortTarget {
     /// `ring_fd`, on the port.
     pub(super) fn arm(&self, ring_fd: RawFd, generation: u64) -> Result<(), Error> {
         (self.arm)(ring_fd, generation)
+    }
+
+    /// Queues the packet on the port now.
+    pub(super) fn post(&self) -> Result<(), Error> {
+        (self.post)()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::addr::{self, ADDRESS_LEN};
 use super::buffer::{self, Claim, SliceUse};
 use super::cq::CqShared;
+use super::epoll::Watched;
 use super::request::{Op, Request, RequestKind};
 use super::{CompletionQueue, RioBuf, RioError, RioFlags};
 use crate::sync::lock;
@@ -75,6 +76,9 @@ pub(super) struct RqShared {
     send_cq: Arc<CqShared>,
     max: [AtomicU32; 2],
     outstanding: [AtomicU32; 2],
+    /// Where the socket's waiting receives and sends queue up, for
+    /// completion queues on the epoll backend (`None` on io_uring).
+    watched: [Option<Arc<Watched>>; 2],
     closing: AtomicBool,
     /// The socket's port, once `IP_PKTINFO` is on (for local addresses).
     local_port: Mutex<Option<u16>>,
@@ -82,10 +86,7 @@ pub(super) struct RqShared {
 }
 
 fn slot(kind: RequestKind) -> usize {
-    match kind {
-        RequestKind::Receive => 0,
-        RequestKind::Send => 1,
-    }
+    kind.index()
 }
 
 impl RqShared {
@@ -101,6 +102,12 @@ impl RqShared {
     /// Whether the queue was dropped (its requests are being cancelled).
     pub(super) fn is_closing(&self) -> bool {
         self.closing.load(SeqCst)
+    }
+
+    /// The socket's entry with the epoll engine of the completion queue
+    /// that requests of this kind complete to, if it runs on epoll.
+    pub(super) fn watched(&self, kind: RequestKind) -> Option<&Arc<Watched>> {
+        self.watched[slot(kind)].as_ref()
     }
 
     fn cq(&self, kind: RequestKind) -> &Arc<CqShared> {
@@ -164,8 +171,8 @@ impl RqShared {
         if r != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        // SAFETY: the kernel wrote `len` bytes of storage (at most its size).
         let len = (len as usize).min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: the kernel wrote `len` bytes of storage (at most its size).
         let bytes = unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, len) };
         let p = addr::read_addr(bytes).map_or(0, |a| a.port());
         *port = Some(p);
@@ -274,7 +281,8 @@ impl RequestQueue {
         let kind = sockopt(fd.as_raw_fd(), libc::SO_TYPE)?;
         let domain = sockopt(fd.as_raw_fd(), libc::SO_DOMAIN)?;
         let (rcq, scq) = (receive_cq.shared().clone(), send_cq.shared().clone());
-        if Arc::ptr_eq(&rcq, &scq) {
+        let same = Arc::ptr_eq(&rcq, &scq);
+        if same {
             rcq.charge(
                 max_receives
                     .checked_add(max_sends)
@@ -287,6 +295,42 @@ impl RequestQueue {
                 return Err(e);
             }
         }
+        let uncharge = || {
+            if same {
+                rcq.uncharge(max_receives.saturating_add(max_sends));
+            } else {
+                rcq.uncharge(max_receives);
+                scq.uncharge(max_sends);
+            }
+        };
+        // Epoll-backed queues watch the socket from now on.
+        let watched = if same {
+            match rcq.attach(fd.as_raw_fd(), [true, true]) {
+                Ok(w) => [w.clone(), w],
+                Err(e) => {
+                    uncharge();
+                    return Err(e);
+                }
+            }
+        } else {
+            let r = match rcq.attach(fd.as_raw_fd(), [true, false]) {
+                Ok(w) => w,
+                Err(e) => {
+                    uncharge();
+                    return Err(e);
+                }
+            };
+            match scq.attach(fd.as_raw_fd(), [false, true]) {
+                Ok(s) => [r, s],
+                Err(e) => {
+                    if let Some(r) = &r {
+                        rcq.detach(r);
+                    }
+                    uncharge();
+                    return Err(e);
+                }
+            }
+        };
         Ok(RequestQueue {
             shared: Arc::new(RqShared {
                 fd,
@@ -297,6 +341,7 @@ impl RequestQueue {
                 send_cq: scq,
                 max: [AtomicU32::new(max_receives), AtomicU32::new(max_sends)],
                 outstanding: [AtomicU32::new(0), AtomicU32::new(0)],
+                watched,
                 closing: AtomicBool::new(false),
                 local_port: Mutex::new(None),
                 resizing: Mutex::new(()),
@@ -544,9 +589,10 @@ impl RequestQueue {
     }
 
     /// Hands every request queued with [`RioFlags::DEFER`] to the kernel
-    /// (`RIO_MSG_COMMIT_ONLY`): one `io_uring_enter` per completion queue
-    /// that has any. Deferred requests of other request queues on the same
-    /// completion queues go too.
+    /// (`RIO_MSG_COMMIT_ONLY`): on io_uring, one `io_uring_enter` per
+    /// completion queue that has any; on epoll, each is attempted at once
+    /// (or left waiting for readiness) in order. Deferred requests of other
+    /// request queues on the same completion queues go too.
     pub fn commit(&self) -> Result<(), Error> {
         self.shared.receive_cq.commit()?;
         if !Arc::ptr_eq(&self.shared.receive_cq, &self.shared.send_cq) {
@@ -587,10 +633,9 @@ impl AsRawFd for RequestQueue {
 impl Drop for RequestQueue {
     fn drop(&mut self) {
         self.shared.closing.store(true, SeqCst);
-        let fd = self.shared.raw_fd();
-        self.shared.receive_cq.cancel_fd(fd);
+        self.shared.receive_cq.cancel(&self.shared);
         if !Arc::ptr_eq(&self.shared.receive_cq, &self.shared.send_cq) {
-            self.shared.send_cq.cancel_fd(fd);
+            self.shared.send_cq.cancel(&self.shared);
         }
     }
 }

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use io_uring::{cqueue, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 /// The most CQ entries io_uring gives one ring.
 pub(super) const MAX_ENTRIES: u32 = 65_536;
@@ -23,13 +23,13 @@ pub(super) const MAX_ENTRIES: u32 = 65_536;
 /// the kernel in pieces of this size.
 const MAX_SQ: u32 = 4096;
 
-pub(super) struct Ring {
+pub(in crate::rio) struct Ring {
     ring: IoUring,
 }
 
 impl Ring {
     /// A ring whose CQ holds at least `cq_entries` completions.
-    pub(super) fn new(cq_entries: u32) -> io::Result<Ring> {
+    pub(in crate::rio) fn new(cq_entries: u32) -> io::Result<Ring> {
         let cq = cq_entries.clamp(1, MAX_ENTRIES).next_power_of_two();
         let sq = cq.min(MAX_SQ);
         let ring = IoUring::builder()
@@ -44,7 +44,7 @@ impl Ring {
                     }
                     Some(libc::EPERM) | Some(libc::ENOSYS) => {
                         "io_uring is switched off here (seccomp, kernel.io_uring_disabled); \
-                         registered I/O needs it"
+                         use the epoll backend (RINGPORT_BACKEND=epoll or auto)"
                     }
                     _ => "",
                 };
@@ -57,6 +57,22 @@ impl Ring {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this kernel's io_uring lacks NODROP (Linux 5.5+ needed)",
+            ));
+        }
+        let mut probe = Probe::new();
+        let probed = ring.submitter().register_probe(&mut probe).is_ok();
+        let needed = [
+            opcode::Nop::CODE,
+            opcode::Recv::CODE,
+            opcode::Send::CODE,
+            opcode::RecvMsg::CODE,
+            opcode::SendMsg::CODE,
+        ];
+        if !probed || !needed.iter().all(|&op| probe.is_supported(op)) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel's io_uring lacks an operation registered I/O needs \
+                 (RECV, SEND, RECVMSG, SENDMSG: Linux 5.6+)",
             ));
         }
         Ok(Ring { ring })

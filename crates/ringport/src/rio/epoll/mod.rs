@@ -1,0 +1,632 @@
+//! The epoll engine of a completion queue, for where io_uring is switched
+//! off (or `RINGPORT_BACKEND=epoll` asks for it): the same semantics, with
+//! readiness turned into completions.
+//!
+//! - **Results** wait in a ring in user memory ([`ring`]): one producer at a
+//!   time (the producer lock), one consumer at a time (the consumer lock,
+//!   never taken by the engine thread), so `dequeue` is a few loads and
+//!   stores and never a system call.
+//! - **Requests** are carried out with non-blocking calls ([`io`]). One not
+//!   deferred is attempted at once by the thread making it (as `RIOReceive`
+//!   makes a system call) if its socket has nothing waiting, and its result
+//!   queued at once if it could be done; otherwise it waits in its socket's
+//!   queue ([`Watched`]) for the queue's engine thread ([`engine`]), which
+//!   sleeps in `epoll_wait` and carries out the socket's waiting requests in
+//!   order when it is ready. One socket's calls, and the queueing of their
+//!   results, happen under its queue's lock: results come in the order the
+//!   data arrived.
+//! - `DEFER` keeps requests in user space, in order, until the next request
+//!   without it or a commit starts them all.
+//! - **Notification** is fired by the producer: after queueing a result
+//!   without `DONT_NOTIFY` it moves an armed notification to fired (one
+//!   compare-and-swap decides who fires, so each arm fires once) and signals
+//!   the eventfd or posts the port packet. `DONT_NOTIFY` is honoured for
+//!   port notification too.
+//! - **Close** stops new requests, takes every waiting request out of its
+//!   socket's queue (under that queue's lock, so no call on its memory is in
+//!   progress), drops waiting results, and joins the engine thread; only
+//!   then are the requests' slices released.
+//!
+//! Lock order: consumer, then deferred, then a socket's queue, then
+//! producer, then the capacity; the engine's table alone; the buffer
+//! registry's lock last.
+
+mod engine;
+mod io;
+mod ring;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use self::engine::Poller;
+pub(super) use self::engine::Watched;
+use self::io::Pending;
+use self::ring::{Done, ResultRing};
+use super::buffer::{self, Claim};
+use super::cq::Common;
+use super::notify::{Notifier, Notify};
+use super::request::{Request, RequestKind};
+use super::rq::RqShared;
+use super::{RioError, RioResult};
+use crate::sync::lock;
+use crate::Error;
+
+/// The longest an event wait sleeps before looking at the state itself.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// Notification states.
+const IDLE: u8 = 0;
+const ARMED: u8 = 1;
+const FIRED: u8 = 2;
+
+/// A completion queue run by an epoll engine thread.
+pub(super) struct EpollCq {
+    inner: Arc<Inner>,
+    /// The engine thread, joined when the queue closes.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Consumer {
+    /// `None` once the queue is closed.
+    ring: Option<Arc<ResultRing>>,
+    /// Slices to release after a dequeue (kept to reuse its memory).
+    claims: Vec<Claim>,
+}
+
+struct Producer {
+    /// `None` once the queue is closed.
+    ring: Option<Arc<ResultRing>>,
+}
+
+/// What the queue shares with its engine thread.
+struct Inner {
+    consumer: Mutex<Consumer>,
+    producer: Mutex<Producer>,
+    /// Requests made with `DEFER`, in order, not yet started.
+    deferred: Mutex<Vec<Request>>,
+    /// Requests made and not yet ended (waiting, or their result in the
+    /// ring): never more than the ring holds.
+    live: AtomicUsize,
+    /// The ring's capacity (it only grows).
+    capacity: AtomicUsize,
+    /// IDLE, ARMED or FIRED.
+    state: AtomicU8,
+    notifier: Notifier,
+    closed: AtomicBool,
+    poller: Poller,
+}
+
+/// What a run of attempts leaves to do once every lock is released.
+#[derive(Default)]
+struct Batch {
+    /// An armed notification moved to fired: signal it.
+    fire: bool,
+    /// Requests that ended without a result (the queue closed).
+    ended: Vec<Request>,
+}
+
+impl Inner {
+    /// Queues the result of `request`, or ends the request if the queue is
+    /// closed; notes in `batch` whether an armed notification must fire.
+    fn complete(&self, request: Request, status: i32, bytes: u32, batch: &mut Batch) {
+        let result = request.result(status, bytes);
+        let quiet = request.quiet;
+        {
+            let p = lock(&self.producer);
+            let pushed = match &p.ring {
+                Some(ring) => {
+                    // SAFETY: the producer lock is held: this is the only
+                    // producer.
+                    unsafe { ring.push(Done { result, request }) }.map_err(|done| done.request)
+                }
+                None => Err(request),
+            };
+            if let Err(request) = pushed {
+                // Closed (the ring cannot be full: `live` is bounded by it).
+                batch.ended.push(request);
+                return;
+            }
+        }
+        if !quiet {
+            // Pairs with the fence in `notify`: either `notify` sees this
+            // result in the ring, or this sees its ARMED.
+            fence(Ordering::SeqCst);
+            if self.state.load(Ordering::Relaxed) == ARMED
+                && self
+                    .state
+                    .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                batch.fire = true;
+            }
+        }
+    }
+
+    /// Carries out the requests at the head of `queue` until one must wait.
+    /// The caller holds the queue's lock.
+    fn run(&self, queue: &mut VecDeque<Pending>, batch: &mut Batch) {
+        while let Some(p) = queue.front_mut() {
+            let Some((status, bytes)) = io::attempt(p) else {
+                return;
+            };
+            if let Some(p) = queue.pop_front() {
+                self.complete(p.request, status, bytes, batch);
+            }
+        }
+    }
+
+    /// Runs one of `w`'s queues (0: receives, 1: sends): the engine thread's
+    /// answer to readiness.
+    fn run_queue(&self, w: &Watched, kind: usize, batch: &mut Batch) {
+        let mut queues = lock(&w.queues);
+        self.run(&mut queues[kind], batch);
+    }
+
+    /// Puts `request` in its socket's queue, and attempts it at once if
+    /// nothing waits before it.
+    fn start(&self, request: Request, batch: &mut Batch) -> Result<(), Error> {
+        let kind = request.kind.index();
+        let Some(w) = request.rq.watched(request.kind).cloned() else {
+            // Not watched by this queue: cannot happen for a request queue
+            // made on it.
+            batch.ended.push(request);
+            return Err(RioError::QueueClosed.into());
+        };
+        let mut queues = lock(&w.queues);
+        // Checked under the socket's lock: `close` sets `closed` before it
+        // empties every socket's queue under that lock.
+        if self.closed.load(Ordering::SeqCst) {
+            batch.ended.push(request);
+            return Err(RioError::QueueClosed.into());
+        }
+        let queue = &mut queues[kind];
+        queue.push_back(Pending::new(request));
+        if queue.len() == 1 {
+            self.run(queue, batch);
+        }
+        Ok(())
+    }
+
+    /// Ends the requests that ended without a result and fires the
+    /// notification if it is due. Called with no lock held.
+    fn finish(&self, batch: &mut Batch) {
+        if !batch.ended.is_empty() {
+            self.live.fetch_sub(batch.ended.len(), Ordering::SeqCst);
+            for r in batch.ended.drain(..) {
+                r.abandon();
+            }
+        }
+        if std::mem::take(&mut batch.fire) {
+            self.fire();
+        }
+    }
+
+    /// Delivers a notification that has just moved to FIRED.
+    fn fire(&self) {
+        match &self.notifier {
+            Notifier::Polled => {}
+            Notifier::Event(efd) => efd.signal(),
+            // A closed port refuses the packet: no one is left to take it.
+            Notifier::Port(target) => {
+                let _ = target.post();
+            }
+        }
+    }
+
+    /// Counts one more live request, unless the ring could not hold its
+    /// result.
+    fn reserve(&self) -> bool {
+        let before = self.live.fetch_add(1, Ordering::SeqCst);
+        if before >= self.capacity.load(Ordering::SeqCst) {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+}
+
+impl EpollCq {
+    /// A queue for `size` results, notified as `notify` says, with its
+    /// epoll instance and engine thread.
+    pub(super) fn new(size: u32, notify: Notify) -> Result<EpollCq, Error> {
+        let notifier = Notifier::new(notify)?;
+        let ring = Arc::new(ResultRing::new(size));
+        let inner = Arc::new(Inner {
+            capacity: AtomicUsize::new(ring.capacity()),
+            consumer: Mutex::new(Consumer {
+                ring: Some(ring.clone()),
+                claims: Vec::with_capacity(256),
+            }),
+            producer: Mutex::new(Producer { ring: Some(ring) }),
+            deferred: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(0),
+            state: AtomicU8::new(IDLE),
+            notifier,
+            closed: AtomicBool::new(false),
+            poller: Poller::new()?,
+        });
+        let thread = engine::spawn(inner.clone())?;
+        Ok(EpollCq {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// Watches a request queue's socket `fd`, whose requests of the kinds in
+    /// `kinds` (receives, sends) complete here.
+    pub(super) fn attach(&self, fd: RawFd, kinds: [bool; 2]) -> Result<Arc<Watched>, Error> {
+        let mut table = lock(&self.inner.poller.table);
+        if self.is_closed() {
+            return Err(RioError::QueueClosed.into());
+        }
+        Ok(self.inner.poller.watch(&mut table, fd, kinds)?)
+    }
+
+    /// Stops watching a socket, and cancels its waiting requests: they
+    /// complete with `ECANCELED`.
+    pub(super) fn detach(&self, w: &Arc<Watched>) {
+        let inner = &*self.inner;
+        if !inner.poller.unwatch(w) {
+            return;
+        }
+        let mut batch = Batch::default();
+        {
+            let mut queues = lock(&w.queues);
+            for queue in queues.iter_mut() {
+                for p in queue.drain(..) {
+                    inner.complete(p.request, libc::ECANCELED, 0, &mut batch);
+                }
+            }
+        }
+        inner.finish(&mut batch);
+    }
+
+    /// Cancels every request of `rq` (its request queue is being dropped):
+    /// deferred ones and waiting ones complete with `ECANCELED`.
+    pub(super) fn cancel(&self, rq: &RqShared) {
+        let inner = &*self.inner;
+        let mut batch = Batch::default();
+        {
+            let mut deferred = lock(&inner.deferred);
+            let mut i = 0;
+            while i < deferred.len() {
+                if std::ptr::eq(Arc::as_ptr(&deferred[i].rq), rq) {
+                    let r = deferred.remove(i);
+                    inner.complete(r, libc::ECANCELED, 0, &mut batch);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        inner.finish(&mut batch);
+        for kind in [RequestKind::Receive, RequestKind::Send] {
+            if let Some(w) = rq.watched(kind) {
+                self.detach(w);
+            }
+        }
+    }
+
+    /// See [`CompletionQueue::dequeue`](super::CompletionQueue::dequeue).
+    pub(super) fn dequeue(&self, common: &Common, out: &mut [RioResult]) -> Result<usize, Error> {
+        let mut guard = lock(&self.inner.consumer);
+        let Consumer { ring, claims } = &mut *guard;
+        let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
+        common.counters.dequeues.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the consumer lock is held: this is the ring's only consumer.
+        let n = unsafe {
+            ring.pop_into(out.len(), |i, done| {
+                out[i] = done.result;
+                done.request.end(claims);
+            })
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        buffer::release(claims);
+        claims.clear();
+        self.inner.live.fetch_sub(n, Ordering::SeqCst);
+        common
+            .counters
+            .results
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Starts `request`, or with `defer` keeps it for the next submission.
+    pub(super) fn submit(
+        &self,
+        common: &Common,
+        request: Request,
+        defer: bool,
+    ) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if self.is_closed() {
+            request.abandon();
+            return Err(RioError::QueueClosed.into());
+        }
+        if !inner.reserve() {
+            request.abandon();
+            // Cannot happen while charges are honoured; refuse rather than
+            // overflow.
+            let cap = lock(&common.capacity);
+            return Err(RioError::QueueTooSmall {
+                size: cap.size,
+                charged: cap.charged,
+                asked: 1,
+            }
+            .into());
+        }
+        common.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let mut batch = Batch::default();
+        let r = if defer {
+            let mut deferred = lock(&inner.deferred);
+            // Checked under the lock: `close` sets `closed`, then empties
+            // the deferred list under it.
+            if self.is_closed() {
+                batch.ended.push(request);
+                Err(RioError::QueueClosed.into())
+            } else {
+                deferred.push(request);
+                Ok(())
+            }
+        } else {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            let mut deferred = lock(&inner.deferred);
+            if deferred.is_empty() {
+                drop(deferred);
+                inner.start(request, &mut batch)
+            } else {
+                // Deferred requests go first, in order.
+                let mut r = Ok(());
+                for d in deferred.drain(..) {
+                    if let Err(e) = inner.start(d, &mut batch) {
+                        r = Err(e);
+                    }
+                }
+                inner.start(request, &mut batch).and(r)
+            }
+        };
+        inner.finish(&mut batch);
+        r
+    }
+
+    /// Starts every deferred request, in order.
+    pub(super) fn commit(&self, common: &Common) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if self.is_closed() {
+            return Err(RioError::QueueClosed.into());
+        }
+        let mut batch = Batch::default();
+        let mut r = Ok(());
+        {
+            let mut deferred = lock(&inner.deferred);
+            if !deferred.is_empty() {
+                common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            }
+            for d in deferred.drain(..) {
+                if let Err(e) = inner.start(d, &mut batch) {
+                    r = Err(e);
+                }
+            }
+        }
+        inner.finish(&mut batch);
+        r
+    }
+
+    /// See [`CompletionQueue::notify`](super::CompletionQueue::notify).
+    pub(super) fn notify(&self, common: &Common) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let fired = {
+            let c = lock(&inner.consumer);
+            let ring = c.ring.as_ref().ok_or(RioError::QueueClosed)?;
+            if let Notifier::Polled = inner.notifier {
+                return Err(RioError::WrongNotification.into());
+            }
+            if inner.state.load(Ordering::SeqCst) == ARMED {
+                return Err(RioError::AlreadyArmed.into());
+            }
+            inner.state.store(ARMED, Ordering::SeqCst);
+            common.counters.notifies.fetch_add(1, Ordering::Relaxed);
+            // Pairs with the fence in `Inner::complete`: either this sees a
+            // result the producer queued, or the producer sees ARMED.
+            fence(Ordering::SeqCst);
+            !ring.is_empty()
+                && inner
+                    .state
+                    .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+        };
+        if fired {
+            match &inner.notifier {
+                Notifier::Port(target) => {
+                    if let Err(e) = target.post() {
+                        inner.state.store(IDLE, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                }
+                _ => inner.fire(),
+            }
+        }
+        Ok(())
+    }
+
+    /// See [`CompletionQueue::wait`](super::CompletionQueue::wait).
+    pub(super) fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let Notifier::Event(efd) = &inner.notifier else {
+            return Err(RioError::WrongNotification.into());
+        };
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            if self.is_closed() {
+                return Err(RioError::QueueClosed.into());
+            }
+            match inner.state.load(Ordering::SeqCst) {
+                IDLE => return Err(RioError::NotArmed.into()),
+                FIRED => {
+                    efd.drain();
+                    if inner
+                        .state
+                        .compare_exchange(FIRED, IDLE, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let slice = match deadline {
+                None => WAIT_SLICE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout);
+                    }
+                    left.min(WAIT_SLICE)
+                }
+            };
+            if efd.wait(slice) {
+                // A stale signal (a fire already taken) must not make this
+                // spin; the state, not the eventfd, says what happened.
+                efd.drain();
+            }
+        }
+    }
+
+    pub(super) fn is_armed(&self) -> bool {
+        self.inner.state.load(Ordering::SeqCst) == ARMED
+    }
+
+    pub(super) fn event_fd(&self) -> Option<RawFd> {
+        match &self.inner.notifier {
+            Notifier::Event(efd) => Some(efd.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn ring_capacity(&self) -> u32 {
+        lock(&self.inner.consumer)
+            .ring
+            .as_ref()
+            .map_or(0, |r| r.capacity() as u32)
+    }
+
+    /// See [`CompletionQueue::resize`](super::CompletionQueue::resize):
+    /// beyond the ring's capacity, waiting results move to a bigger ring;
+    /// requests waiting for readiness are not touched.
+    pub(super) fn resize(&self, common: &Common, new_size: u32) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let mut consumer = lock(&inner.consumer);
+        let old = consumer.ring.clone().ok_or(RioError::QueueClosed)?;
+        {
+            let mut cap = lock(&common.capacity);
+            if new_size < cap.charged {
+                return Err(RioError::BelowOutstanding {
+                    in_use: cap.charged,
+                    asked: new_size,
+                }
+                .into());
+            }
+            if new_size as usize <= old.capacity() {
+                cap.size = new_size;
+                return Ok(());
+            }
+        }
+        if inner.state.load(Ordering::SeqCst) == ARMED {
+            return Err(RioError::Armed.into());
+        }
+        let new = Arc::new(ResultRing::new(new_size));
+        let mut producer = lock(&inner.producer);
+        // SAFETY: both locks are held: no one else pushes to or pops from
+        // either ring.
+        while let Some(done) = unsafe { old.pop() } {
+            // SAFETY: as above. The new ring is bigger: it has room.
+            if let Err(done) = unsafe { new.push(done) } {
+                done.request.abandon();
+            }
+        }
+        inner.capacity.store(new.capacity(), Ordering::SeqCst);
+        producer.ring = Some(new.clone());
+        consumer.ring = Some(new);
+        drop(producer);
+        lock(&common.capacity).size = new_size;
+        Ok(())
+    }
+
+    /// See [`CompletionQueue::close`](super::CompletionQueue::close).
+    pub(super) fn close(&self) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut ended = Vec::new();
+        {
+            let mut consumer = lock(&inner.consumer);
+            ended.append(&mut lock(&inner.deferred));
+            let watched: Vec<Arc<Watched>> =
+                lock(&inner.poller.table).drain().map(|(_, w)| w).collect();
+            for w in &watched {
+                // Taking the lock waits for a call in progress on the
+                // socket; after it, nothing is attempted there again.
+                let mut queues = lock(&w.queues);
+                for queue in queues.iter_mut() {
+                    ended.extend(queue.drain(..).map(|p| p.request));
+                }
+            }
+            // No result is queued after this.
+            lock(&inner.producer).ring = None;
+            if let Some(ring) = consumer.ring.take() {
+                // SAFETY: the consumer lock is held, and the producer side
+                // has let go of the ring.
+                while let Some(done) = unsafe { ring.pop() } {
+                    ended.push(done.request);
+                }
+            }
+        }
+        inner.poller.stop();
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread {
+            // (Never join from the engine thread itself.)
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+        inner.live.fetch_sub(ended.len(), Ordering::SeqCst);
+        for r in ended {
+            r.abandon();
+        }
+        match &inner.notifier {
+            Notifier::Port(target) => {
+                // An armed notification fires: its handler finds the queue
+                // closed.
+                if inner
+                    .state
+                    .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let _ = target.post();
+                }
+            }
+            Notifier::Event(efd) => efd.signal(),
+            Notifier::Polled => {}
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EpollCq {
+    fn drop(&mut self) {
+        // Normally closed already (the public queue closes on drop); the
+        // engine thread must not outlive the queue either way.
+        let _ = self.close();
+    }
+}

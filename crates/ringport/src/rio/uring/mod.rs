@@ -1,0 +1,540 @@
+//! The io_uring engine of a completion queue.
+//!
+//! Each queue owns an io_uring ring. Request queues submit to it (under the
+//! submission lock), the owner reads its CQ ring (under the consumer lock,
+//! uncontended when one thread dequeues, so a dequeue is a few loads and
+//! stores on shared memory), and a slot table keeps each request and its
+//! kernel-visible memory until its result is dequeued.
+//!
+//! Results the queue has taken out of the ring but not yet handed over (when
+//! `wait` looks for a result that may notify, or a resize moves to a bigger
+//! ring) wait in `carry`, which is always read before the ring.
+//!
+//! Lock order: consumer, then submission, then slots, then capacity; the
+//! buffer registry's lock is taken last, alone or under slots.
+
+mod ring;
+mod slots;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use io_uring::cqueue;
+
+pub(super) use self::ring::Ring;
+use self::slots::{is_quiet, Slots, NOP};
+use super::buffer::{self, Claim};
+use super::cq::Common;
+use super::notify::{Notifier, Notify};
+use super::request::Request;
+use super::{RioError, RioResult};
+use crate::sync::lock;
+use crate::Error;
+
+/// How long closing or resizing waits for the kernel to hand back requests
+/// it was asked to cancel.
+const KERNEL_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest an event wait sleeps before looking at the ring itself, in
+/// case a wake-up was missed between arming and sleeping.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// The submission side.
+struct Submission {
+    ring: Option<Arc<Ring>>,
+}
+
+/// The consumer side.
+struct Consumer {
+    ring: Option<Arc<Ring>>,
+    /// Completions taken from the ring (or an old ring), oldest first.
+    carry: VecDeque<cqueue::Entry>,
+    /// Slices to release after a dequeue (kept to reuse its memory).
+    claims: Vec<Claim>,
+    armed: bool,
+    fired: bool,
+    /// Counts the rings the queue has had (a resize may move it to another).
+    generation: u64,
+}
+
+/// A completion queue on its own io_uring ring.
+pub(super) struct UringCq {
+    submission: Mutex<Submission>,
+    consumer: Mutex<Consumer>,
+    slots: Mutex<Slots>,
+    notifier: Notifier,
+    closed: AtomicBool,
+}
+
+/// Moves every completion in `ring` into `carry` (NOPs dropped) and says
+/// whether `carry` now holds one that may notify.
+///
+/// # Safety
+/// The caller holds the consumer lock.
+unsafe fn absorb(ring: &Ring, carry: &mut VecDeque<cqueue::Entry>) -> bool {
+    // SAFETY: the caller holds the consumer lock.
+    let cq = unsafe { ring.completions() };
+    carry.extend(cq.filter(|e| e.user_data() != NOP));
+    carry.iter().any(|e| !is_quiet(e.user_data()))
+}
+
+/// Whether results are waiting in `ring` or `carry`.
+///
+/// # Safety
+/// The caller holds the consumer lock.
+unsafe fn waiting(ring: &Ring, carry: &VecDeque<cqueue::Entry>) -> bool {
+    // SAFETY: the caller holds the consumer lock.
+    !carry.is_empty() || !unsafe { ring.completions() }.is_empty()
+}
+
+impl UringCq {
+    /// A queue on `ring`, notified as `notify` says.
+    pub(super) fn new(ring: Ring, notify: Notify) -> Result<UringCq, Error> {
+        let notifier = Notifier::new(notify)?;
+        if let Notifier::Event(efd) = &notifier {
+            ring.register_eventfd(efd.as_raw_fd())?;
+            // SAFETY: no one else can see the ring yet, so this thread
+            // is its only consumer.
+            unsafe { ring.set_eventfd(false) };
+        }
+        let cap = ring.capacity();
+        let ring = Arc::new(ring);
+        Ok(UringCq {
+            submission: Mutex::new(Submission {
+                ring: Some(ring.clone()),
+            }),
+            consumer: Mutex::new(Consumer {
+                ring: Some(ring),
+                carry: VecDeque::with_capacity(cap as usize),
+                claims: Vec::with_capacity(256),
+                armed: false,
+                fired: false,
+                generation: 0,
+            }),
+            slots: Mutex::new(Slots::new(cap)),
+            notifier,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// See [`CompletionQueue::dequeue`](super::CompletionQueue::dequeue).
+    pub(super) fn dequeue(&self, common: &Common, out: &mut [RioResult]) -> Result<usize, Error> {
+        let mut guard = lock(&self.consumer);
+        let Consumer {
+            ring,
+            carry,
+            claims,
+            armed,
+            fired,
+            ..
+        } = &mut *guard;
+        let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
+        common.counters.dequeues.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the consumer lock is held for the view's life.
+        let mut cq = unsafe { ring.completions() };
+        if out.is_empty() || (carry.is_empty() && cq.is_empty()) {
+            return Ok(0);
+        }
+        let port = matches!(self.notifier, Notifier::Port(_));
+        let mut slots = lock(&self.slots);
+        let mut n = 0;
+        while n < out.len() {
+            let Some(e) = carry.pop_front().or_else(|| cq.next()) else {
+                break;
+            };
+            let ud = e.user_data();
+            if ud == NOP {
+                continue;
+            }
+            if *armed && (port || !is_quiet(ud)) {
+                // The armed notification has fired (or is firing) for this.
+                *fired = true;
+            }
+            if let Some(r) = slots.complete(ud, e.result(), claims) {
+                out[n] = r;
+                n += 1;
+            }
+        }
+        drop(cq);
+        drop(slots);
+        buffer::release(claims);
+        claims.clear();
+        common
+            .counters
+            .results
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// See [`CompletionQueue::notify`](super::CompletionQueue::notify).
+    pub(super) fn notify(&self, common: &Common) -> Result<(), Error> {
+        let mut guard = lock(&self.consumer);
+        let c = &mut *guard;
+        let ring = c.ring.clone().ok_or(RioError::QueueClosed)?;
+        match &self.notifier {
+            Notifier::Polled => Err(RioError::WrongNotification.into()),
+            Notifier::Event(efd) => {
+                if c.armed && !c.fired {
+                    // SAFETY: the consumer lock is held.
+                    if unsafe { absorb(&ring, &mut c.carry) } {
+                        c.fired = true;
+                    } else {
+                        return Err(RioError::AlreadyArmed.into());
+                    }
+                }
+                c.armed = true;
+                c.fired = false;
+                common.counters.notifies.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: the consumer lock is held.
+                if unsafe { waiting(&ring, &c.carry) } {
+                    c.fired = true;
+                    efd.signal();
+                    return Ok(());
+                }
+                // SAFETY: the consumer lock is held.
+                unsafe { ring.set_eventfd(true) };
+                // Pairs with the kernel's barrier between publishing a CQE
+                // and reading the flag: either it sees the flag clear, or we
+                // see its CQE here.
+                fence(Ordering::SeqCst);
+                // SAFETY: the consumer lock is held.
+                if unsafe { waiting(&ring, &c.carry) } {
+                    // SAFETY: the consumer lock is held.
+                    unsafe { ring.set_eventfd(false) };
+                    c.fired = true;
+                    efd.signal();
+                }
+                Ok(())
+            }
+            Notifier::Port(target) => {
+                // SAFETY: the consumer lock is held.
+                let results = unsafe { waiting(&ring, &c.carry) };
+                if c.armed && !c.fired && !results {
+                    return Err(RioError::AlreadyArmed.into());
+                }
+                // SAFETY: the consumer lock is held.
+                let ring_empty = unsafe { ring.completions() }.is_empty();
+                if !c.carry.is_empty() && ring_empty {
+                    // Results wait in carry, where the port's poll of the
+                    // ring cannot see them: a NOP makes the ring readable.
+                    self.nop()?;
+                }
+                target.arm(ring.as_raw_fd(), c.generation)?;
+                c.armed = true;
+                c.fired = results;
+                common.counters.notifies.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// See [`CompletionQueue::wait`](super::CompletionQueue::wait).
+    pub(super) fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        let Notifier::Event(efd) = &self.notifier else {
+            return Err(RioError::WrongNotification.into());
+        };
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            {
+                let mut guard = lock(&self.consumer);
+                let c = &mut *guard;
+                let ring = c.ring.clone().ok_or(RioError::QueueClosed)?;
+                if !c.armed {
+                    return Err(RioError::NotArmed.into());
+                }
+                // SAFETY: the consumer lock is held.
+                if !c.fired && unsafe { absorb(&ring, &mut c.carry) } {
+                    c.fired = true;
+                }
+                if c.fired {
+                    // SAFETY: the consumer lock is held.
+                    unsafe { ring.set_eventfd(false) };
+                    efd.drain();
+                    c.armed = false;
+                    c.fired = false;
+                    return Ok(());
+                }
+            }
+            let slice = match deadline {
+                None => WAIT_SLICE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout);
+                    }
+                    left.min(WAIT_SLICE)
+                }
+            };
+            if efd.wait(slice) {
+                efd.drain();
+            }
+        }
+    }
+
+    pub(super) fn is_armed(&self) -> bool {
+        let c = lock(&self.consumer);
+        c.armed && !c.fired
+    }
+
+    pub(super) fn event_fd(&self) -> Option<RawFd> {
+        match &self.notifier {
+            Notifier::Event(efd) => Some(efd.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn ring_capacity(&self) -> u32 {
+        lock(&self.consumer)
+            .ring
+            .as_ref()
+            .map_or(0, |r| r.capacity())
+    }
+
+    /// See [`CompletionQueue::resize`](super::CompletionQueue::resize).
+    pub(super) fn resize(&self, common: &Common, new_size: u32) -> Result<(), Error> {
+        let mut consumer = lock(&self.consumer);
+        let mut submission = lock(&self.submission);
+        let old = submission.ring.clone().ok_or(RioError::QueueClosed)?;
+        {
+            let mut cap = lock(&common.capacity);
+            if new_size < cap.charged {
+                return Err(RioError::BelowOutstanding {
+                    in_use: cap.charged,
+                    asked: new_size,
+                }
+                .into());
+            }
+            if new_size <= old.capacity() {
+                cap.size = new_size;
+                return Ok(());
+            }
+        }
+        if consumer.armed && !consumer.fired {
+            return Err(RioError::Armed.into());
+        }
+        let new = Ring::new(new_size)?;
+        if let Notifier::Event(efd) = &self.notifier {
+            new.register_eventfd(efd.as_raw_fd())?;
+            // SAFETY: the new ring is not shared yet; we hold the consumer lock.
+            unsafe { new.set_eventfd(false) };
+        }
+        let new = Arc::new(new);
+        self.migrate(&old, &new, &mut consumer.carry)?;
+        submission.ring = Some(new.clone());
+        consumer.ring = Some(new);
+        consumer.generation += 1;
+        lock(&common.capacity).size = new_size;
+        Ok(())
+    }
+
+    /// Queues `request` on the ring, and submits unless `defer`.
+    ///
+    /// If the submitting `io_uring_enter` fails, the error is returned but
+    /// the request stays queued, as if deferred: the next submission takes it.
+    pub(super) fn submit(
+        &self,
+        common: &Common,
+        request: Request,
+        defer: bool,
+    ) -> Result<(), Error> {
+        let sub = lock(&self.submission);
+        let Some(ring) = sub.ring.as_ref() else {
+            request.abandon();
+            return Err(RioError::QueueClosed.into());
+        };
+        let inserted = lock(&self.slots).insert(request);
+        let (user_data, entry) = match inserted {
+            Some(x) => x,
+            None => {
+                // Cannot happen while charges are honoured; refuse rather
+                // than overflow.
+                let cap = lock(&common.capacity);
+                return Err(RioError::QueueTooSmall {
+                    size: cap.size,
+                    charged: cap.charged,
+                    asked: 1,
+                }
+                .into());
+            }
+        };
+        // SAFETY: the submission lock is held. The entry points at
+        // registered memory the request has claimed (released only once its
+        // completion is reaped) and at its slot's boxed scratch memory (kept
+        // as long as the table, which outlives every reaped completion).
+        if let Err(e) = unsafe { ring.push(&entry) } {
+            if let Some(r) = lock(&self.slots).abandon(user_data) {
+                r.abandon();
+            }
+            return Err(e.into());
+        }
+        common.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if !defer {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Submits every deferred request in one `io_uring_enter`.
+    pub(super) fn commit(&self, common: &Common) -> Result<(), Error> {
+        let sub = lock(&self.submission);
+        let ring = sub.ring.as_ref().ok_or(RioError::QueueClosed)?;
+        // SAFETY: the submission lock is held.
+        if unsafe { ring.queued() } > 0 {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Cancels every request on `fd` (a request queue being dropped).
+    pub(super) fn cancel_fd(&self, fd: i32) {
+        let sub = lock(&self.submission);
+        if let Some(ring) = sub.ring.as_ref() {
+            // Deferred requests must reach the kernel to be cancelled.
+            let _ = ring.submit();
+            let _ = ring.cancel_fd(fd, Instant::now() + KERNEL_WAIT);
+        }
+    }
+
+    /// Submits a NOP, whose completion makes the ring readable.
+    fn nop(&self) -> Result<(), Error> {
+        let sub = lock(&self.submission);
+        let ring = sub.ring.as_ref().ok_or(RioError::QueueClosed)?;
+        let nop = io_uring::opcode::Nop::new().build().user_data(NOP);
+        // SAFETY: the submission lock is held; a NOP points at no memory.
+        unsafe { ring.push(&nop)? };
+        ring.submit()?;
+        Ok(())
+    }
+
+    /// Moves every request from `old` to `new`: completions waiting in `old`
+    /// go to `carry`, requests in flight are cancelled, and those the
+    /// cancellation caught are started again on `new` in submission order.
+    /// The caller holds the consumer and submission locks.
+    fn migrate(
+        &self,
+        old: &Ring,
+        new: &Ring,
+        carry: &mut VecDeque<cqueue::Entry>,
+    ) -> Result<(), Error> {
+        let _ = old.submit();
+        let mut slots = lock(&self.slots);
+        // SAFETY: the caller holds the consumer lock.
+        unsafe { absorb(old, carry) };
+        let mut in_kernel = slots.live().saturating_sub(carry.len());
+        let deadline = Instant::now() + KERNEL_WAIT;
+        let mut again = Vec::new();
+        if in_kernel > 0 {
+            let _ = old.cancel_all(deadline);
+        }
+        while in_kernel > 0 {
+            // SAFETY: the caller holds the consumer lock.
+            for e in unsafe { old.completions() } {
+                let ud = e.user_data();
+                if ud == NOP {
+                    continue;
+                }
+                in_kernel -= 1;
+                match slots.resubmittable(ud) {
+                    Some(seq) if e.result() == -libc::ECANCELED => again.push((seq, ud)),
+                    _ => carry.push_back(e),
+                }
+            }
+            if in_kernel == 0 || Instant::now() >= deadline {
+                break;
+            }
+            old.wait(deadline.min(Instant::now() + Duration::from_millis(50)));
+        }
+        again.sort_unstable();
+        let target = if in_kernel == 0 { new } else { old };
+        if in_kernel == 0 {
+            slots.grow(new.capacity());
+            carry.reserve(new.capacity() as usize);
+        }
+        for (_, ud) in again {
+            if let Some(entry) = slots.rebuild(ud) {
+                // SAFETY: the caller holds the submission lock; the entry
+                // points at memory its request still owns, as in `submit`.
+                unsafe { target.push(&entry)? };
+            }
+        }
+        target.submit()?;
+        if in_kernel > 0 {
+            return Err(RioError::KernelBusy {
+                outstanding: in_kernel,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// See [`CompletionQueue::close`](super::CompletionQueue::close).
+    pub(super) fn close(&self) -> Result<(), Error> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut consumer = lock(&self.consumer);
+        let mut submission = lock(&self.submission);
+        consumer.ring = None;
+        let Some(ring) = submission.ring.take() else {
+            return Ok(());
+        };
+        // Deferred requests go to the kernel, to be cancelled with the rest.
+        let _ = ring.submit();
+        if let Notifier::Port(_) = self.notifier {
+            if consumer.armed && !consumer.fired {
+                // A completion makes the port's poll fire (and let go of the ring).
+                let nop = io_uring::opcode::Nop::new().build().user_data(NOP);
+                // SAFETY: the submission lock is held; a NOP points at no memory.
+                if unsafe { ring.push(&nop) }.is_ok() {
+                    let _ = ring.submit();
+                }
+            }
+        }
+        let deadline = Instant::now() + KERNEL_WAIT;
+        let _ = ring.cancel_all(deadline);
+        let mut slots = lock(&self.slots);
+        let c = &mut *consumer;
+        // Results are dropped: completing them ends their requests.
+        for e in c.carry.drain(..) {
+            slots.complete(e.user_data(), e.result(), &mut c.claims);
+        }
+        loop {
+            // SAFETY: the consumer lock is held.
+            for e in unsafe { ring.completions() } {
+                slots.complete(e.user_data(), e.result(), &mut c.claims);
+            }
+            if slots.live() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            ring.wait(deadline.min(Instant::now() + Duration::from_millis(50)));
+        }
+        buffer::release(&c.claims);
+        c.claims.clear();
+        let outstanding = slots.live();
+        if outstanding > 0 {
+            // The kernel may still write through pointers in these requests:
+            // keep their memory (and the ring) forever rather than free it.
+            std::mem::forget(std::mem::replace(&mut *slots, Slots::new(0)));
+            std::mem::forget(ring);
+        }
+        drop(slots);
+        drop(submission);
+        drop(consumer);
+        if let Notifier::Event(efd) = &self.notifier {
+            efd.signal();
+        }
+        if outstanding > 0 {
+            return Err(RioError::KernelBusy { outstanding }.into());
+        }
+        Ok(())
+    }
+}

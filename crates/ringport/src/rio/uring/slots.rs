@@ -1,0 +1,242 @@
+//! The io_uring engine's slot table: each request in flight in a boxed slot
+//! that keeps it (and the `msghdr` the kernel reads and writes) at a fixed
+//! address, how it becomes a submission entry, and how its completion
+//! becomes a [`RioResult`].
+//!
+//! A completion queue owns one table with a slot per entry of its ring, so a
+//! request charged to the queue always finds a slot. A slot's `user_data`
+//! carries its index, a generation (so a stale completion never matches a
+//! reused slot) and, in the top bit, the request's `DONT_NOTIFY` flag, which
+//! the event notification reads straight from the CQ ring.
+
+use std::cell::UnsafeCell;
+
+use io_uring::{opcode, squeue, types};
+
+use super::super::addr::{self, Control, CONTROL_LEN};
+use super::super::buffer::Claim;
+use super::super::request::{Op, Request};
+use super::super::RioResult;
+
+/// `user_data` of the NOPs a completion queue submits to make its ring
+/// readable; dequeue skips them. Its top bit marks it as not notifying.
+pub(super) const NOP: u64 = u64::MAX;
+
+const QUIET_BIT: u64 = 1 << 63;
+
+/// Whether a completion with this `user_data` must not fire a notification.
+pub(super) fn is_quiet(user_data: u64) -> bool {
+    user_data & QUIET_BIT != 0
+}
+
+/// Memory the kernel reads or writes through pointers in an entry.
+pub(super) struct Scratch {
+    iov: libc::iovec,
+    msg: libc::msghdr,
+    control: Control,
+}
+
+struct Slot {
+    generation: u32,
+    /// Submission order, to resubmit in the same order after a resize.
+    seq: u64,
+    request: Option<Request>,
+    scratch: UnsafeCell<Scratch>,
+}
+
+// SAFETY: the scratch holds pointers into the slot itself and into
+// registered memory the request has claimed; the table is only used under
+// its completion queue's slot lock.
+unsafe impl Send for Slot {}
+
+/// The requests a completion queue has in flight, each in a boxed slot whose
+/// address never changes while the kernel may use it.
+pub(super) struct Slots {
+    // Boxed so that a slot's scratch keeps its address when the table grows.
+    #[allow(clippy::vec_box)]
+    slots: Vec<Box<Slot>>,
+    free: Vec<u32>,
+    live: usize,
+    next_seq: u64,
+}
+
+impl Slots {
+    pub(super) fn new(n: u32) -> Slots {
+        let mut s = Slots {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next_seq: 0,
+        };
+        s.grow(n);
+        s
+    }
+
+    /// Makes room for `n` requests in all.
+    pub(super) fn grow(&mut self, n: u32) {
+        let old = self.slots.len() as u32;
+        for index in (old..n).rev() {
+            self.slots.push(Box::new(Slot {
+                generation: 0,
+                seq: 0,
+                request: None,
+                // SAFETY: all-zero is a valid value of these plain C structs.
+                scratch: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+            }));
+            self.free.push(index);
+        }
+        // Lowest indices first.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
+    /// Requests in flight or waiting to be dequeued.
+    pub(super) fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Stores `request` and returns its `user_data` and entry; if the table
+    /// is full, abandons the request and returns `None`.
+    pub(super) fn insert(&mut self, request: Request) -> Option<(u64, squeue::Entry)> {
+        let Some(index) = self.free.pop() else {
+            request.abandon();
+            return None;
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1) & 0x7fff_ffff;
+        slot.seq = seq;
+        let quiet = if request.quiet { QUIET_BIT } else { 0 };
+        let user_data = quiet | (u64::from(slot.generation) << 32) | u64::from(index);
+        let request = slot.request.insert(request);
+        self.live += 1;
+        let entry = build(request, slot.scratch.get(), user_data);
+        Some((user_data, entry))
+    }
+
+    fn slot(&mut self, user_data: u64) -> Option<&mut Slot> {
+        let index = (user_data & 0xffff_ffff) as usize;
+        let generation = ((user_data >> 32) & 0x7fff_ffff) as u32;
+        let slot = self.slots.get_mut(index)?;
+        (slot.generation == generation && slot.request.is_some()).then_some(&mut **slot)
+    }
+
+    /// Takes back a request whose completion was reaped and makes its result;
+    /// `None` for a `user_data` that is no request of this table.
+    pub(super) fn complete(
+        &mut self,
+        user_data: u64,
+        res: i32,
+        claims: &mut Vec<Claim>,
+    ) -> Option<RioResult> {
+        let slot = self.slot(user_data)?;
+        let request = slot.request.take()?;
+        // SAFETY: the completion was reaped, so the kernel is done with the
+        // scratch (and the request's slices), and the table is held
+        // exclusively; for a RECVMSG the header is the one it filled.
+        let (status, bytes) = unsafe { request.outcome(res, Some(&(*slot.scratch.get()).msg)) };
+        let result = request.result(status, bytes);
+        request.end(claims);
+        self.free.push((user_data & 0xffff_ffff) as u32);
+        self.live -= 1;
+        Some(result)
+    }
+
+    /// Takes back a request whose entry never reached the kernel.
+    pub(super) fn abandon(&mut self, user_data: u64) -> Option<Request> {
+        let slot = self.slot(user_data)?;
+        let request = slot.request.take()?;
+        self.free.push((user_data & 0xffff_ffff) as u32);
+        self.live -= 1;
+        Some(request)
+    }
+
+    /// Whether the request behind `user_data` should be started again after
+    /// the kernel cancelled it for a resize (not if its queue is closing),
+    /// and its place in submission order.
+    pub(super) fn resubmittable(&mut self, user_data: u64) -> Option<u64> {
+        let slot = self.slot(user_data)?;
+        let request = slot.request.as_ref()?;
+        (!request.rq.is_closing()).then_some(slot.seq)
+    }
+
+    /// A fresh entry for a request already in the table.
+    pub(super) fn rebuild(&mut self, user_data: u64) -> Option<squeue::Entry> {
+        let slot = self.slot(user_data)?;
+        let scratch = slot.scratch.get();
+        let request = slot.request.as_ref()?;
+        Some(build(request, scratch, user_data))
+    }
+}
+
+/// The submission entry for `request`, filling its slot's scratch memory.
+fn build(request: &Request, scratch: *mut Scratch, user_data: u64) -> squeue::Entry {
+    let fd = types::Fd(request.rq.raw_fd());
+    let entry = match request.op {
+        Op::Recv { ptr, len, flags } => opcode::Recv::new(fd, ptr, len).flags(flags).build(),
+        Op::Send { ptr, len, flags } => opcode::Send::new(fd, ptr, len).flags(flags).build(),
+        Op::RecvMsg {
+            ptr,
+            len,
+            remote,
+            local,
+            flags,
+        } => {
+            // SAFETY: the slot is held exclusively (table lock) and its
+            // request has not reached the kernel yet, so no one else uses
+            // the scratch.
+            let s = unsafe { &mut *scratch };
+            let control = s.control.0.as_mut_ptr();
+            let msg = message(s, ptr, len);
+            if let Some((name, room)) = remote {
+                msg.msg_name = name.cast();
+                msg.msg_namelen = room.min(size_of_storage());
+            }
+            if local.is_some() {
+                msg.msg_control = control.cast();
+                msg.msg_controllen = CONTROL_LEN;
+            }
+            opcode::RecvMsg::new(fd, &mut s.msg).flags(flags).build()
+        }
+        Op::SendMsg {
+            ptr,
+            len,
+            remote,
+            local,
+            flags,
+        } => {
+            // SAFETY: as above.
+            let s = unsafe { &mut *scratch };
+            let msg = message(s, ptr.cast_mut(), len);
+            if let Some((name, len)) = remote {
+                msg.msg_name = name.cast_mut().cast();
+                msg.msg_namelen = len;
+            }
+            if let Some(local) = local {
+                if let Ok(n) = addr::pktinfo_for_send(&mut s.control, &local) {
+                    s.msg.msg_control = s.control.0.as_mut_ptr().cast();
+                    s.msg.msg_controllen = n;
+                }
+            }
+            opcode::SendMsg::new(fd, &s.msg).flags(flags).build()
+        }
+    };
+    entry.user_data(user_data)
+}
+
+/// Resets the scratch `msghdr` to one data buffer and returns it.
+fn message(s: &mut Scratch, ptr: *mut u8, len: u32) -> &mut libc::msghdr {
+    s.iov = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len as usize,
+    };
+    // SAFETY: all-zero is a valid msghdr.
+    s.msg = unsafe { std::mem::zeroed() };
+    s.msg.msg_iov = &mut s.iov;
+    s.msg.msg_iovlen = 1;
+    &mut s.msg
+}
+
+fn size_of_storage() -> u32 {
+    std::mem::size_of::<libc::sockaddr_storage>() as u32
+}
