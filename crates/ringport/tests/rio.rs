@@ -16,6 +16,8 @@ use ringport::rio::{
 };
 use ringport::{Backend, CompletionPort, Error};
 
+mod common;
+
 const SECOND: Duration = Duration::from_secs(1);
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -1178,57 +1180,6 @@ fn closing_a_completion_queue_while_results_arrive() {
     }
 }
 
-/// Makes `io_uring_setup` fail with EPERM for this thread and the threads
-/// it creates later, as Docker's default seccomp profile does.
-fn deny_io_uring_setup() {
-    let ld = libc::sock_filter {
-        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-        jt: 0,
-        jf: 0,
-        k: 0, // seccomp_data.nr
-    };
-    let filter = [
-        ld,
-        libc::sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_io_uring_setup as u32,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA),
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ALLOW,
-        },
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: prctl with the documented arguments; `prog` and `filter` are
-    // alive for the call, which copies the program into the kernel.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &prog as *const libc::sock_fprog
-            ),
-            0,
-            "seccomp: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// Where io_uring is switched off, completion queues fall back to epoll
 /// (and forcing io_uring says why it fails), and registered I/O works:
 /// every notification mode, in a child whose `io_uring_setup` gets EPERM.
@@ -1239,7 +1190,7 @@ fn registered_io_works_where_io_uring_is_denied() {
         in_child(NAME, &[("RINGPORT_BACKEND", "")], &[]);
         return;
     }
-    deny_io_uring_setup();
+    common::deny_io_uring_setup(libc::EPERM as u32);
     let e = CompletionQueue::with_backend(8, Notify::Polled, Backend::IoUring).unwrap_err();
     assert!(e.to_string().contains("io_uring_setup"), "{e}");
     let port = CompletionPort::<u64>::new(0).unwrap();
