@@ -54,6 +54,31 @@ impl Ring {
                 "this kernel's io_uring lacks EXT_ARG or NODROP (Linux 5.11+ needed)",
             ));
         }
+        // Every opcode the port issues: a kernel (or a sandbox such as gVisor)
+        // that lacks one makes Auto fall back to epoll instead of failing later.
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        let needed = [
+            (opcode::Nop::CODE, "NOP"),
+            (opcode::Read::CODE, "READ"),
+            (opcode::Write::CODE, "WRITE"),
+            (opcode::Recv::CODE, "RECV"),
+            (opcode::Send::CODE, "SEND"),
+            (opcode::RecvMsg::CODE, "RECVMSG"),
+            (opcode::SendMsg::CODE, "SENDMSG"),
+            (opcode::Accept::CODE, "ACCEPT"),
+            (opcode::Connect::CODE, "CONNECT"),
+            (opcode::Shutdown::CODE, "SHUTDOWN"),
+            (opcode::Timeout::CODE, "TIMEOUT"),
+            (opcode::PollAdd::CODE, "POLL_ADD"),
+            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        ];
+        if let Some((_, name)) = needed.iter().find(|(code, _)| !probe.is_supported(*code)) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("this kernel's io_uring lacks IORING_OP_{name}"),
+            ));
+        }
         Ok(Ring {
             ring,
             sq: Mutex::new(()),
