@@ -43,20 +43,32 @@ pub enum Proto {
     Udp,
 }
 
+/// What `ringport load` drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// TCP echo: one stream per connection.
+    Tcp,
+    /// UDP echo: one connected socket per "connection".
+    Udp,
+    /// A UDP sink (serve udp-sink): datagrams as fast as GSO sends them,
+    /// then the end marker.
+    UdpBlast,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// tcp or udp.
+    /// tcp, udp or udp-blast.
     #[arg(value_enum)]
-    proto: Proto,
+    proto: Target,
     /// The echo server's address.
     #[arg(long)]
     addr: String,
     /// Connections (sockets, for UDP), each with one message in flight.
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Bytes per message.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
+    /// Bytes per message [default: 64; udp-blast: 1024].
+    #[arg(long)]
+    size: Option<usize>,
     /// How long to run (e.g. 10, 10s, 500ms, 2m) [default: 5s unless --count].
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -72,6 +84,9 @@ pub struct Args {
     /// Time at the start not counted in the figures.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     warmup: Duration,
+    /// udp-blast: send with sendmmsg instead of UDP GSO.
+    #[arg(long)]
+    sendmmsg: bool,
 }
 
 /// Parses `5`, `2.5s`, `500ms`, `100us`, `2m` into a duration (a bare number
@@ -211,11 +226,25 @@ pub fn run(args: Args) -> Result<(), String> {
         (None, None) => Some(Duration::from_secs(5)),
         (d, _) => d,
     };
+    let proto = match args.proto {
+        Target::Tcp => Proto::Tcp,
+        Target::Udp => Proto::Udp,
+        Target::UdpBlast => {
+            return crate::blast::run(crate::blast::BlastConfig {
+                addr,
+                size: args.size.unwrap_or(1024),
+                duration,
+                count: args.count,
+                gso: !args.sendmmsg,
+                pin: None,
+            })
+        }
+    };
     let cfg = LoadConfig {
-        proto: args.proto,
+        proto,
         addr,
         connections: args.connections,
-        size: args.size,
+        size: args.size.unwrap_or(64),
         duration,
         count: args.count,
         threads: args.threads.min(args.connections.max(1)),

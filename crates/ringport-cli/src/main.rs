@@ -1,8 +1,10 @@
 //! `ringport`: the completion-port sum demo, servers, load generator and benchmarks.
 
 mod bench;
+mod blast;
 mod load;
 mod serve;
+mod sink;
 mod sum;
 
 use std::process::ExitCode;
@@ -24,9 +26,9 @@ struct Cli {
 enum Command {
     /// The classic completion-port demo: sum 0..N in work items on a worker pool.
     Sum(sum::Args),
-    /// Echo servers on one completion port: tcp-echo or udp-echo.
+    /// Servers: tcp-echo and udp-echo on one completion port, udp-sink (the RIO UDP servers).
     Serve(serve::Args),
-    /// A ping-pong load generator for echo servers: messages/s and latency.
+    /// Load generators: ping-pong for echo servers (tcp, udp), a GSO blaster for sinks (udp-blast).
     Load(load::Args),
     /// Benchmarks, each against its peers in the same run.
     #[command(subcommand)]

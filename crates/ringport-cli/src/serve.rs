@@ -1,4 +1,5 @@
 //! `ringport serve tcp-echo|udp-echo`: echo servers on one completion port.
+//! (`serve udp-sink`, the RIO UDP servers, is in [`crate::sink`].)
 //!
 //! Both are the classic IOCP server: `--threads` workers loop on one
 //! [`CompletionPort`] (at most `--concurrency` of them active at once), and
@@ -53,13 +54,22 @@ pub enum Kind {
     TcpEcho,
     /// UDP echo: every datagram is sent back to its sender.
     UdpEcho,
+    /// UDP sink: counts datagrams of --size bytes in a --mode (the RIO UDP
+    /// servers) until the generator's end marker.
+    UdpSink,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// tcp-echo or udp-echo.
+    /// tcp-echo, udp-echo or udp-sink.
     #[arg(value_enum)]
     kind: Kind,
+    /// udp-sink: the server mode [default: rio-polled].
+    #[arg(long, value_enum)]
+    mode: Option<crate::sink::Mode>,
+    /// udp-sink: bytes of the datagrams counted (any other size ends the run).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
     /// Address to listen on; port 0 picks a free one (printed).
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: String,
@@ -75,21 +85,23 @@ pub struct Args {
     /// TCP: accepts kept pending on the listener.
     #[arg(long, default_value_t = 16)]
     accepts: usize,
-    /// UDP: receives kept pending on the socket.
-    #[arg(long, default_value_t = 16)]
-    pending: usize,
+    /// UDP: receives kept pending on the socket [default: 16; udp-sink: 512].
+    #[arg(long)]
+    pending: Option<usize>,
     /// Bytes of each receive buffer [default: 16384 for TCP, 65536 for UDP].
     #[arg(long)]
     buf_size: Option<usize>,
     /// Packets a worker takes from the port at once (get_many); 1 is the
-    /// classic one-packet-per-get loop.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// classic one-packet-per-get loop. udp-sink: most results per dequeue,
+    /// get or notification [default: 1; udp-sink: 1000].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Queue a packet even for a send that completes at once (turns off
     /// skip-on-success, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS).
     #[arg(long)]
     no_skip: bool,
-    /// The port's backend: auto, io_uring or epoll (RINGPORT_BACKEND overrides).
+    /// The port's backend (udp-sink: and the completion queue's): auto,
+    /// io_uring or epoll (RINGPORT_BACKEND overrides).
     #[arg(long, default_value = "auto")]
     backend: Backend,
 }
@@ -119,7 +131,7 @@ impl Options {
             pending: 16,
             buf_size: match kind {
                 Kind::TcpEcho => 16 << 10,
-                Kind::UdpEcho => 64 << 10,
+                Kind::UdpEcho | Kind::UdpSink => 64 << 10,
             },
             batch: 1,
             skip: true,
@@ -177,6 +189,21 @@ fn catch_stop_signals() {
 
 pub fn run(args: Args) -> Result<(), String> {
     let addr = resolve(&args.addr)?;
+    if args.kind == Kind::UdpSink {
+        let mode = args.mode.unwrap_or(crate::sink::Mode::RioPolled);
+        let mut opts = crate::sink::SinkOptions::new(mode);
+        opts.size = args.size;
+        opts.threads = args.threads.unwrap_or(opts.threads);
+        opts.batch = args.batch.unwrap_or(opts.batch);
+        opts.pending = args.pending.unwrap_or(opts.pending);
+        opts.backend = args.backend;
+        opts.validate()?;
+        catch_stop_signals();
+        return crate::sink::serve(addr, &opts, args.duration, &|| STOP.load(Ordering::Relaxed));
+    }
+    if args.mode.is_some() {
+        return Err("--mode applies to udp-sink only".into());
+    }
     let mut opts = Options::new(args.kind);
     if let Some(t) = args.threads {
         opts.threads = t;
@@ -188,8 +215,8 @@ pub fn run(args: Args) -> Result<(), String> {
         opts.buf_size = b;
     }
     opts.accepts = args.accepts;
-    opts.pending = args.pending;
-    opts.batch = args.batch;
+    opts.pending = args.pending.unwrap_or(opts.pending);
+    opts.batch = args.batch.unwrap_or(opts.batch);
     opts.skip = !args.no_skip;
     opts.backend = args.backend;
     if args.duration.is_some_and(|d| d.is_zero()) {
@@ -212,6 +239,7 @@ pub fn run(args: Args) -> Result<(), String> {
             let b = s.backend();
             (Box::new(move || s.stop()), "udp-echo", b)
         }
+        Kind::UdpSink => return Err("udp-sink runs on its own (see sink.rs)".into()),
     };
     println!(
         "backend {backend}, {} worker threads, concurrency {}, batch {}, skip-on-success {}",

@@ -3,6 +3,7 @@
 
 mod file;
 mod port;
+mod rio;
 mod tcp;
 mod udp;
 
@@ -18,6 +19,8 @@ pub enum Bench {
     Udp(udp::Args),
     /// Random 4 KiB file reads: the port with many reads pending against pread on N threads.
     File(file::Args),
+    /// The RIO UDP sinks (every serve udp-sink mode) against tokio, mio and recvmmsg, fed by a GSO sender.
+    Rio(rio::Args),
 }
 
 pub fn run(b: Bench) -> Result<(), String> {
@@ -26,5 +29,6 @@ pub fn run(b: Bench) -> Result<(), String> {
         Bench::Tcp(args) => tcp::run(args),
         Bench::Udp(args) => udp::run(args),
         Bench::File(args) => file::run(args),
+        Bench::Rio(args) => rio::run(args),
     }
 }

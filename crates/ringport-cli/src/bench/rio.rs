@@ -1,0 +1,493 @@
+//! `ringport bench rio`: every `serve udp-sink` mode against a tokio, a mio
+//! and a plain `recvmmsg` UDP receiver, all fed by the same GSO generator.
+//!
+//! Each server runs in this process on 127.0.0.1 port 0, one at a time,
+//! rounds interleaved (A B C … A B C …), medians reported. With two CPUs or
+//! more the server's threads are pinned to CPU 1 and the generator
+//! ([`crate::blast`], UDP GSO, as fast as it can for `--seconds`, then the
+//! end marker carrying the count it sent) to CPU 0, so that they do not
+//! take turns on one core.
+//!
+//! Per server: datagrams/s received (from its first datagram to the end
+//! marker), the generator's rate, the loss (sent − received), the server
+//! threads' CPU time per datagram received (`CLOCK_THREAD_CPUTIME_ID`),
+//! and the system calls per datagram those threads entered, counted by the
+//! kernel's `raw_syscalls:sys_enter` tracepoint (see [`crate::sink`]; "–"
+//! where the tracepoint cannot be opened). Then each server's ratio to the
+//! traditional `port` mode and to tokio.
+//!
+//! The peers only count: tokio (a current-thread runtime on one thread,
+//! `recv` per datagram), mio (one epoll thread draining the socket with
+//! `recv` on each wake) and `recvmmsg` (one thread, batches of 64 with
+//! `MSG_WAITFORONE`, the plain C receiver of MEASURING.md). All sockets get
+//! the same 4 MiB receive buffer.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+
+use super::tcp::median;
+use crate::blast::{self, BlastConfig, BlastReport};
+use crate::load::parse_duration;
+use crate::sink::{self, Meter, Mode, Run, Sink, SinkOptions, SinkReport};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds the generator sends to each server in each round.
+    #[arg(long, default_value = "2", value_parser = parse_duration)]
+    seconds: Duration,
+    /// Interleaved rounds; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Bytes per datagram.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Threads of the multi-threaded modes (port, rio-port-mt).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Receives kept pending by the ringport modes.
+    #[arg(long, default_value_t = 512)]
+    pending: usize,
+    /// Most results per dequeue, get or notification.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Servers to run, comma-separated: the modes (port, rio-polled,
+    /// rio-event, rio-event-polled, rio-port, rio-port-mt) and the peers
+    /// (tokio, mio, recvmmsg).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "port,rio-polled,rio-event,rio-event-polled,rio-port,rio-port-mt,tokio,mio,recvmmsg"
+    )]
+    servers: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Mode(Mode),
+    Tokio,
+    Mio,
+    Recvmmsg,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Mode(m) => m.name(),
+            Which::Tokio => "tokio",
+            Which::Mio => "mio",
+            Which::Recvmmsg => "recvmmsg",
+        }
+    }
+
+    fn all() -> Vec<Which> {
+        let mut v: Vec<Which> = Mode::ALL.iter().map(|&m| Which::Mode(m)).collect();
+        v.extend([Which::Tokio, Which::Mio, Which::Recvmmsg]);
+        v
+    }
+}
+
+/// One measurement of one server.
+#[derive(Clone, Copy)]
+struct Sample {
+    rate: f64,
+    sent_rate: f64,
+    loss: f64,
+    cpu_us: f64,
+    syscalls: Option<f64>,
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    if args.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    if args.seconds.is_zero() {
+        return Err("--seconds must be more than 0".into());
+    }
+    let mut servers = Vec::new();
+    for n in &args.servers {
+        match Which::all().into_iter().find(|w| w.name() == n) {
+            Some(w) if !servers.contains(&w) => servers.push(w),
+            Some(_) => {}
+            None => {
+                let known: Vec<&str> = Which::all().iter().map(|w| w.name()).collect();
+                return Err(format!(
+                    "--servers: unknown server {n:?} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    if servers.is_empty() {
+        return Err("--servers: name at least one server".into());
+    }
+    let mut base = SinkOptions::new(Mode::Port);
+    base.size = args.size;
+    base.threads = args.threads;
+    base.pending = args.pending;
+    base.batch = args.batch;
+    base.validate()?;
+    let cpus = ringport::cpu_count();
+    let (server_cpu, sender_cpu) = if cpus >= 2 {
+        (Some(1), Some(0))
+    } else {
+        (None, None)
+    };
+    base.pin = server_cpu;
+    let counted = sink::syscall_counter().is_some();
+    println!(
+        "ringport bench rio: {} CPUs, {}-byte datagrams, GSO sender for {:?} per run, {} rounds \
+         interleaved, median reported",
+        cpus, args.size, args.seconds, args.rounds
+    );
+    match server_cpu {
+        Some(c) => println!("server threads pinned to CPU {c}, the sender to CPU 0"),
+        None => println!("one CPU: nothing pinned"),
+    }
+    println!(
+        "modes: {} thread(s) for port and rio-port-mt, {} receives pending, batch {}; system \
+         calls {}",
+        args.threads,
+        args.pending,
+        args.batch,
+        if counted {
+            "counted by the raw_syscalls:sys_enter tracepoint on the server threads"
+        } else {
+            "not counted (mount tracefs at /sys/kernel/tracing; root or perf_event_paranoid <= 1)"
+        }
+    );
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
+    for round in 0..args.rounds {
+        for (i, &w) in servers.iter().enumerate() {
+            let s = measure(w, &base, args.seconds, sender_cpu)
+                .map_err(|e| format!("{} (round {}): {e}", w.name(), round + 1))?;
+            eprintln!(
+                "round {} {}: {:.0} datagrams/s received, {:.0} sent/s, loss {:.1} %, {:.3} µs \
+                 CPU/datagram",
+                round + 1,
+                w.name(),
+                s.rate,
+                s.sent_rate,
+                s.loss,
+                s.cpu_us
+            );
+            samples[i].push(s);
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    report(&servers, &samples);
+    Ok(())
+}
+
+fn med(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    median(v.iter().map(f).collect())
+}
+
+fn report(servers: &[Which], samples: &[Vec<Sample>]) {
+    println!();
+    println!(
+        "| server | datagrams/s received (median) | min–max | sent/s | loss % | CPU µs/datagram \
+         | system calls/datagram |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (w, v) in servers.iter().zip(samples) {
+        let rate = med(v, |s| s.rate);
+        let cpu = med(v, |s| s.cpu_us);
+        let calls = if v.iter().all(|s| s.syscalls.is_some()) {
+            Some(med(v, |s| s.syscalls.unwrap_or(0.0)))
+        } else {
+            None
+        };
+        let min = v.iter().map(|s| s.rate).fold(f64::INFINITY, f64::min);
+        let max = v.iter().map(|s| s.rate).fold(0.0, f64::max);
+        println!(
+            "| {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.1} | {:.3} | {} |",
+            w.name(),
+            rate,
+            min,
+            max,
+            med(v, |s| s.sent_rate),
+            med(v, |s| s.loss),
+            cpu,
+            calls.map_or_else(|| "–".to_string(), |c| format!("{c:.4}"))
+        );
+        rows.push((*w, rate, cpu, calls));
+    }
+    let find = |x: Which| rows.iter().find(|r| r.0 == x).copied();
+    for (base_name, base) in [
+        ("port", find(Which::Mode(Mode::Port))),
+        ("tokio", find(Which::Tokio)),
+    ] {
+        let Some((_, brate, bcpu, _)) = base else {
+            continue;
+        };
+        println!();
+        println!("| server | datagrams/s ÷ {base_name} | CPU per datagram ÷ {base_name} |");
+        println!("|---|---|---|");
+        for (w, rate, cpu, _) in &rows {
+            println!(
+                "| {} | {:.2}× | {:.2}× |",
+                w.name(),
+                rate / brate.max(1e-9),
+                cpu / bcpu.max(1e-9)
+            );
+        }
+    }
+    let rio: Vec<_> = rows
+        .iter()
+        .filter(|r| matches!(r.0, Which::Mode(m) if m != Mode::Port))
+        .collect();
+    println!();
+    if let (Some(best), Some((_, prate, _, _))) = (
+        rio.iter().max_by(|a, b| a.1.total_cmp(&b.1)),
+        find(Which::Mode(Mode::Port)),
+    ) {
+        let ratio = best.1 / prate.max(1e-9);
+        println!(
+            "target 1: best RIO mode ≥ 2.5× the port mode: {} is {:.2}× — {}",
+            best.0.name(),
+            ratio,
+            if ratio >= 2.5 { "met" } else { "NOT met" }
+        );
+    }
+    if let Some((_, _, _, calls)) = find(Which::Mode(Mode::RioPolled)) {
+        match calls {
+            Some(c) => println!(
+                "target 2: rio-polled < 0.1 system calls per datagram: {c:.4} — {}",
+                if c < 0.1 { "met" } else { "NOT met" }
+            ),
+            None => println!("target 2: rio-polled system calls not counted (no tracepoint)"),
+        }
+    }
+}
+
+/// Runs one server against one blast and measures it.
+fn measure(
+    w: Which,
+    base: &SinkOptions,
+    seconds: Duration,
+    sender_cpu: Option<usize>,
+) -> Result<Sample, String> {
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = match w {
+        Which::Mode(m) => {
+            let mut o = base.clone();
+            o.mode = m;
+            Server::Sink(Sink::start(local, &o)?)
+        }
+        peer => start_peer(peer, local, base)?,
+    };
+    let cfg = BlastConfig {
+        addr: server.addr(),
+        size: base.size,
+        duration: Some(seconds),
+        count: None,
+        gso: true,
+        pin: sender_cpu,
+    };
+    let sender = thread::Builder::new()
+        .name("udp-blast".into())
+        .spawn(move || blast::blast(&cfg))
+        .map_err(|e| format!("starting the sender: {e}"))?;
+    let deadline = Instant::now() + seconds + Duration::from_secs(5);
+    let r = server.wait(deadline);
+    let b: BlastReport = sender
+        .join()
+        .map_err(|_| "the sender panicked".to_string())??;
+    if let Some(e) = r.fatal {
+        return Err(e);
+    }
+    if r.datagrams == 0 {
+        return Err("received no datagram".into());
+    }
+    let sent = r.sent.unwrap_or(b.sent).max(1);
+    Ok(Sample {
+        rate: r.rate(),
+        sent_rate: b.rate(),
+        loss: 100.0 * sent.saturating_sub(r.datagrams) as f64 / sent as f64,
+        cpu_us: r.cpu_us_per_datagram(),
+        syscalls: r.syscalls_per_datagram(),
+    })
+}
+
+enum Server {
+    Sink(Sink),
+    Peer {
+        name: &'static str,
+        run: Arc<Run>,
+        thread: JoinHandle<()>,
+        addr: SocketAddr,
+    },
+}
+
+impl Server {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Server::Sink(s) => s.local_addr(),
+            Server::Peer { addr, .. } => *addr,
+        }
+    }
+
+    fn wait(self, deadline: Instant) -> SinkReport {
+        match self {
+            Server::Sink(s) => s.wait(Some(deadline), &|| false),
+            Server::Peer {
+                name, run, thread, ..
+            } => sink::wait_run(&run, vec![thread], Some(deadline), &|| false, None, name),
+        }
+    }
+}
+
+/// A peer's receive loop.
+type PeerBody = Box<dyn FnOnce(&mut Meter) -> Result<(), String> + Send>;
+
+/// How long a peer blocks before it looks at the stop flag again.
+const TICK: Duration = Duration::from_millis(20);
+
+fn start_peer(w: Which, addr: SocketAddr, base: &SinkOptions) -> Result<Server, String> {
+    let sock = sink::bind(addr, base.rcvbuf)?;
+    let addr = sock.local_addr().map_err(|e| e.to_string())?;
+    let run = Run::new(base.size, 1);
+    let name = w.name();
+    let slot = base.size.max(64) + 64;
+    let (r, pin) = (run.clone(), base.pin);
+    let body: PeerBody = match w {
+        Which::Tokio => Box::new(move |m| tokio_peer(m, sock, slot)),
+        Which::Mio => Box::new(move |m| mio_peer(m, sock, slot)),
+        Which::Recvmmsg => Box::new(move |m| recvmmsg_peer(m, sock, slot)),
+        Which::Mode(_) => return Err("not a peer".into()),
+    };
+    let thread = thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut m = Meter::new(&r, 0, format!("{name}-0"), pin);
+            if let Err(e) = body(&mut m) {
+                eprintln!("ringport: {name}: {e}");
+            }
+            m.finish();
+        })
+        .map_err(|e| format!("starting {name}: {e}"))?;
+    Ok(Server::Peer {
+        name,
+        run,
+        thread,
+        addr,
+    })
+}
+
+fn tokio_peer(m: &mut Meter, sock: UdpSocket, slot: usize) -> Result<(), String> {
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        let s = tokio::net::UdpSocket::from_std(sock).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; slot];
+        loop {
+            if m.should_stop() {
+                return Ok(());
+            }
+            match tokio::time::timeout(TICK, s.recv(&mut buf)).await {
+                Ok(Ok(n)) => {
+                    m.dequeued(1);
+                    m.datagram_bytes(&buf[..n]);
+                    m.publish();
+                }
+                Ok(Err(e)) => return Err(format!("recv: {e}")),
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+fn mio_peer(m: &mut Meter, sock: UdpSocket, slot: usize) -> Result<(), String> {
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut sock = mio::net::UdpSocket::from_std(sock);
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    poll.registry()
+        .register(&mut sock, Token(0), Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    let mut events = Events::with_capacity(8);
+    let mut buf = vec![0u8; slot];
+    loop {
+        if m.should_stop() {
+            return Ok(());
+        }
+        match poll.poll(&mut events, Some(TICK)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        // Edge-triggered: drain the socket.
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) => {
+                    m.dequeued(1);
+                    m.datagram_bytes(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(format!("recv: {e}")),
+            }
+        }
+        m.publish();
+    }
+}
+
+fn recvmmsg_peer(m: &mut Meter, sock: UdpSocket, slot: usize) -> Result<(), String> {
+    const VLEN: usize = 64;
+    sock.set_read_timeout(Some(TICK))
+        .map_err(|e| e.to_string())?;
+    let fd = sock.as_raw_fd();
+    let mut bufs = vec![0u8; VLEN * slot];
+    // SAFETY: zeroed iovec/mmsghdr are valid (null pointers, zero lengths).
+    let mut iov: [libc::iovec; VLEN] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; VLEN] = unsafe { std::mem::zeroed() };
+    loop {
+        if m.should_stop() {
+            return Ok(());
+        }
+        for i in 0..VLEN {
+            iov[i] = libc::iovec {
+                iov_base: bufs[i * slot..].as_mut_ptr().cast(),
+                iov_len: slot,
+            };
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at its own iovec inside `bufs`, which
+        // outlives the call; the kernel writes at most `slot` bytes into each.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                VLEN as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => continue,
+                _ => return Err(format!("recvmmsg: {e}")),
+            }
+        }
+        let n = n as usize;
+        m.dequeued(n);
+        for (i, msg) in msgs.iter().enumerate().take(n) {
+            let len = (msg.msg_len as usize).min(slot);
+            m.datagram_bytes(&bufs[i * slot..i * slot + len]);
+        }
+        m.publish();
+    }
+}
