@@ -3,6 +3,7 @@
 mod bench;
 mod blast;
 mod load;
+mod rio_echo;
 mod serve;
 mod sink;
 mod sum;

@@ -1,5 +1,7 @@
 //! `ringport serve tcp-echo|udp-echo`: echo servers on one completion port.
-//! (`serve udp-sink`, the RIO UDP servers, is in [`crate::sink`].)
+//! (`serve udp-sink`, the RIO UDP servers, is in [`crate::sink`];
+//! `serve tcp-echo --mode rio-port`, the RIO TCP echo server, in
+//! [`crate::rio_echo`].)
 //!
 //! Both are the classic IOCP server: `--threads` workers loop on one
 //! [`CompletionPort`] (at most `--concurrency` of them active at once), and
@@ -64,7 +66,8 @@ pub struct Args {
     /// tcp-echo, udp-echo or udp-sink.
     #[arg(value_enum)]
     kind: Kind,
-    /// udp-sink: the server mode [default: rio-polled].
+    /// udp-sink: the server mode [default: rio-polled]; tcp-echo: rio-port
+    /// for the Registered I/O server (without it, the completion-port one).
     #[arg(long, value_enum)]
     mode: Option<crate::sink::Mode>,
     /// udp-sink: bytes of the datagrams counted (any other size ends the run).
@@ -85,7 +88,8 @@ pub struct Args {
     /// TCP: accepts kept pending on the listener.
     #[arg(long, default_value_t = 16)]
     accepts: usize,
-    /// UDP: receives kept pending on the socket [default: 16; udp-sink: 512].
+    /// UDP: receives kept pending on the socket [default: 16; udp-sink: 512];
+    /// tcp-echo --mode rio-port: per connection [default: 4].
     #[arg(long)]
     pending: Option<usize>,
     /// Bytes of each receive buffer [default: 16384 for TCP, 65536 for UDP].
@@ -201,8 +205,22 @@ pub fn run(args: Args) -> Result<(), String> {
         catch_stop_signals();
         return crate::sink::serve(addr, &opts, args.duration, &|| STOP.load(Ordering::Relaxed));
     }
+    if args.kind == Kind::TcpEcho && args.mode.is_some() {
+        if args.mode != Some(crate::sink::Mode::RioPort) {
+            return Err("tcp-echo takes --mode rio-port only (or no --mode)".into());
+        }
+        let mut opts = crate::rio_echo::EchoOptions::new();
+        opts.pending = args.pending.unwrap_or(opts.pending);
+        opts.buf_size = args.buf_size.unwrap_or(opts.buf_size);
+        opts.batch = args.batch.unwrap_or(opts.batch);
+        opts.backend = args.backend;
+        catch_stop_signals();
+        return crate::rio_echo::serve(addr, &opts, args.duration, &|| {
+            STOP.load(Ordering::Relaxed)
+        });
+    }
     if args.mode.is_some() {
-        return Err("--mode applies to udp-sink only".into());
+        return Err("--mode applies to udp-sink and tcp-echo only".into());
     }
     let mut opts = Options::new(args.kind);
     if let Some(t) = args.threads {
