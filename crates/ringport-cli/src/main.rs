@@ -32,8 +32,7 @@ enum Command {
     /// Load generators: ping-pong for echo servers (tcp, udp), a GSO blaster for sinks (udp-blast).
     Load(load::Args),
     /// Benchmarks, each against its peers in the same run.
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {

@@ -7,7 +7,19 @@ mod rio;
 mod tcp;
 mod udp;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+
+/// `ringport bench [--backend B] <which>`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The backend ringport's servers and ports run on in this benchmark
+    /// (auto, io_uring, epoll); sets RINGPORT_BACKEND for the process. The
+    /// tcp and udp benchmarks also run a `ringport-epoll` peer beside it.
+    #[arg(long, global = true)]
+    backend: Option<ringport::Backend>,
+    #[command(subcommand)]
+    which: Bench,
+}
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -23,8 +35,20 @@ pub enum Bench {
     Rio(rio::Args),
 }
 
-pub fn run(b: Bench) -> Result<(), String> {
-    match b {
+/// The backend ringport runs on in this process, for benchmark titles.
+pub fn backend_name() -> String {
+    ringport::CompletionPort::<u8>::new(1)
+        .map(|p| p.backend().to_string())
+        .unwrap_or_else(|e| format!("unavailable ({e})"))
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    if let Some(b) = args.backend {
+        // Every port and completion queue of the process reads it; no other
+        // thread exists yet.
+        std::env::set_var("RINGPORT_BACKEND", b.to_string());
+    }
+    match args.which {
         Bench::Port(args) => port::run(args),
         Bench::Tcp(args) => tcp::run(args),
         Bench::Udp(args) => udp::run(args),

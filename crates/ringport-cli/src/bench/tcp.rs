@@ -244,8 +244,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let threads = args.threads.unwrap_or_else(ringport::cpu_count);
     let plan = Plan {
         title: format!(
-            "ringport bench tcp: echo, {} CPUs, backend io_uring",
-            ringport::cpu_count()
+            "ringport bench tcp: echo, {} CPUs, backend {}",
+            ringport::cpu_count(),
+            super::backend_name()
         ),
         load: LoadConfig {
             proto: Proto::Tcp,

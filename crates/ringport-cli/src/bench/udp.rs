@@ -79,8 +79,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let peers = select(&args.peers, &PEERS)?;
     let plan = Plan {
         title: format!(
-            "ringport bench udp: echo, {} CPUs, backend io_uring",
-            ringport::cpu_count()
+            "ringport bench udp: echo, {} CPUs, backend {}",
+            ringport::cpu_count(),
+            super::backend_name()
         ),
         load: LoadConfig {
             proto: Proto::Udp,
