@@ -232,6 +232,7 @@ fn sendmmsg(fd: i32, buf: &[u8], size: usize, k: usize) -> io::Result<usize> {
     let k = k.min(MMSG).min(buf.len() / size);
     // SAFETY: zeroed iovec/mmsghdr are valid (null pointers, zero lengths).
     let mut iov: [libc::iovec; MMSG] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut msgs: [libc::mmsghdr; MMSG] = unsafe { std::mem::zeroed() };
     for i in 0..k {
         iov[i] = libc::iovec {

@@ -203,6 +203,7 @@ pub fn cpu_time(thread: bool) -> Duration {
     };
     // SAFETY: getrusage only writes the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a live rusage for `who`.
     if unsafe { libc::getrusage(who, &mut ru) } != 0 {
         return Duration::ZERO;
     }

@@ -448,6 +448,7 @@ fn recvmmsg_peer(m: &mut Meter, sock: UdpSocket, slot: usize) -> Result<(), Stri
     let mut bufs = vec![0u8; VLEN * slot];
     // SAFETY: zeroed iovec/mmsghdr are valid (null pointers, zero lengths).
     let mut iov: [libc::iovec; VLEN] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut msgs: [libc::mmsghdr; VLEN] = unsafe { std::mem::zeroed() };
     loop {
         if m.should_stop() {

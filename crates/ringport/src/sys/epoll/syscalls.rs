@@ -63,7 +63,7 @@ pub(crate) fn perform(op: Op, fd: RawFd, s: &mut Scratch, buf: &mut Option<Buf>)
     let (wp, wn) = buf
         .as_ref()
         .map_or((std::ptr::null(), 0), |b| (b.read_ptr(), b.len()));
-    // SAFETY (every call below): pointers and lengths come from the
+    // SAFETY: (every call below) pointers and lengths come from the
     // operation's buffer and scratch as described above; the kernel is done
     // with them when the call returns.
     unsafe {
