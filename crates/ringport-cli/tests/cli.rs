@@ -5,65 +5,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn ringport() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringport"))
-}
-
-/// A child process that is killed and reaped when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `cmd` to the end, killing it after `limit`.
-fn run(mut cmd: Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Guard(cmd.spawn().expect("spawning ringport"));
-    let mut stdout = child.0.stdout.take().expect("stdout");
-    let mut stderr = child.0.stderr.take().expect("stderr");
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.0.try_wait().expect("waiting for ringport") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-            panic!("ringport did not finish within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{ringport, run, text, Guard};
 
 fn args(cmd: &mut Command, a: &str) {
     cmd.args(a.split_whitespace());

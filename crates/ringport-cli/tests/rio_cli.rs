@@ -6,76 +6,17 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn ringport() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringport"))
-}
-
-/// A child process that is killed and reaped when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{ringport, ringport_with, text, wait, Guard, Reader};
 
 /// Runs `ringport ARGS` to the end, killing it after `limit`.
-fn run(a: &str, limit: Duration) -> Output {
-    let mut cmd = ringport();
-    cmd.args(a.split_whitespace())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Guard(cmd.spawn().expect("spawning ringport"));
-    let (out, err) = pipes(&mut child);
-    let status = wait(&mut child, limit);
-    Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
-}
-
-type Reader = thread::JoinHandle<Vec<u8>>;
-
-fn pipes(child: &mut Guard) -> (Reader, Reader) {
-    let mut stdout = child.0.stdout.take().expect("stdout");
-    let mut stderr = child.0.stderr.take().expect("stderr");
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    (out, err)
-}
-
-fn wait(child: &mut Guard, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.0.try_wait().expect("waiting for ringport") {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ringport did not finish within {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+fn run(a: &str, limit: Duration) -> std::process::Output {
+    common::run(ringport_with(a), limit)
 }
 
 /// A running `serve udp-sink`: the process, its address, and its output.

@@ -7,68 +7,21 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 const BACKENDS: [&str; 2] = ["io_uring", "epoll"];
 
-fn ringport() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringport"))
-}
+mod common;
+use common::{ringport, ringport_with, text, Guard};
 
-/// A child process that is killed and reaped when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs `ringport ARGS` to the end, killing it after `limit`.
+/// Runs `ringport ARGS` on `backend` to the end, killing it after `limit`.
 fn run(a: &str, backend: &str, limit: Duration) -> Output {
-    let mut cmd = ringport();
-    cmd.args(a.split_whitespace())
-        .env("RINGPORT_BACKEND", backend)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = Guard(cmd.spawn().expect("spawning ringport"));
-    let mut stdout = child.0.stdout.take().expect("stdout");
-    let mut stderr = child.0.stderr.take().expect("stderr");
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.0.try_wait().expect("waiting for ringport") {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ringport {a} did not finish within {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
+    let mut cmd = ringport_with(a);
+    cmd.env("RINGPORT_BACKEND", backend);
+    common::run(cmd, limit)
 }
 
 /// Starts `serve tcp-echo --mode rio-port` on port 0 on `backend`; returns
