@@ -67,6 +67,7 @@ impl<T: Send + 'static> Handle<T> {
             op,
             buf,
             fd: self.fd.as_raw_fd(),
+            recheck: None,
         };
         self.port
             .driver()?

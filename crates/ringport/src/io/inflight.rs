@@ -10,7 +10,7 @@
 
 use std::cell::UnsafeCell;
 
-use super::op::Op;
+use super::op::{Op, Recheck};
 use crate::Buf;
 
 /// Identifies an operation in flight, for [`cancel`](crate::Handle::cancel).
@@ -25,6 +25,8 @@ pub(crate) struct Pending<T> {
     pub(crate) buf: Option<Buf>,
     /// The handle the operation runs on (its fd number), for cancel-all.
     pub(crate) fd: i32,
+    /// A watch's recheck (see [`Recheck`]); `None` for every other operation.
+    pub(crate) recheck: Option<Recheck>,
 }
 
 /// Memory the kernel reads or writes through pointers in an SQE.

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::addr;
@@ -78,6 +79,41 @@ impl Op {
             Op::Timer(d) => s.ts = io_uring::types::Timespec::from(d),
             _ => {}
         }
+    }
+}
+
+/// Decides, when a watched descriptor polls readable, whether its packet is
+/// due. When it is not, the packet is dropped, and the recheck is expected to
+/// have armed a new poll. Backends run it with none of their locks held (it
+/// may take its owner's locks, and start operations on the port).
+pub(crate) type Recheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What a finished operation becomes: its packet, or, for a watch, a packet
+/// its recheck must pass first (once the backend has let go of its locks).
+pub(crate) enum Finished<T> {
+    Packet(Packet<T>),
+    Watch(Packet<T>, Recheck),
+}
+
+impl<T> Finished<T> {
+    /// The packet to queue, if any: a watch's packet only when its recheck
+    /// says it is due.
+    pub(crate) fn settle(self) -> Option<Packet<T>> {
+        match self {
+            Finished::Packet(p) => Some(p),
+            Finished::Watch(p, recheck) => recheck().then_some(p),
+        }
+    }
+}
+
+/// [`packet`], keeping a successful watch's recheck for [`Finished::settle`]
+/// (a failed or cancelled watch completes as it is).
+pub(crate) fn finish<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Finished<T> {
+    let recheck = p.recheck.take();
+    let packet = packet(p, res, s);
+    match recheck {
+        Some(r) if packet.result.is_ok() => Finished::Watch(packet, r),
+        _ => Finished::Packet(packet),
     }
 }
 

@@ -14,7 +14,7 @@ use super::state;
 use super::{Packet, Stats, ThreadLoad};
 use crate::io::driver::Driver;
 use crate::io::inflight::Pending;
-use crate::io::op::Op;
+use crate::io::op::{Op, Recheck};
 use crate::io::{Handle as IoHandle, OpId, Started};
 use crate::sync::lock;
 use crate::sys::epoll::EpollDriver;
@@ -471,10 +471,17 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// result `Ok(0)` is queued (cancelled timers complete cancelled when the
     /// port closes).
     pub fn timer(&self, after: Duration, key: u64, token: T) -> Result<OpId, Error> {
-        self.start(Op::Timer(after), -1, key, token)
+        self.start(Op::Timer(after), -1, key, token, None)
     }
 
-    fn start(&self, op: Op, fd: RawFd, key: u64, token: T) -> Result<OpId, Error> {
+    fn start(
+        &self,
+        op: Op,
+        fd: RawFd,
+        key: u64,
+        token: T,
+        recheck: Option<Recheck>,
+    ) -> Result<OpId, Error> {
         let shared = self.shared();
         let pending = Pending {
             key,
@@ -482,6 +489,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             op,
             buf: None,
             fd,
+            recheck,
         };
         match shared.driver()?.start(&shared.core, pending, None, false)? {
             Started::Pending(id) => Ok(id),
@@ -490,12 +498,22 @@ impl<T: Send + 'static> CompletionPort<T> {
     }
 
     /// Queues one packet with `key` and `token` when `fd` becomes readable
-    /// (a one-shot poll on the port's ring); the result is the poll mask.
+    /// (a one-shot poll on the port's ring) and `recheck` then says it is
+    /// due; the result is the poll mask. When it is not due the packet is
+    /// dropped, and `recheck` arms the next poll itself if it wants one.
+    ///
     /// RIO completion queues use it for port notification: the fd is a
-    /// queue's own ring, readable when it holds completions. The caller keeps
-    /// `fd` open until the packet arrives or the port closes.
-    pub(crate) fn poll_readable(&self, fd: RawFd, key: u64, token: T) -> Result<OpId, Error> {
-        self.start(Op::PollReadable, fd, key, token)
+    /// queue's own ring, readable when it holds any completion, and the
+    /// recheck looks for one that may notify (not `DONT_NOTIFY`). The caller
+    /// keeps `fd` open until the packet arrives or the port closes.
+    pub(crate) fn watch_readable(
+        &self,
+        fd: RawFd,
+        key: u64,
+        token: T,
+        recheck: Recheck,
+    ) -> Result<OpId, Error> {
+        self.start(Op::PollReadable, fd, key, token, Some(recheck))
     }
 
     /// Runs `f` with the caller's slot on this port given up, so that another

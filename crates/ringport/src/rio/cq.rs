@@ -16,7 +16,7 @@
 
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::epoll::{EpollCq, Watched};
@@ -25,6 +25,7 @@ use super::request::Request;
 use super::rq::RqShared;
 use super::uring::{Ring, UringCq};
 use super::{RioError, RioResult};
+use crate::io::op::Recheck;
 use crate::sync::lock;
 use crate::{Backend, Error};
 
@@ -49,9 +50,7 @@ pub(super) const MAX_SIZE: u32 = 65_536;
 /// are handled in order.
 ///
 /// A result from a request made with [`RioFlags::DONT_NOTIFY`] does not fire
-/// an armed notification (`wait` goes on waiting, no packet is queued),
-/// with one exception: port notification on the io_uring backend, where the
-/// port watches the ring and a result is a result (see the module docs).
+/// an armed notification (`wait` goes on waiting, no packet is queued).
 ///
 /// Dropping the queue [closes](Self::close) it.
 ///
@@ -128,6 +127,21 @@ enum Engine {
 pub(super) struct CqShared {
     common: Common,
     engine: Engine,
+}
+
+/// The recheck of a port notification's poll on an io_uring queue: the
+/// packet is due if the queue says so; if not, the queue polls again (and a
+/// packet goes out after all if it cannot). A dropped queue is always due.
+fn port_recheck(cq: Weak<CqShared>) -> Recheck {
+    Arc::new(move || {
+        let Some(s) = cq.upgrade() else {
+            return true;
+        };
+        match &s.engine {
+            Engine::Uring(e) => e.poll_fired() || e.rearm(port_recheck(cq.clone())).is_err(),
+            Engine::Epoll(_) => true,
+        }
+    })
 }
 
 fn check_size(size: u32) -> Result<(), Error> {
@@ -228,7 +242,7 @@ impl CompletionQueue {
     pub fn notify(&self) -> Result<(), Error> {
         let s = &*self.shared;
         match &s.engine {
-            Engine::Uring(e) => e.notify(&s.common),
+            Engine::Uring(e) => e.notify(&s.common, || port_recheck(Arc::downgrade(&self.shared))),
             Engine::Epoll(e) => e.notify(&s.common),
         }
     }

@@ -58,8 +58,11 @@
 //!   (`IORING_REGISTER_EVENTFD`) and switched on and off with
 //!   `IORING_CQ_EVENTFD_DISABLED` in the CQ ring's flags, a store to shared
 //!   memory: arming it makes no system call. Port notification is a one-shot
-//!   poll of the queue's ring fd, submitted to the port, which queues one
-//!   packet when the ring holds a completion.
+//!   poll of the queue's ring fd, submitted to the port. The ring turns
+//!   readable for any completion, so when the poll fires the port asks the
+//!   queue first: if only `DONT_NOTIFY` results arrived, the queue sets them
+//!   aside (for `dequeue`) and the port polls again; otherwise it queues the
+//!   one packet.
 //! - Registered memory is ordinary memory, not io_uring fixed buffers:
 //!   requests use `IORING_OP_RECV`/`SEND`/`RECVMSG`/`SENDMSG` with plain
 //!   pointers. Fixed buffers belong to one ring, so every completion queue
@@ -102,10 +105,10 @@
 //!   their slices.
 //!
 //! # Limits
-//! - `DONT_NOTIFY` is honoured by event notification (a waiter is not
-//!   released for such a result), and by port notification on the epoll
-//!   backend, but not by port notification on io_uring: the port polls the
-//!   ring, which any completion makes readable.
+//! - `DONT_NOTIFY` keeps an event notification's eventfd quiet on the epoll
+//!   backend only; on io_uring the kernel signals it for every completion,
+//!   and [`CompletionQueue::wait`] goes back to sleep when it finds only
+//!   such results. A thread polling the eventfd itself sees those wake-ups.
 //! - The epoll backend costs a system call per request carried out (no
 //!   batching of datagrams with `recvmmsg` yet) and an engine thread per
 //!   completion queue.
@@ -155,9 +158,8 @@ impl RioFlags {
     /// [`RequestQueue::commit`], submits it with the others in one system
     /// call (`RIO_MSG_DEFER`).
     pub const DEFER: RioFlags = RioFlags(1);
-    /// The request's result does not fire an armed event notification
-    /// (`RIO_MSG_DONT_NOTIFY`); see [`CompletionQueue`] for port
-    /// notification.
+    /// The request's result does not fire an armed notification, event or
+    /// port (`RIO_MSG_DONT_NOTIFY`); the next result without it does.
     pub const DONT_NOTIFY: RioFlags = RioFlags(2);
     /// A stream receive completes only when its buffer is full (or the
     /// connection ends or fails) (`RIO_MSG_WAITALL`, `MSG_WAITALL`).

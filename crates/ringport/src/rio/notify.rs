@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::io::op::Recheck;
 use crate::sync::lock;
 use crate::{CompletionPort, Error, Handle};
 
@@ -26,7 +27,7 @@ pub enum Notify {
 /// [`Notify::Port`].
 pub struct PortTarget {
     /// io_uring engine: queues the one-shot poll of a ring on the port.
-    arm: Box<dyn Fn(RawFd, u64) -> Result<(), Error> + Send + Sync>,
+    arm: Box<dyn Fn(RawFd, u64, Recheck) -> Result<(), Error> + Send + Sync>,
     /// epoll engine: posts the packet.
     post: Box<dyn Fn() -> Result<(), Error> + Send + Sync>,
 }
@@ -54,8 +55,8 @@ impl Notifier {
 struct Watch<T: Send + 'static> {
     token: T,
     /// The generation of the ring it duplicates, and the duplicate,
-    /// associated with the port.
-    ring: Option<(u64, Handle<T>)>,
+    /// associated with the port (shared with polls being armed).
+    ring: Option<(u64, Arc<Handle<T>>)>,
 }
 
 impl Notify {
@@ -67,7 +68,10 @@ impl Notify {
     /// queue's ring on the port: the port watches a duplicate of the ring's
     /// descriptor, associated with it under `key` (the port's epoll backend
     /// watches only associated descriptors), closed with the completion
-    /// queue. On the epoll engine the queue posts the packet itself.
+    /// queue. A ring holding only `DONT_NOTIFY` results makes that poll
+    /// fire too; the port then asks the queue, and polls again instead of
+    /// queueing the packet. On the epoll engine the queue posts the packet
+    /// itself.
     pub fn port<T: Clone + Send + 'static>(port: &CompletionPort<T>, key: u64, token: T) -> Notify {
         let port = port.clone();
         let watch = Arc::new(Mutex::new(Watch { token, ring: None }));
@@ -77,17 +81,23 @@ impl Notify {
                 let token = lock(&post_watch).token.clone();
                 post_port.post(key, token, Ok(libc::POLLIN as usize))
             }),
-            arm: Box::new(move |ring_fd, generation| {
-                let mut w = lock(&watch);
-                let w = &mut *w;
-                let stale = w.ring.as_ref().is_none_or(|(g, _)| *g != generation);
-                if stale {
-                    w.ring = None;
-                    let handle = port.associate(dup(ring_fd)?, key)?;
-                    w.ring = Some((generation, handle));
-                }
-                let fd = w.ring.as_ref().map_or(-1, |(_, h)| h.as_fd().as_raw_fd());
-                port.poll_readable(fd, key, w.token.clone()).map(drop)
+            arm: Box::new(move |ring_fd, generation, recheck| {
+                let (ring, token) = {
+                    let mut w = lock(&watch);
+                    let w = &mut *w;
+                    let stale = w.ring.as_ref().is_none_or(|(g, _)| *g != generation);
+                    if stale {
+                        w.ring = None;
+                        let handle = port.associate(dup(ring_fd)?, key)?;
+                        w.ring = Some((generation, Arc::new(handle)));
+                    }
+                    (w.ring.as_ref().map(|(_, h)| h.clone()), w.token.clone())
+                };
+                // Not under the watch's lock: on the port's epoll backend the
+                // poll may complete in this call, and a recheck that finds it
+                // not due arms the next one through here.
+                let fd = ring.as_ref().map_or(-1, |h| h.as_fd().as_raw_fd());
+                port.watch_readable(fd, key, token, recheck).map(drop)
             }),
         })
     }
@@ -105,9 +115,15 @@ fn dup(fd: RawFd) -> io::Result<OwnedFd> {
 
 impl PortTarget {
     /// Queues the one-shot poll of ring `generation`, whose descriptor is
-    /// `ring_fd`, on the port.
-    pub(super) fn arm(&self, ring_fd: RawFd, generation: u64) -> Result<(), Error> {
-        (self.arm)(ring_fd, generation)
+    /// `ring_fd`, on the port; when it fires, `recheck` decides whether the
+    /// packet is due.
+    pub(super) fn arm(
+        &self,
+        ring_fd: RawFd,
+        generation: u64,
+        recheck: Recheck,
+    ) -> Result<(), Error> {
+        (self.arm)(ring_fd, generation, recheck)
     }
 
     /// Queues the packet on the port now.

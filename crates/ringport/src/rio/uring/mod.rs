@@ -28,9 +28,10 @@ pub(super) use self::ring::Ring;
 use self::slots::{is_quiet, Slots, NOP};
 use super::buffer::{self, Claim};
 use super::cq::Common;
-use super::notify::{Notifier, Notify};
+use super::notify::{Notifier, Notify, PortTarget};
 use super::request::Request;
 use super::{RioError, RioResult};
+use crate::io::op::Recheck;
 use crate::sync::lock;
 use crate::Error;
 
@@ -142,7 +143,6 @@ impl UringCq {
         if out.is_empty() || (carry.is_empty() && cq.is_empty()) {
             return Ok(0);
         }
-        let port = matches!(self.notifier, Notifier::Port(_));
         let mut slots = lock(&self.slots);
         let mut n = 0;
         while n < out.len() {
@@ -153,7 +153,7 @@ impl UringCq {
             if ud == NOP {
                 continue;
             }
-            if *armed && (port || !is_quiet(ud)) {
+            if *armed && !is_quiet(ud) {
                 // The armed notification has fired (or is firing) for this.
                 *fired = true;
             }
@@ -174,7 +174,14 @@ impl UringCq {
     }
 
     /// See [`CompletionQueue::notify`](super::CompletionQueue::notify).
-    pub(super) fn notify(&self, common: &Common) -> Result<(), Error> {
+    /// `recheck` makes the check for a port notification's poll: it must call
+    /// [`poll_fired`](Self::poll_fired), and [`rearm`](Self::rearm) when
+    /// that says no.
+    pub(super) fn notify(
+        &self,
+        common: &Common,
+        recheck: impl FnOnce() -> Recheck,
+    ) -> Result<(), Error> {
         let mut guard = lock(&self.consumer);
         let c = &mut *guard;
         let ring = c.ring.clone().ok_or(RioError::QueueClosed)?;
@@ -219,20 +226,74 @@ impl UringCq {
                 if c.armed && !c.fired && !results {
                     return Err(RioError::AlreadyArmed.into());
                 }
-                // SAFETY: the consumer lock is held.
-                let ring_empty = unsafe { ring.completions() }.is_empty();
-                if !c.carry.is_empty() && ring_empty {
-                    // Results wait in carry, where the port's poll of the
-                    // ring cannot see them: a NOP makes the ring readable.
-                    self.nop()?;
-                }
-                target.arm(ring.as_raw_fd(), c.generation)?;
                 c.armed = true;
                 c.fired = results;
+                let generation = c.generation;
+                drop(guard);
+                if let Err(e) = self.arm(target, &ring, generation, recheck()) {
+                    lock(&self.consumer).armed = false;
+                    return Err(e);
+                }
                 common.counters.notifies.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
         }
+    }
+
+    /// Queues the port's poll of `ring`, without the consumer lock: on the
+    /// port's epoll backend the poll may complete within this call, and its
+    /// recheck takes that lock.
+    fn arm(
+        &self,
+        target: &PortTarget,
+        ring: &Ring,
+        generation: u64,
+        recheck: Recheck,
+    ) -> Result<(), Error> {
+        target.arm(ring.as_raw_fd(), generation, recheck)?;
+        let c = lock(&self.consumer);
+        // SAFETY: the consumer lock is held.
+        if c.fired && unsafe { ring.completions() }.is_empty() {
+            // The notification is due, but the poll may see an empty ring:
+            // results that wait in carry, or were dequeued since they were
+            // counted, are where it cannot see them. A NOP makes the ring
+            // readable, so the poll fires and its recheck finds it due.
+            drop(c);
+            self.nop()?;
+        }
+        Ok(())
+    }
+
+    /// The port's poll of the ring fired. Whether the armed notification is
+    /// due: a result that may notify has arrived, was dequeued while armed,
+    /// or results were waiting when it was armed. `DONT_NOTIFY` results
+    /// alone do not make it due; they move to carry, so that the next poll
+    /// waits for a new completion. A closed queue is always due (closing
+    /// makes the poll fire so that it lets go of the ring).
+    pub(super) fn poll_fired(&self) -> bool {
+        let mut guard = lock(&self.consumer);
+        let c = &mut *guard;
+        let Some(ring) = c.ring.clone() else {
+            return true;
+        };
+        // SAFETY: the consumer lock is held.
+        if !c.fired && unsafe { absorb(&ring, &mut c.carry) } {
+            c.fired = true;
+        }
+        c.fired
+    }
+
+    /// Queues the port's next poll of the ring, after
+    /// [`poll_fired`](Self::poll_fired) found the notification not due.
+    pub(super) fn rearm(&self, recheck: Recheck) -> Result<(), Error> {
+        let Notifier::Port(target) = &self.notifier else {
+            return Ok(());
+        };
+        let (ring, generation) = {
+            let c = lock(&self.consumer);
+            (c.ring.clone().ok_or(RioError::QueueClosed)?, c.generation)
+        };
+        self.arm(target, &ring, generation, recheck)
     }
 
     /// See [`CompletionQueue::wait`](super::CompletionQueue::wait).

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use self::files::FilePool;
 use crate::io::inflight::{Inflight, OpId, Pending};
-use crate::io::op::{self, Direction, Op};
+use crate::io::op::{self, Direction, Finished, Op};
 use crate::io::Started;
 use crate::port::core::Core;
 use crate::port::Packet;
@@ -272,14 +272,14 @@ impl<T> EpollDriver<T> {
                     if res == -libc::EAGAIN {
                         q.push_back(id);
                     } else if let Some((p, s)) = st.table.complete(id) {
-                        done.push(op::packet(p, res, s));
+                        done.push(op::finish(p, res, s));
                     }
                 }
             }
             id
         };
-        if immediate {
-            if let Some(p) = done.pop() {
+        if immediate && matches!(done.last(), Some(Finished::Packet(_))) {
+            if let Some(Finished::Packet(p)) = done.pop() {
                 return Ok(Started::Done(p));
             }
         }
@@ -299,21 +299,24 @@ impl<T> EpollDriver<T> {
         }
     }
 
-    fn deliver(core: &Core<Packet<T>>, done: Vec<Packet<T>>, keep: bool) -> bool {
-        let n = done.len() as u64;
-        for p in done {
+    /// Queues finished operations (called with no lock held: settling a
+    /// watch may start another operation).
+    fn deliver(core: &Core<Packet<T>>, done: Vec<Finished<T>>, keep: bool) -> bool {
+        let mut n = 0;
+        for p in done.into_iter().filter_map(Finished::settle) {
             core.enqueue(p);
+            n += 1;
         }
         core.publish_completed(n, keep)
     }
 
-    fn cancel_one(st: &mut State<T>, id: OpId, done: &mut Vec<Packet<T>>) {
+    fn cancel_one(st: &mut State<T>, id: OpId, done: &mut Vec<Finished<T>>) {
         if let Some((p, s)) = st.table.complete(id) {
-            done.push(op::packet(p, -libc::ECANCELED, s));
+            done.push(op::finish(p, -libc::ECANCELED, s));
         }
     }
 
-    fn cancel_queued(st: &mut State<T>, fd: RawFd, done: &mut Vec<Packet<T>>) {
+    fn cancel_queued(st: &mut State<T>, fd: RawFd, done: &mut Vec<Finished<T>>) {
         let ids: Vec<OpId> = match st.fds.get_mut(&fd) {
             Some(ops) => ops.readers.drain(..).chain(ops.writers.drain(..)).collect(),
             None => return,
@@ -406,12 +409,12 @@ impl<T> EpollDriver<T> {
                 }
                 st.timers.pop();
                 if let Some((p, s)) = st.table.complete(OpId(id)) {
-                    done.push(op::packet(p, -libc::ETIME, s));
+                    done.push(op::finish(p, -libc::ETIME, s));
                 }
             }
             for (id, res) in self.files.finished() {
                 if let Some((p, s)) = st.table.complete(id) {
-                    done.push(op::packet(p, res, s));
+                    done.push(op::finish(p, res, s));
                 }
             }
         }
@@ -420,7 +423,7 @@ impl<T> EpollDriver<T> {
 
     /// Performs `fd`'s waiting operations in one direction, in order, until
     /// one would block.
-    fn run(st: &mut State<T>, fd: RawFd, d: Direction, done: &mut Vec<Packet<T>>) {
+    fn run(st: &mut State<T>, fd: RawFd, d: Direction, done: &mut Vec<Finished<T>>) {
         loop {
             let Some(&id) = st.fds.get_mut(&fd).and_then(|o| o.queue(d).front()) else {
                 return;
@@ -436,7 +439,7 @@ impl<T> EpollDriver<T> {
                 o.queue(d).pop_front();
             }
             if let Some((p, s)) = st.table.complete(id) {
-                done.push(op::packet(p, res, s));
+                done.push(op::finish(p, res, s));
             }
         }
     }

@@ -9,7 +9,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use super::Ring;
 use crate::io::inflight::{Inflight, OpId, Pending, Scratch};
-use crate::io::op::{self, Op};
+use crate::io::op::{self, Finished, Op};
 use crate::io::Started;
 use crate::port::core::Core;
 use crate::port::Packet;
@@ -165,15 +165,23 @@ impl<T> UringDriver<T> {
     /// first for itself if the limit allows. Returns whether it did.
     pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
         let mut n = 0;
+        let mut watches = Vec::new();
         {
             let mut table = lock(&self.inflight);
-            self.ring.reap(!keep, |cqe| {
-                if let Some(p) = complete(&mut table, &cqe) {
-                    core.enqueue(p);
-                    n += 1;
-                }
-            });
+            self.ring
+                .reap(!keep, |cqe| match complete(&mut table, &cqe) {
+                    Some(Finished::Packet(p)) => {
+                        core.enqueue(p);
+                        n += 1;
+                    }
+                    Some(watch) => watches.push(watch),
+                    None => {}
+                });
             self.live.store(table.live(), Ordering::SeqCst);
+        }
+        for p in watches.into_iter().filter_map(Finished::settle) {
+            core.enqueue(p);
+            n += 1;
         }
         core.publish_completed(n, keep)
     }
@@ -240,12 +248,12 @@ impl<T> Drop for UringDriver<T> {
     }
 }
 
-/// Turns a completion into a packet, freeing its slot. `None` for the
-/// completions of cancel requests and for unknown ids.
-fn complete<T>(table: &mut Inflight<T>, cqe: &cqueue::Entry) -> Option<Packet<T>> {
+/// Turns a completion into a packet (or a watch to settle), freeing its
+/// slot. `None` for the completions of cancel requests and for unknown ids.
+fn complete<T>(table: &mut Inflight<T>, cqe: &cqueue::Entry) -> Option<Finished<T>> {
     if cqe.user_data() == CANCEL {
         return None;
     }
     let (p, scratch) = table.complete(OpId(cqe.user_data()))?;
-    Some(op::packet(p, cqe.result(), scratch))
+    Some(op::finish(p, cqe.result(), scratch))
 }
