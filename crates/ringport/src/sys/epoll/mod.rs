@@ -41,6 +41,9 @@ pub(crate) struct EpollDriver<T> {
     state: Mutex<State<T>>,
     /// Events the sleeper received, for the next harvest to act on.
     stash: Mutex<Vec<libc::epoll_event>>,
+    /// The vectors a harvest works in, kept between harvests so that the
+    /// steady state allocates nothing.
+    spare: Mutex<Spare<T>>,
     files: FilePool,
     /// Operations in flight, readable without the state's mutex.
     live: AtomicUsize,
@@ -67,6 +70,20 @@ impl Waker {
         // SAFETY: reads at most 8 bytes into a live u64 (non-blocking fd).
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         self.pending.swap(false, Ordering::AcqRel);
+    }
+}
+
+struct Spare<T> {
+    events: Vec<libc::epoll_event>,
+    done: Vec<Finished<T>>,
+}
+
+impl<T> Default for Spare<T> {
+    fn default() -> Self {
+        Spare {
+            events: Vec::new(),
+            done: Vec::new(),
+        }
     }
 }
 
@@ -167,6 +184,7 @@ impl<T> EpollDriver<T> {
                 timers: BinaryHeap::new(),
             }),
             stash: Mutex::new(Vec::new()),
+            spare: Mutex::new(Spare::default()),
             live: AtomicUsize::new(0),
         })
     }
@@ -230,7 +248,7 @@ impl<T> EpollDriver<T> {
         to: Option<std::net::SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        let mut done = Vec::new();
+        let mut done = None;
         let id = {
             let mut st = self.lock_state();
             let st = &mut *st;
@@ -272,14 +290,14 @@ impl<T> EpollDriver<T> {
                     if res == -libc::EAGAIN {
                         q.push_back(id);
                     } else if let Some((p, s)) = st.table.complete(id) {
-                        done.push(op::finish(p, res, s));
+                        done = Some(op::finish(p, res, s));
                     }
                 }
             }
             id
         };
-        if immediate && matches!(done.last(), Some(Finished::Packet(_))) {
-            if let Some(Finished::Packet(p)) = done.pop() {
+        if immediate && matches!(done, Some(Finished::Packet(_))) {
+            if let Some(Finished::Packet(p)) = done.take() {
                 return Ok(Started::Done(p));
             }
         }
@@ -301,7 +319,11 @@ impl<T> EpollDriver<T> {
 
     /// Queues finished operations (called with no lock held: settling a
     /// watch may start another operation).
-    fn deliver(core: &Core<Packet<T>>, done: Vec<Finished<T>>, keep: bool) -> bool {
+    fn deliver(
+        core: &Core<Packet<T>>,
+        done: impl IntoIterator<Item = Finished<T>>,
+        keep: bool,
+    ) -> bool {
         let mut n = 0;
         for p in done.into_iter().filter_map(Finished::settle) {
             core.enqueue(p);
@@ -377,13 +399,17 @@ impl<T> EpollDriver<T> {
     /// Performs what readiness, the clock and the file pool allow, and
     /// publishes the results; with `keep`, the caller claims the first.
     pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
-        let mut events = std::mem::take(&mut *lock(&self.stash));
+        let Spare {
+            mut events,
+            mut done,
+        } = std::mem::take(&mut *lock(&self.spare));
+        // The stash gets our empty vector (and its capacity) in exchange.
+        std::mem::swap(&mut events, &mut *lock(&self.stash));
         let mut buf = [libc::epoll_event { events: 0, u64: 0 }; 64];
         // SAFETY: the buffer holds 64 events; timeout 0 never blocks.
         let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), 64, 0) };
         events.extend_from_slice(&buf[..n.max(0) as usize]);
 
-        let mut done = Vec::new();
         {
             let mut st = self.lock_state();
             for ev in &events {
@@ -418,7 +444,10 @@ impl<T> EpollDriver<T> {
                 }
             }
         }
-        Self::deliver(core, done, keep)
+        let kept = Self::deliver(core, done.drain(..), keep);
+        events.clear();
+        *lock(&self.spare) = Spare { events, done };
+        kept
     }
 
     /// Performs `fd`'s waiting operations in one direction, in order, until
