@@ -4,6 +4,7 @@ mod bench;
 mod blast;
 mod load;
 mod rio_echo;
+mod rio_udp_echo;
 mod serve;
 mod sink;
 mod sum;

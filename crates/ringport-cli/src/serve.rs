@@ -66,8 +66,9 @@ pub struct Args {
     /// tcp-echo, udp-echo or udp-sink.
     #[arg(value_enum)]
     kind: Kind,
-    /// udp-sink: the server mode [default: rio-polled]; tcp-echo: rio-port
-    /// for the Registered I/O server (without it, the completion-port one).
+    /// udp-sink: the server mode [default: rio-polled]; udp-echo:
+    /// rio-polled, rio-event or rio-port, and tcp-echo: rio-port, for the
+    /// Registered I/O servers (without it, the completion-port ones).
     #[arg(long, value_enum)]
     mode: Option<crate::sink::Mode>,
     /// udp-sink: bytes of the datagrams counted (any other size ends the run).
@@ -219,9 +220,14 @@ pub fn run(args: Args) -> Result<(), String> {
             STOP.load(Ordering::Relaxed)
         });
     }
-    if args.mode.is_some() {
-        return Err("--mode applies to udp-sink and tcp-echo only".into());
-    }
+    let rio_udp = match (args.kind, args.mode) {
+        (Kind::UdpEcho, Some(m)) => Some(
+            crate::rio_udp_echo::EchoMode::from_sink(m)
+                .ok_or("udp-echo takes --mode rio-polled, rio-event or rio-port (or no --mode)")?,
+        ),
+        (_, None) => None,
+        _ => return Err("--mode applies to udp-sink, udp-echo and tcp-echo only".into()),
+    };
     let mut opts = Options::new(args.kind);
     if let Some(t) = args.threads {
         opts.threads = t;
@@ -250,6 +256,25 @@ pub fn run(args: Args) -> Result<(), String> {
             println!("listening on {} (tcp-echo)", s.local_addr());
             let b = s.backend();
             (Box::new(move || s.stop()), "tcp-echo", b)
+        }
+        Kind::UdpEcho if rio_udp.is_some() => {
+            let mode = rio_udp.unwrap_or(crate::rio_udp_echo::EchoMode::Polled);
+            let size = opts.buf_size.min(crate::sink::MAX_UDP);
+            let s = crate::rio_udp_echo::RioUdpEcho::start(
+                addr,
+                mode,
+                opts.pending,
+                size,
+                opts.backend,
+            )?;
+            println!(
+                "listening on {} (udp-echo, Registered I/O, {mode:?} notification, one \
+                 thread, {} receives pending)",
+                s.local_addr(),
+                opts.pending
+            );
+            let b = s.backend();
+            (Box::new(move || s.stop()), "udp-echo", b)
         }
         Kind::UdpEcho => {
             let s = UdpEcho::start(addr, &opts)?;

@@ -27,7 +27,7 @@ pub enum Bench {
     Port(port::Args),
     /// TCP echo: ringport against tokio, mio and thread-per-connection std servers.
     Tcp(tcp::Args),
-    /// UDP echo: ringport against tokio, mio and a blocking recv_from/send_to loop.
+    /// UDP echo: ringport (completion port and RIO) against tokio, mio and a blocking recv_from/send_to loop.
     Udp(udp::Args),
     /// Random 4 KiB file reads: the port with many reads pending against pread on N threads.
     File(file::Args),

@@ -1,6 +1,6 @@
-//! `ringport bench udp`: the ringport UDP echo server against a tokio
-//! (multi-thread runtime), a mio and a plain blocking `recv_from`/`send_to`
-//! echo server.
+//! `ringport bench udp`: the ringport UDP echo servers (completion port, and
+//! Registered I/O polled, event and port) against a tokio (multi-thread
+//! runtime), a mio and a plain blocking `recv_from`/`send_to` echo server.
 //!
 //! The same method as `bench tcp` (see there): each server in this process
 //! on 127.0.0.1 port 0, one at a time, the same ping-pong load generator (64
@@ -28,6 +28,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::tcp::{compare, select, tokio_runtime, Plan, Server, Start, Tokio};
 use crate::load::{parse_duration, LoadConfig, Proto};
+use crate::rio_udp_echo::{EchoMode, RioUdpEcho};
 use crate::serve;
 
 #[derive(clap::Args)]
@@ -56,20 +57,25 @@ pub struct Args {
     /// ringport: packets a worker takes per get (get_many).
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Servers to run, comma-separated: ringport, tokio, mio, blocking, and
-    /// the variants ringport-noskip (no skip-on-success) and ringport-epoll.
+    /// Servers to run, comma-separated: ringport, tokio, mio, blocking, the
+    /// variants ringport-noskip (no skip-on-success) and ringport-epoll, and
+    /// the Registered I/O servers rio-polled, rio-event and rio-port (one
+    /// thread each).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ringport,tokio,mio,blocking"
+        default_value = "ringport,rio-polled,rio-event,rio-port,tokio,mio,blocking"
     )]
     peers: Vec<String>,
 }
 
-const PEERS: [(&str, Start); 6] = [
+const PEERS: [(&str, Start); 9] = [
     ("ringport", start_ringport),
     ("ringport-noskip", start_ringport_noskip),
     ("ringport-epoll", start_ringport_epoll),
+    ("rio-polled", start_rio_polled),
+    ("rio-event", start_rio_event),
+    ("rio-port", start_rio_port),
     ("tokio", start_tokio),
     ("mio", start_mio),
     ("blocking", start_blocking),
@@ -159,6 +165,48 @@ fn start_ringport_noskip(threads: usize, batch: usize) -> Result<Box<dyn Server>
 /// The same server on the epoll backend.
 fn start_ringport_epoll(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
     ringport_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
+}
+
+// ---------------------------------------------------------------- RIO
+
+struct Rio(RioUdpEcho);
+
+impl Server for Rio {
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+    fn stop(self: Box<Self>) -> Result<(), String> {
+        match self.0.stop().fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The RIO echo server (one thread whatever `threads` says), with as many
+/// receives pending as the completion-port server.
+fn start_rio(mode: EchoMode) -> Result<Box<dyn Server>, String> {
+    let opts = serve::Options::new(serve::Kind::UdpEcho);
+    let backend = ringport::Backend::Auto;
+    Ok(Box::new(Rio(RioUdpEcho::start(
+        localhost(),
+        mode,
+        opts.pending,
+        2048,
+        backend,
+    )?)))
+}
+
+fn start_rio_polled(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    start_rio(EchoMode::Polled)
+}
+
+fn start_rio_event(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    start_rio(EchoMode::Event)
+}
+
+fn start_rio_port(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    start_rio(EchoMode::Port)
 }
 
 // ---------------------------------------------------------------- tokio
