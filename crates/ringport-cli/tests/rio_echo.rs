@@ -210,7 +210,9 @@ fn rio_echo_ends_on_its_duration_with_a_summary() {
 fn tcp_echo_refuses_other_modes_with_a_message() {
     for case in [
         "serve tcp-echo --addr 127.0.0.1:0 --mode rio-polled --duration 1",
-        "serve udp-echo --addr 127.0.0.1:0 --mode rio-port --duration 1",
+        "serve udp-echo --addr 127.0.0.1:0 --mode port --duration 1",
+        "serve udp-echo --addr 127.0.0.1:0 --mode rio-port-mt --duration 1",
+        "serve udp-echo --addr 127.0.0.1:0 --mode rio-polled --pending 0 --duration 1",
         "serve tcp-echo --addr 127.0.0.1:0 --mode rio-port --pending 0 --duration 1",
     ] {
         let out = run(case, "epoll", Duration::from_secs(20));
