@@ -35,6 +35,9 @@ use crate::Error;
 /// epoll `data` of the wake eventfd (descriptors use their own number).
 const WAKE: u64 = u64::MAX;
 
+/// Events taken per `epoll_wait`.
+const EVENTS: usize = 64;
+
 pub(crate) struct EpollDriver<T> {
     epoll: OwnedFd,
     waker: Arc<Waker>,
@@ -405,10 +408,18 @@ impl<T> EpollDriver<T> {
         } = std::mem::take(&mut *lock(&self.spare));
         // The stash gets our empty vector (and its capacity) in exchange.
         std::mem::swap(&mut events, &mut *lock(&self.stash));
-        let mut buf = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        // SAFETY: the buffer holds 64 events; timeout 0 never blocks.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), 64, 0) };
-        events.extend_from_slice(&buf[..n.max(0) as usize]);
+        // Events the sleeper just stashed are all that was ready when it
+        // woke, unless they filled its buffer: only then, or with none
+        // stashed, is another (non-blocking) epoll_wait worth its system
+        // call. Events that come later stay ready in epoll for the next.
+        if events.is_empty() || events.len() >= EVENTS - 1 {
+            let mut buf = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+            // SAFETY: the buffer holds EVENTS events; timeout 0 never blocks.
+            let n = unsafe {
+                libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), EVENTS as i32, 0)
+            };
+            events.extend_from_slice(&buf[..n.max(0) as usize]);
+        }
 
         {
             let mut st = self.lock_state();
@@ -489,9 +500,16 @@ impl<T> EpollDriver<T> {
                 left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
             }
         };
-        let mut buf = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        // SAFETY: the buffer holds 64 events.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), 64, timeout) };
+        let mut buf = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        // SAFETY: the buffer holds EVENTS events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                buf.as_mut_ptr(),
+                EVENTS as i32,
+                timeout,
+            )
+        };
         if n > 0 {
             let events = &buf[..n as usize];
             if events.iter().any(|e| e.u64 == WAKE) {
