@@ -25,7 +25,7 @@ use ringport::rio::{
 };
 use ringport::{Backend, CompletionPort, Error};
 
-use crate::serve::Summary;
+use crate::serve::{self, Summary};
 
 /// How the server learns that results are waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,18 +147,9 @@ impl RioUdpEcho {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// The completion queue's backend.
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// Stops the server and says what it did.
-    pub fn stop(mut self) -> Summary {
-        self.shutdown()
     }
 
     fn shutdown(&mut self) -> Summary {
@@ -171,6 +162,16 @@ impl RioUdpEcho {
             },
             None => Summary::default(),
         }
+    }
+}
+
+impl serve::Echo for RioUdpEcho {
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn stop(mut self) -> Summary {
+        self.shutdown()
     }
 }
 

@@ -332,7 +332,7 @@ pub struct Summary {
 /// Counters on their own cache lines, one set per worker.
 #[repr(align(128))]
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     connections: AtomicU64,
     messages: AtomicU64,
     bytes: AtomicU64,
@@ -355,6 +355,70 @@ fn summarize(counters: &[Counters], fatal: &Mutex<Option<String>>) -> Summary {
         bytes: sum(|c| &c.bytes),
         errors: sum(|c| &c.errors),
         fatal: fatal.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+    }
+}
+
+/// What a server's workers share that its summary is made of.
+pub(crate) trait Tally {
+    fn counters(&self) -> &[Counters];
+    fn fatal(&self) -> &Mutex<Option<String>>;
+}
+
+/// A running completion-port server: its port, the workers looping on it
+/// and the state they share. Stopping it closes the port (operations in
+/// flight are cancelled), joins the workers and closes every socket.
+pub struct Running<Op: Send + 'static, S: Tally> {
+    port: CompletionPort<Op>,
+    state: Option<Arc<S>>,
+    workers: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+/// A running TCP echo server.
+pub type TcpEcho = Running<TcpOp, TcpState>;
+/// A running UDP echo server.
+pub type UdpEcho = Running<UdpOp, UdpState>;
+
+/// A running echo server of any kind (the completion-port ones here, the
+/// RIO ones beside them), as the benchmarks start and stop them.
+pub trait Echo: 'static {
+    /// The address it listens on.
+    fn local_addr(&self) -> SocketAddr;
+    /// Stops it and says what it did.
+    fn stop(self) -> Summary;
+}
+
+impl<Op: Send + 'static, S: Tally + 'static> Echo for Running<Op, S> {
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn stop(mut self) -> Summary {
+        self.shutdown()
+    }
+}
+
+impl<Op: Send + 'static, S: Tally> Running<Op, S> {
+    /// The backend its port runs on.
+    pub fn backend(&self) -> Backend {
+        self.port.backend()
+    }
+
+    fn shutdown(&mut self) -> Summary {
+        self.port.close();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        match self.state.take() {
+            Some(s) => summarize(s.counters(), s.fatal()),
+            None => Summary::default(),
+        }
+    }
+}
+
+impl<Op: Send + 'static, S: Tally> Drop for Running<Op, S> {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -413,7 +477,7 @@ where
 
 /// What an operation was; the packet's key says on which socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TcpOp {
+pub(crate) enum TcpOp {
     Accept,
     /// Retry an accept after running out of descriptors or memory.
     AcceptLater,
@@ -430,7 +494,7 @@ struct Conns {
     free: Vec<usize>,
 }
 
-struct TcpState {
+pub(crate) struct TcpState {
     port: CompletionPort<TcpOp>,
     listener: Handle<TcpOp>,
     conns: Mutex<Conns>,
@@ -438,14 +502,6 @@ struct TcpState {
     skip: bool,
     counters: Vec<Counters>,
     fatal: Mutex<Option<String>>,
-}
-
-/// A running TCP echo server.
-pub struct TcpEcho {
-    port: CompletionPort<TcpOp>,
-    state: Option<Arc<TcpState>>,
-    workers: Vec<JoinHandle<()>>,
-    addr: SocketAddr,
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> String {
@@ -496,38 +552,14 @@ impl TcpEcho {
         }
         Ok(server)
     }
-
-    /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The backend its port runs on.
-    pub fn backend(&self) -> Backend {
-        self.port.backend()
-    }
-
-    /// Closes the port (in-flight operations are cancelled), joins the
-    /// workers and closes every socket.
-    pub fn stop(mut self) -> Summary {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> Summary {
-        self.port.close();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
-        match self.state.take() {
-            Some(s) => summarize(&s.counters, &s.fatal),
-            None => Summary::default(),
-        }
-    }
 }
 
-impl Drop for TcpEcho {
-    fn drop(&mut self) {
-        self.shutdown();
+impl Tally for TcpState {
+    fn counters(&self) -> &[Counters] {
+        &self.counters
+    }
+    fn fatal(&self) -> &Mutex<Option<String>> {
+        &self.fatal
     }
 }
 
@@ -733,25 +765,17 @@ impl TcpState {
 // ---------------------------------------------------------------- UDP
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UdpOp {
+pub(crate) enum UdpOp {
     Recv,
     Send,
 }
 
-struct UdpState {
+pub(crate) struct UdpState {
     sock: Handle<UdpOp>,
     buf_size: usize,
     skip: bool,
     counters: Vec<Counters>,
     fatal: Mutex<Option<String>>,
-}
-
-/// A running UDP echo server.
-pub struct UdpEcho {
-    port: CompletionPort<UdpOp>,
-    state: Option<Arc<UdpState>>,
-    workers: Vec<JoinHandle<()>>,
-    addr: SocketAddr,
 }
 
 impl UdpEcho {
@@ -790,43 +814,20 @@ impl UdpEcho {
         }
         Ok(server)
     }
-
-    /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The backend its port runs on.
-    pub fn backend(&self) -> Backend {
-        self.port.backend()
-    }
-
-    /// Closes the port, joins the workers and closes the socket.
-    pub fn stop(mut self) -> Summary {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> Summary {
-        self.port.close();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
-        match self.state.take() {
-            Some(s) => summarize(&s.counters, &s.fatal),
-            None => Summary::default(),
-        }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
 
 /// Datagrams one worker takes straight from the socket (receives that
 /// completed at once) before it goes back to the port.
 const EAGER_MAX: usize = 32;
+
+impl Tally for UdpState {
+    fn counters(&self) -> &[Counters] {
+        &self.counters
+    }
+    fn fatal(&self) -> &Mutex<Option<String>> {
+        &self.fatal
+    }
+}
 
 impl UdpState {
     fn handle(&self, w: usize, p: Packet<UdpOp>) {

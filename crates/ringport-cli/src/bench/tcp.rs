@@ -24,7 +24,7 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::load::{self, parse_duration, LoadConfig, LoadReport, Proto};
-use crate::serve;
+use crate::serve::{self, Echo};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -275,9 +275,10 @@ const BUF: usize = 16 << 10;
 
 // ---------------------------------------------------------------- ringport
 
-struct Ringport(serve::TcpEcho);
+/// Any ringport echo server as a [`Server`]: stopping it fails if it did.
+pub(super) struct Ringport<S>(pub(super) S);
 
-impl Server for Ringport {
+impl<S: Echo> Server for Ringport<S> {
     fn addr(&self) -> SocketAddr {
         self.0.local_addr()
     }
@@ -289,34 +290,50 @@ impl Server for Ringport {
     }
 }
 
-fn ringport_with(
+/// Starts a completion-port echo server of `kind` with `threads` workers
+/// (concurrency as many), `batch` packets per get, and what `tweak` changes.
+pub(super) fn ringport_with<S: Echo>(
+    kind: serve::Kind,
+    start: fn(SocketAddr, &serve::Options) -> Result<S, String>,
     threads: usize,
     batch: usize,
     tweak: impl FnOnce(&mut serve::Options),
 ) -> Result<Box<dyn Server>, String> {
-    let mut opts = serve::Options::new(serve::Kind::TcpEcho);
+    let mut opts = serve::Options::new(kind);
     opts.threads = threads;
     opts.concurrency = threads;
     opts.batch = batch;
     tweak(&mut opts);
-    Ok(Box::new(Ringport(serve::TcpEcho::start(
-        localhost(),
-        &opts,
-    )?)))
+    Ok(Box::new(Ringport(start(localhost(), &opts)?)))
+}
+
+/// The TCP echo server, tweaked.
+fn tcp_with(
+    threads: usize,
+    batch: usize,
+    tweak: impl FnOnce(&mut serve::Options),
+) -> Result<Box<dyn Server>, String> {
+    ringport_with(
+        serve::Kind::TcpEcho,
+        serve::TcpEcho::start,
+        threads,
+        batch,
+        tweak,
+    )
 }
 
 fn start_ringport(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    ringport_with(threads, batch, |_| {})
+    tcp_with(threads, batch, |_| {})
 }
 
 /// The same server with every send's packet going through the port.
 fn start_ringport_noskip(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    ringport_with(threads, batch, |o| o.skip = false)
+    tcp_with(threads, batch, |o| o.skip = false)
 }
 
 /// The same server on the epoll backend.
 fn start_ringport_epoll(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    ringport_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
+    tcp_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
 }
 
 // ---------------------------------------------------------------- tokio

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::tcp::{compare, select, tokio_runtime, Plan, Server, Start, Tokio};
+use super::tcp::{
+    compare, ringport_with, select, tokio_runtime, Plan, Ringport, Server, Start, Tokio,
+};
 use crate::load::{parse_duration, LoadConfig, Proto};
 use crate::rio_udp_echo::{EchoMode, RioUdpEcho};
 use crate::serve;
@@ -123,78 +125,44 @@ fn bind() -> Result<(UdpSocket, SocketAddr), String> {
 
 // ---------------------------------------------------------------- ringport
 
-struct Ringport(serve::UdpEcho);
-
-impl Server for Ringport {
-    fn addr(&self) -> SocketAddr {
-        self.0.local_addr()
-    }
-    fn stop(self: Box<Self>) -> Result<(), String> {
-        match self.0.stop().fatal {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-fn ringport_with(
+/// The completion-port UDP echo server, tweaked.
+fn udp_with(
     threads: usize,
     batch: usize,
     tweak: impl FnOnce(&mut serve::Options),
 ) -> Result<Box<dyn Server>, String> {
-    let mut opts = serve::Options::new(serve::Kind::UdpEcho);
-    opts.threads = threads;
-    opts.concurrency = threads;
-    opts.batch = batch;
-    tweak(&mut opts);
-    Ok(Box::new(Ringport(serve::UdpEcho::start(
-        localhost(),
-        &opts,
-    )?)))
+    ringport_with(
+        serve::Kind::UdpEcho,
+        serve::UdpEcho::start,
+        threads,
+        batch,
+        tweak,
+    )
 }
 
 fn start_ringport(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    ringport_with(threads, batch, |_| {})
+    udp_with(threads, batch, |_| {})
 }
 
 /// The same server with every send's packet going through the port.
 fn start_ringport_noskip(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    ringport_with(threads, batch, |o| o.skip = false)
+    udp_with(threads, batch, |o| o.skip = false)
 }
 
 /// The same server on the epoll backend.
 fn start_ringport_epoll(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    ringport_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
+    udp_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
 }
 
 // ---------------------------------------------------------------- RIO
-
-struct Rio(RioUdpEcho);
-
-impl Server for Rio {
-    fn addr(&self) -> SocketAddr {
-        self.0.local_addr()
-    }
-    fn stop(self: Box<Self>) -> Result<(), String> {
-        match self.0.stop().fatal {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
 
 /// The RIO echo server (one thread whatever `threads` says), with as many
 /// receives pending as the completion-port server.
 fn start_rio(mode: EchoMode) -> Result<Box<dyn Server>, String> {
     let opts = serve::Options::new(serve::Kind::UdpEcho);
     let backend = ringport::Backend::Auto;
-    Ok(Box::new(Rio(RioUdpEcho::start(
-        localhost(),
-        mode,
-        opts.pending,
-        2048,
-        backend,
-    )?)))
+    let server = RioUdpEcho::start(localhost(), mode, opts.pending, 2048, backend)?;
+    Ok(Box::new(Ringport(server)))
 }
 
 fn start_rio_polled(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
