@@ -250,6 +250,15 @@ impl Claims {
     }
 }
 
+/// The `MSG_` flags a request's `WAITALL` asks for.
+fn waitall(flags: RioFlags) -> libc::c_int {
+    if flags.contains(RioFlags::WAITALL) {
+        libc::MSG_WAITALL
+    } else {
+        0
+    }
+}
+
 fn address_slice(buf: &RioBuf) -> Result<(), Error> {
     if buf.len < ADDRESS_LEN {
         return Err(RioError::AddressBufferTooSmall {
@@ -399,6 +408,26 @@ impl RequestQueue {
             .submit(request, flags.contains(RioFlags::DEFER))
     }
 
+    /// Takes a place for a request of `kind` in the queue and in its
+    /// completion queue, then claims the request's slices with `claim`; if
+    /// that fails, the claims made so far and the place are given back.
+    fn claim<R>(
+        &self,
+        kind: RequestKind,
+        claim: impl FnOnce(&mut Claims) -> Result<R, Error>,
+    ) -> Result<(R, Claims), Error> {
+        self.shared.reserve(kind)?;
+        let mut claims = Claims::new();
+        match claim(&mut claims) {
+            Ok(r) => Ok((r, claims)),
+            Err(e) => {
+                claims.release();
+                self.shared.done(kind);
+                Err(e)
+            }
+        }
+    }
+
     /// Starts a receive into `buf` (`RIOReceive`); its result goes to the
     /// receive completion queue with `request_context`.
     ///
@@ -410,19 +439,8 @@ impl RequestQueue {
     /// `buf.len` bytes.
     pub fn receive(&self, buf: RioBuf, flags: RioFlags, request_context: u64) -> Result<(), Error> {
         self.check(flags)?;
-        self.shared.reserve(RequestKind::Receive)?;
-        let mut claims = Claims::new();
-        let ptr = match claims.add(&buf, SliceUse::Receive) {
-            Ok(p) => p,
-            Err(e) => {
-                self.shared.done(RequestKind::Receive);
-                return Err(e);
-            }
-        };
-        let mut msg_flags = 0;
-        if flags.contains(RioFlags::WAITALL) {
-            msg_flags |= libc::MSG_WAITALL;
-        }
+        let (ptr, claims) = self.claim(RequestKind::Receive, |c| c.add(&buf, SliceUse::Receive))?;
+        let mut msg_flags = waitall(flags);
         if self.shared.datagram {
             // The kernel then reports a datagram's full length: truncation shows.
             msg_flags |= libc::MSG_TRUNC;
@@ -443,24 +461,11 @@ impl RequestQueue {
     /// mutable borrow.
     pub fn send(&self, buf: RioBuf, flags: RioFlags, request_context: u64) -> Result<(), Error> {
         self.check(flags)?;
-        self.shared.reserve(RequestKind::Send)?;
-        let mut claims = Claims::new();
-        let ptr = match claims.add(&buf, SliceUse::Send) {
-            Ok(p) => p,
-            Err(e) => {
-                self.shared.done(RequestKind::Send);
-                return Err(e);
-            }
-        };
-        let msg_flags = if flags.contains(RioFlags::WAITALL) {
-            libc::MSG_WAITALL
-        } else {
-            0
-        };
+        let (ptr, claims) = self.claim(RequestKind::Send, |c| c.add(&buf, SliceUse::Send))?;
         let op = Op::Send {
             ptr,
             len: buf.len,
-            flags: msg_flags,
+            flags: waitall(flags),
         };
         self.start(RequestKind::Send, flags, request_context, claims, op)
     }
@@ -486,38 +491,24 @@ impl RequestQueue {
             Some(_) => Some(self.shared.local_port()?),
             None => None,
         };
-        self.shared.reserve(RequestKind::Receive)?;
-        let mut claims = Claims::new();
-        let claimed = (|| {
-            let ptr = claims.add(&buf, SliceUse::Receive)?;
+        let ((ptr, remote, local), claims) = self.claim(RequestKind::Receive, |c| {
+            let ptr = c.add(&buf, SliceUse::Receive)?;
             let remote = match remote {
-                Some(r) => Some((claims.add(&r, SliceUse::Receive)?, r.len)),
+                Some(r) => Some((c.add(&r, SliceUse::Receive)?, r.len)),
                 None => None,
             };
             let local = match (local, port) {
-                (Some(l), Some(port)) => Some((claims.add(&l, SliceUse::Receive)?, port)),
+                (Some(l), Some(port)) => Some((c.add(&l, SliceUse::Receive)?, port)),
                 _ => None,
             };
-            Ok::<_, Error>((ptr, remote, local))
-        })();
-        let (ptr, remote, local) = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                claims.release();
-                self.shared.done(RequestKind::Receive);
-                return Err(e);
-            }
-        };
+            Ok((ptr, remote, local))
+        })?;
         let op = Op::RecvMsg {
             ptr,
             len: buf.len,
             remote,
             local,
-            flags: if flags.contains(RioFlags::WAITALL) {
-                libc::MSG_WAITALL as u32
-            } else {
-                0
-            },
+            flags: waitall(flags) as u32,
         };
         self.start(RequestKind::Receive, flags, request_context, claims, op)
     }
@@ -545,13 +536,11 @@ impl RequestQueue {
             )?),
             None => None,
         };
-        self.shared.reserve(RequestKind::Send)?;
-        let mut claims = Claims::new();
-        let claimed = (|| {
-            let ptr = claims.add(&buf, SliceUse::Send)?;
+        let ((ptr, remote), claims) = self.claim(RequestKind::Send, |c| {
+            let ptr = c.add(&buf, SliceUse::Send)?;
             let remote = match remote {
                 Some(r) => {
-                    let p = claims.add(&r, SliceUse::Send)?;
+                    let p = c.add(&r, SliceUse::Send)?;
                     // SAFETY: the slice is at least ADDRESS_LEN bytes and
                     // claimed for reading: no writer can touch it.
                     let len = unsafe { addr::len_at(p) };
@@ -565,25 +554,13 @@ impl RequestQueue {
                 None => None,
             };
             Ok((ptr.cast_const(), remote))
-        })();
-        let (ptr, remote) = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                claims.release();
-                self.shared.done(RequestKind::Send);
-                return Err(e);
-            }
-        };
+        })?;
         let op = Op::SendMsg {
             ptr,
             len: buf.len,
             remote,
             local,
-            flags: if flags.contains(RioFlags::WAITALL) {
-                libc::MSG_WAITALL as u32
-            } else {
-                0
-            },
+            flags: waitall(flags) as u32,
         };
         self.start(RequestKind::Send, flags, request_context, claims, op)
     }
