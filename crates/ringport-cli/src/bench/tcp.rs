@@ -26,8 +26,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::load::{self, parse_duration, LoadConfig, LoadReport, Proto};
 use crate::serve::{self, Echo};
 
+/// How `bench tcp` and `bench udp` run their echo servers.
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct EchoRun {
     /// Seconds each server is measured in each round.
     #[arg(long, default_value = "3", value_parser = parse_duration)]
     seconds: Duration,
@@ -37,10 +38,10 @@ pub struct Args {
     /// Time at the start of each run not counted.
     #[arg(long, default_value = "0.5", value_parser = parse_duration)]
     warmup: Duration,
-    /// Connections, each with one message in flight.
+    /// Connections (UDP: sockets), each with one message in flight.
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Bytes per message.
+    /// Bytes per message (UDP: at most 65,507).
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// Threads of every server [default: CPUs].
@@ -52,6 +53,41 @@ pub struct Args {
     /// ringport: packets a worker takes per get (get_many).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+}
+
+impl EchoRun {
+    /// The plan for `bench <name>`: `proto` load, a reply awaited at most
+    /// `timeout`.
+    pub(super) fn plan(&self, name: &str, proto: Proto, timeout: Duration) -> Plan {
+        Plan {
+            title: format!(
+                "ringport bench {name}: echo, {} CPUs, backend {}",
+                ringport::cpu_count(),
+                super::backend_name()
+            ),
+            load: LoadConfig {
+                proto,
+                addr: localhost(),
+                connections: self.connections,
+                size: self.size,
+                duration: Some(self.seconds),
+                count: None,
+                threads: self.client_threads.min(self.connections.max(1)),
+                timeout,
+                warmup: self.warmup,
+                progress: false,
+            },
+            rounds: self.rounds,
+            threads: self.threads.unwrap_or_else(ringport::cpu_count),
+            batch: self.batch,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: EchoRun,
     /// Servers to run, comma-separated: ringport, tokio, mio, std, and the
     /// variants ringport-noskip (no skip-on-success) and ringport-epoll.
     #[arg(long, value_delimiter = ',', default_value = "ringport,tokio,mio,std")]
@@ -241,33 +277,13 @@ pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<()
 
 pub fn run(args: Args) -> Result<(), String> {
     let peers = select(&args.peers, &PEERS)?;
-    let threads = args.threads.unwrap_or_else(ringport::cpu_count);
-    let plan = Plan {
-        title: format!(
-            "ringport bench tcp: echo, {} CPUs, backend {}",
-            ringport::cpu_count(),
-            super::backend_name()
-        ),
-        load: LoadConfig {
-            proto: Proto::Tcp,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            connections: args.connections,
-            size: args.size,
-            duration: Some(args.seconds),
-            count: None,
-            threads: args.client_threads.min(args.connections.max(1)),
-            timeout: Duration::from_secs(5),
-            warmup: args.warmup,
-            progress: false,
-        },
-        rounds: args.rounds,
-        threads,
-        batch: args.batch,
-    };
-    compare(&plan, &peers)
+    compare(
+        &args.run.plan("tcp", Proto::Tcp, Duration::from_secs(5)),
+        &peers,
+    )
 }
 
-fn localhost() -> SocketAddr {
+pub(super) fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 

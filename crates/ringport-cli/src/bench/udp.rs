@@ -27,38 +27,17 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::tcp::{
-    compare, ringport_with, select, tokio_runtime, Plan, Ringport, Server, Start, Tokio,
+    compare, localhost, ringport_with, select, tokio_runtime, EchoRun, Ringport, Server, Start,
+    Tokio,
 };
-use crate::load::{parse_duration, LoadConfig, Proto};
+use crate::load::Proto;
 use crate::rio_udp_echo::{EchoMode, RioUdpEcho};
 use crate::serve;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Seconds each server is measured in each round.
-    #[arg(long, default_value = "3", value_parser = parse_duration)]
-    seconds: Duration,
-    /// Interleaved rounds; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Time at the start of each run not counted.
-    #[arg(long, default_value = "0.5", value_parser = parse_duration)]
-    warmup: Duration,
-    /// Sockets, each with one datagram in flight.
-    #[arg(long, default_value_t = 64)]
-    connections: usize,
-    /// Bytes per datagram (at most 65,507).
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    /// Threads of every server [default: CPUs].
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Threads of the load generator.
-    #[arg(long, default_value_t = 1)]
-    client_threads: usize,
-    /// ringport: packets a worker takes per get (get_many).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    #[command(flatten)]
+    run: EchoRun,
     /// Servers to run, comma-separated: ringport, tokio, mio, blocking, the
     /// variants ringport-noskip (no skip-on-success) and ringport-epoll, and
     /// the Registered I/O servers rio-polled, rio-event and rio-port (one
@@ -85,33 +64,10 @@ const PEERS: [(&str, Start); 9] = [
 
 pub fn run(args: Args) -> Result<(), String> {
     let peers = select(&args.peers, &PEERS)?;
-    let plan = Plan {
-        title: format!(
-            "ringport bench udp: echo, {} CPUs, backend {}",
-            ringport::cpu_count(),
-            super::backend_name()
-        ),
-        load: LoadConfig {
-            proto: Proto::Udp,
-            addr: localhost(),
-            connections: args.connections,
-            size: args.size,
-            duration: Some(args.seconds),
-            count: None,
-            threads: args.client_threads.min(args.connections.max(1)),
-            timeout: Duration::from_secs(1),
-            warmup: args.warmup,
-            progress: false,
-        },
-        rounds: args.rounds,
-        threads: args.threads.unwrap_or_else(ringport::cpu_count),
-        batch: args.batch,
-    };
-    compare(&plan, &peers)
-}
-
-fn localhost() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
+    compare(
+        &args.run.plan("udp", Proto::Udp, Duration::from_secs(1)),
+        &peers,
+    )
 }
 
 /// Room for the largest datagram.
