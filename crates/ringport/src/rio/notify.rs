@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::io::op::Recheck;
 use crate::sync::lock;
@@ -139,6 +139,22 @@ impl fmt::Debug for Notify {
             Notify::Event => "Event",
             Notify::Port(_) => "Port",
         })
+    }
+}
+
+/// The longest an event wait sleeps before looking at the queue itself, in
+/// case a wake-up was missed between arming and sleeping.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// How long an event wait with `deadline` sleeps next: a slice of it, or
+/// [`Error::Timeout`] once it has passed.
+pub(super) fn wait_slice(deadline: Option<Instant>) -> Result<Duration, Error> {
+    match deadline {
+        None => Ok(WAIT_SLICE),
+        Some(d) => match d.saturating_duration_since(Instant::now()) {
+            left if left.is_zero() => Err(Error::Timeout),
+            left => Ok(left.min(WAIT_SLICE)),
+        },
     }
 }
 

@@ -48,15 +48,12 @@ use self::io::Pending;
 use self::ring::{Done, ResultRing};
 use super::buffer::{self, Claim};
 use super::cq::Common;
-use super::notify::{Notifier, Notify};
+use super::notify::{wait_slice, Notifier, Notify};
 use super::request::{Request, RequestKind};
 use super::rq::RqShared;
 use super::{RioError, RioResult};
 use crate::sync::lock;
 use crate::Error;
-
-/// The longest an event wait sleeps before looking at the state itself.
-const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// Notification states.
 const IDLE: u8 = 0;
@@ -484,16 +481,7 @@ impl EpollCq {
                 }
                 _ => {}
             }
-            let slice = match deadline {
-                None => WAIT_SLICE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout);
-                    }
-                    left.min(WAIT_SLICE)
-                }
-            };
+            let slice = wait_slice(deadline)?;
             if efd.wait(slice) {
                 // A stale signal (a fire already taken) must not make this
                 // spin; the state, not the eventfd, says what happened.

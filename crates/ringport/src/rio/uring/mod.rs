@@ -28,7 +28,7 @@ pub(super) use self::ring::Ring;
 use self::slots::{is_quiet, Slots, NOP};
 use super::buffer::{self, Claim};
 use super::cq::Common;
-use super::notify::{Notifier, Notify, PortTarget};
+use super::notify::{wait_slice, Notifier, Notify, PortTarget};
 use super::request::Request;
 use super::{RioError, RioResult};
 use crate::io::op::Recheck;
@@ -38,10 +38,6 @@ use crate::Error;
 /// How long closing or resizing waits for the kernel to hand back requests
 /// it was asked to cancel.
 const KERNEL_WAIT: Duration = Duration::from_secs(2);
-
-/// The longest an event wait sleeps before looking at the ring itself, in
-/// case a wake-up was missed between arming and sleeping.
-const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// The submission side.
 struct Submission {
@@ -323,16 +319,7 @@ impl UringCq {
                     return Ok(());
                 }
             }
-            let slice = match deadline {
-                None => WAIT_SLICE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout);
-                    }
-                    left.min(WAIT_SLICE)
-                }
-            };
+            let slice = wait_slice(deadline)?;
             if efd.wait(slice) {
                 efd.drain();
             }
