@@ -54,6 +54,15 @@ fn get_now(core: &Core<u32>, was_active: bool) -> u32 {
     get(core, was_active, false, None).expect("a claimable packet")
 }
 
+/// Runs `f` on a new thread with its own handle on `core`.
+fn spawn_on<T: Send + 'static, R: Send + 'static>(
+    core: &Arc<Core<T>>,
+    f: impl FnOnce(Arc<Core<T>>) -> R + Send + 'static,
+) -> thread::JoinHandle<R> {
+    let core = core.clone();
+    thread::spawn(move || f(core))
+}
+
 /// Spins (as loom requires: yielding) until `cond` holds.
 fn spin_until(mut cond: impl FnMut() -> bool) {
     while !cond() {
@@ -86,10 +95,7 @@ fn check_quiescent(core: &Core<u32>) {
 fn post_races_park() {
     loom::model(|| {
         let core = Arc::new(Core::<u32>::new(1));
-        let getter = {
-            let core = core.clone();
-            thread::spawn(move || get(&core, false, true, None))
-        };
+        let getter = spawn_on(&core, move |core| get(&core, false, true, None));
         core.push(7).unwrap();
         assert_eq!(getter.join().unwrap(), Ok(7));
         assert_eq!(core.snapshot(), (0, 1, 0, false));
@@ -104,15 +110,9 @@ fn two_posts_race_two_parkers() {
     loom::model(|| {
         let core = Arc::new(Core::<u32>::new(2));
         let getters: Vec<_> = (0..2)
-            .map(|_| {
-                let core = core.clone();
-                thread::spawn(move || get(&core, false, true, None).unwrap())
-            })
+            .map(|_| spawn_on(&core, move |core| get(&core, false, true, None).unwrap()))
             .collect();
-        let poster = {
-            let core = core.clone();
-            thread::spawn(move || core.push(1).unwrap())
-        };
+        let poster = spawn_on(&core, move |core| core.push(1).unwrap());
         core.push(2).unwrap();
         poster.join().unwrap();
         let mut got: Vec<u32> = getters.into_iter().map(|g| g.join().unwrap()).collect();
@@ -134,8 +134,7 @@ fn release_on_exit_races_a_parker() {
         core.push(2).unwrap();
         let getters: Vec<_> = (0..2)
             .map(|_| {
-                let core = core.clone();
-                thread::spawn(move || {
+                spawn_on(&core, move |core| {
                     let p = get(&core, false, true, None).unwrap();
                     core.release(); // the thread exits while active
                     p
@@ -160,14 +159,8 @@ fn release_wakes_a_waiter_when_the_limit_frees_up() {
         let core = Arc::new(Core::<u32>::new(1));
         core.push(1).unwrap();
         assert_eq!(get_now(&core, false), 1); // this thread is active
-        let waiter = {
-            let core = core.clone();
-            thread::spawn(move || get(&core, false, true, None).unwrap())
-        };
-        let poster = {
-            let core = core.clone();
-            thread::spawn(move || core.push(2).unwrap())
-        };
+        let waiter = spawn_on(&core, move |core| get(&core, false, true, None).unwrap());
+        let poster = spawn_on(&core, move |core| core.push(2).unwrap());
         core.release(); // enter a blocking section
         poster.join().unwrap();
         assert_eq!(waiter.join().unwrap(), 2);
@@ -187,14 +180,10 @@ fn get_again_races_a_post_and_a_parker() {
         let core = Arc::new(Core::<u32>::new(1));
         core.push(1).unwrap();
         assert_eq!(get_now(&core, false), 1); // this thread is active
-        let waiter = {
-            let core = core.clone();
-            thread::spawn(move || get(&core, false, true, Some(Instant::now())))
-        };
-        let poster = {
-            let core = core.clone();
-            thread::spawn(move || core.push(2).unwrap())
-        };
+        let waiter = spawn_on(&core, move |core| {
+            get(&core, false, true, Some(Instant::now()))
+        });
+        let poster = spawn_on(&core, move |core| core.push(2).unwrap());
         let mine = get(&core, true, false, None);
         poster.join().unwrap();
         let theirs = waiter.join().unwrap();
@@ -224,16 +213,10 @@ fn get_again_races_a_post_and_a_parker() {
 fn handoff_goes_to_the_last_waiter() {
     loom::model(|| {
         let core = Arc::new(Core::<u32>::new(2));
-        let first = {
-            let core = core.clone();
-            thread::spawn(move || get(&core, false, true, None).unwrap())
-        };
+        let first = spawn_on(&core, move |core| get(&core, false, true, None).unwrap());
         // The second starts only once the first has parked.
         spin_until(|| waiters(&core) == 1);
-        let second = {
-            let core = core.clone();
-            thread::spawn(move || get(&core, false, true, None).unwrap())
-        };
+        let second = spawn_on(&core, move |core| get(&core, false, true, None).unwrap());
         spin_until(|| waiters(&core) == 2);
         core.push(10).unwrap();
         // The first waiter is parked and nobody is mid-transition.
@@ -258,14 +241,8 @@ fn handoff_goes_to_the_last_waiter() {
 fn close_races_get_and_post() {
     loom::model(|| {
         let core = Arc::new(Core::<u32>::new(1));
-        let getter = {
-            let core = core.clone();
-            thread::spawn(move || get(&core, false, true, None))
-        };
-        let poster = {
-            let core = core.clone();
-            thread::spawn(move || core.push(5).is_ok())
-        };
+        let getter = spawn_on(&core, move |core| get(&core, false, true, None));
+        let poster = spawn_on(&core, move |core| core.push(5).is_ok());
         assert!(core.close());
         let posted = poster.join().unwrap();
         match getter.join().unwrap() {
@@ -292,10 +269,7 @@ fn close_wakes_every_parked_thread() {
     loom::model(|| {
         let core = Arc::new(Core::<u32>::new(2));
         let getters: Vec<_> = (0..2)
-            .map(|_| {
-                let core = core.clone();
-                thread::spawn(move || get(&core, false, true, None))
-            })
+            .map(|_| spawn_on(&core, move |core| get(&core, false, true, None)))
             .collect();
         core.close();
         for g in getters {
@@ -312,10 +286,9 @@ fn close_wakes_every_parked_thread() {
 fn timed_wait_races_a_grant() {
     loom::model(|| {
         let core = Arc::new(Core::<u32>::new(1));
-        let waiter = {
-            let core = core.clone();
-            thread::spawn(move || get(&core, false, true, Some(Instant::now())))
-        };
+        let waiter = spawn_on(&core, move |core| {
+            get(&core, false, true, Some(Instant::now()))
+        });
         core.push(3).unwrap();
         match waiter.join().unwrap() {
             Ok(p) => {
@@ -353,14 +326,11 @@ fn every_packet_is_dropped_once() {
                 let _ = core.push(Counted(drops));
             })
         };
-        let taker = {
-            let core = core.clone();
-            thread::spawn(move || {
-                if core.try_claim(false, 1).is_ok() {
-                    drop(core.take());
-                }
-            })
-        };
+        let taker = spawn_on(&core, move |core| {
+            if core.try_claim(false, 1).is_ok() {
+                drop(core.take());
+            }
+        });
         core.close();
         poster.join().unwrap();
         taker.join().unwrap();
