@@ -94,6 +94,80 @@ pub(super) fn attempt(p: &mut Pending) -> Option<(i32, u32)> {
     }
 }
 
+/// The most datagram receives one `recvmmsg` carries out.
+pub(super) const BATCH: usize = 64;
+
+/// Whether `p` is a receive [`receive_many`] can carry out: one datagram
+/// into one slice (no `WAITALL`, nothing moved yet).
+fn batchable(p: &Pending) -> bool {
+    matches!(p.request.op, Op::Recv { flags, .. }
+        if flags & libc::MSG_TRUNC != 0 && flags & libc::MSG_WAITALL == 0)
+        && p.done == 0
+}
+
+/// Carries out the datagram receives at the head of `queue` with one
+/// `recvmmsg`, as [`attempt`] would one by one: their outcomes go to `out`,
+/// in order, and the count is returned (0: the first must wait for
+/// readiness). `None` when fewer than two receives at the head qualify, or
+/// the call failed with an error that [`attempt`] should report.
+///
+/// The caller holds the socket's queue lock, as for [`attempt`].
+pub(super) fn receive_many(
+    queue: &std::collections::VecDeque<Pending>,
+    out: &mut [(i32, u32); BATCH],
+) -> Option<usize> {
+    let k = queue
+        .iter()
+        .take(BATCH)
+        .take_while(|p| batchable(p))
+        .count();
+    if k < 2 {
+        return None;
+    }
+    // SAFETY: all-zero is a valid iovec and mmsghdr.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, p) in queue.iter().take(k).enumerate() {
+        if let Op::Recv { ptr, len, .. } = p.request.op {
+            iov[i].iov_base = ptr.cast();
+            iov[i].iov_len = len as usize;
+        }
+        msgs[i].msg_hdr.msg_iov = &mut iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    let fd = queue.front()?.request.rq.raw_fd();
+    loop {
+        // SAFETY: k headers, each pointing at one iovec on this stack frame
+        // that names a slice its request holds a receive claim on (no one
+        // else reads or writes it; its memory stays while the request
+        // lives). MSG_TRUNC reports each datagram's full length, as the
+        // single receive does.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                k as u32,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if r >= 0 {
+            let n = r as usize;
+            for (i, p) in queue.iter().take(n).enumerate() {
+                // SAFETY: not a RECVMSG: `outcome` reads no header.
+                out[i] = unsafe { p.request.outcome(res(msgs[i].msg_len as usize), None) };
+            }
+            return Some(n);
+        }
+        match failed() {
+            Call::Interrupted => continue,
+            Call::WouldBlock => return Some(0),
+            _ => return None,
+        }
+    }
+}
+
 /// Makes one non-blocking call for `request`, `done` bytes into it.
 fn perform(fd: RawFd, request: &Request, done: u32) -> Call {
     let off = done as usize;

@@ -146,6 +146,18 @@ impl Inner {
     /// Carries out the requests at the head of `queue` until one must wait.
     /// The caller holds the queue's lock.
     fn run(&self, queue: &mut VecDeque<Pending>, batch: &mut Batch) {
+        // Datagram receives go in batches: one recvmmsg for up to 64.
+        let mut outcomes = [(0, 0); io::BATCH];
+        while let Some(n) = io::receive_many(queue, &mut outcomes) {
+            for &(status, bytes) in &outcomes[..n] {
+                if let Some(p) = queue.pop_front() {
+                    self.complete(p.request, status, bytes, batch);
+                }
+            }
+            if n == 0 {
+                return;
+            }
+        }
         while let Some(p) = queue.front_mut() {
             let Some((status, bytes)) = io::attempt(p) else {
                 return;
@@ -166,6 +178,20 @@ impl Inner {
     /// Puts `request` in its socket's queue, and attempts it at once if
     /// nothing waits before it.
     fn start(&self, request: Request, batch: &mut Batch) -> Result<(), Error> {
+        self.enqueue(request, batch, true).map(drop)
+    }
+
+    /// Puts `request` in its socket's queue. A queue that was empty must be
+    /// run (its socket's edge may have been spent while nothing waited):
+    /// with `run` that happens here, else the socket and queue are returned
+    /// for the caller to run once it has queued more (so that a run of
+    /// datagram receives goes out in one `recvmmsg`).
+    fn enqueue(
+        &self,
+        request: Request,
+        batch: &mut Batch,
+        run: bool,
+    ) -> Result<Option<(Arc<Watched>, usize)>, Error> {
         let kind = request.kind.index();
         let Some(w) = request.rq.watched(request.kind).cloned() else {
             // Not watched by this queue: cannot happen for a request queue
@@ -182,10 +208,15 @@ impl Inner {
         }
         let queue = &mut queues[kind];
         queue.push_back(Pending::new(request));
-        if queue.len() == 1 {
-            self.run(queue, batch);
+        if queue.len() > 1 {
+            return Ok(None);
         }
-        Ok(())
+        if run {
+            self.run(queue, batch);
+            return Ok(None);
+        }
+        drop(queues);
+        Ok(Some((w, kind)))
     }
 
     /// Ends the requests that ended without a result and fires the
@@ -408,10 +439,23 @@ impl EpollCq {
             if !deferred.is_empty() {
                 common.counters.submits.fetch_add(1, Ordering::Relaxed);
             }
+            // A queue that was empty runs once the requests after it that
+            // join it have joined (a request queue's receives, usually),
+            // so that they can go out together.
+            let mut to_run: Option<(Arc<Watched>, usize)> = None;
             for d in deferred.drain(..) {
-                if let Err(e) = inner.start(d, &mut batch) {
-                    r = Err(e);
+                match inner.enqueue(d, &mut batch, false) {
+                    Ok(Some(q)) => {
+                        if let Some((w, kind)) = to_run.replace(q) {
+                            inner.run_queue(&w, kind, &mut batch);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => r = Err(e),
                 }
+            }
+            if let Some((w, kind)) = to_run {
+                inner.run_queue(&w, kind, &mut batch);
             }
         }
         inner.finish(&mut batch);
