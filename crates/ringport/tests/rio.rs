@@ -1360,3 +1360,43 @@ fn stream_sends_wait_for_room_and_complete_whole() {
         assert_eq!(read.join().unwrap(), (CHUNK * SENDS) as usize);
     });
 }
+
+/// Receives made with `DEFER` and committed together, with datagrams
+/// already waiting (the epoll engine takes them with one `recvmmsg`): each
+/// result in datagram order, a datagram longer than its slice reported as
+/// `EMSGSIZE` with the slice's length, the rest intact.
+#[test]
+fn committed_receives_take_waiting_datagrams_in_order_with_truncation() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(16, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 8, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(8 * 8).unwrap();
+    let c = client();
+    let sizes = [4usize, 20, 8, 30, 1, 8];
+    for (i, &n) in sizes.iter().enumerate() {
+        c.send_to(&vec![i as u8; n], addr).unwrap();
+    }
+    // Let them all arrive before the receives start.
+    thread::sleep(Duration::from_millis(50));
+    for i in 0..sizes.len() as u64 {
+        rq.receive(RioBuf::new(id, i as u32 * 8, 8), RioFlags::DEFER, i)
+            .unwrap();
+    }
+    rq.commit().unwrap();
+    let results = take(&cq, sizes.len());
+    for (r, &n) in results.iter().zip(&sizes) {
+        let want = if n > 8 {
+            (libc::EMSGSIZE, 8)
+        } else {
+            (0, n as u32)
+        };
+        assert_eq!((r.status, r.bytes), want, "{results:?}");
+        let got = bytes(RioBuf::new(id, r.request_context as u32 * 8, r.bytes));
+        let first = got[0] as usize;
+        assert_eq!(
+            sizes[first], n,
+            "datagram {first} in the wrong place: {results:?}"
+        );
+        assert!(got.iter().all(|&b| b as usize == first));
+    }
+}
