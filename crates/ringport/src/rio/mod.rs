@@ -109,9 +109,10 @@
 //!   backend only; on io_uring the kernel signals it for every completion,
 //!   and [`CompletionQueue::wait`] goes back to sleep when it finds only
 //!   such results. A thread polling the eventfd itself sees those wake-ups.
-//! - The epoll backend costs a system call per request carried out (no
-//!   batching of datagrams with `recvmmsg` yet) and an engine thread per
-//!   completion queue.
+//! - The epoll backend costs a system call per request carried out, except
+//!   for runs of datagram receives, which go out up to 64 to a `recvmmsg`
+//!   (a `commit` queues its deferred receives first so that they can), and
+//!   an engine thread per completion queue.
 //! - Results of one socket come in the order the kernel completed its
 //!   requests: for receives submitted by one thread, the order the data
 //!   arrived. Which of several pending receives takes a datagram is the
