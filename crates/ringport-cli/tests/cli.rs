@@ -6,7 +6,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,14 +28,7 @@ fn serve(kind: &str, extra: &str) -> (Guard, SocketAddr) {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = Guard(cmd.spawn().expect("spawning ringport serve"));
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let rx = common::stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     let mut addr = None;
@@ -46,9 +38,8 @@ fn serve(kind: &str, extra: &str) -> (Guard, SocketAddr) {
         let line = rx
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("serve printed no address; saw {seen:?}"));
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            let a = rest.split_whitespace().next().unwrap_or_default();
-            addr = Some(a.parse().expect("a socket address"));
+        if let Some(a) = common::listening_on(&line) {
+            addr = Some(a);
         }
         if line.starts_with("backend ") {
             assert!(

@@ -4,7 +4,7 @@
 //! refused with a message, and the benchmark runs. Every child process is
 //! bounded in time and killed when its test ends, pass or fail.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -41,20 +41,13 @@ fn sink(mode: &str, extra: &str) -> Option<Sink> {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut child = Guard(cmd.spawn().expect("spawning ringport serve udp-sink"));
-    let stdout = child.0.stdout.take().expect("stdout");
     let mut stderr = child.0.stderr.take().expect("stderr");
     let err = thread::spawn(move || {
         let mut v = Vec::new();
         let _ = stderr.read_to_end(&mut v);
         v
     });
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let rx = common::stdout_lines(&mut child);
     let first = rx.recv_timeout(Duration::from_secs(10));
     let Ok(first) = first else {
         let _ = wait(&mut child, Duration::from_secs(10));
@@ -65,15 +58,8 @@ fn sink(mode: &str, extra: &str) -> Option<Sink> {
         }
         panic!("udp-sink printed no address; stderr: {e}");
     };
-    let rest = first
-        .strip_prefix("listening on ")
+    let addr = common::listening_on(&first)
         .unwrap_or_else(|| panic!("the first line is not the address: {first:?}"));
-    let addr = rest
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .parse()
-        .expect("a socket address");
     Some(Sink {
         child,
         addr,

@@ -5,10 +5,9 @@
 //! generator runs against it. Every child process is bounded in time and
 //! killed when its test ends, pass or fail.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Output, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,20 +34,13 @@ fn serve(backend: &str) -> Option<(Guard, SocketAddr)> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = Guard(cmd.spawn().expect("spawning ringport serve"));
-    let stdout = child.0.stdout.take().expect("stdout");
     let mut stderr = child.0.stderr.take().expect("stderr");
     let err = thread::spawn(move || {
         let mut v = Vec::new();
         let _ = stderr.read_to_end(&mut v);
         v
     });
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let rx = common::stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     let mut addr = None;
@@ -64,10 +56,9 @@ fn serve(backend: &str) -> Option<(Guard, SocketAddr)> {
             eprintln!("skipped {backend}: {e}");
             return None;
         };
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            assert!(rest.contains("rio-port"), "{line}");
-            let a = rest.split_whitespace().next().unwrap_or_default();
-            addr = Some(a.parse().expect("a socket address"));
+        if let Some(a) = common::listening_on(&line) {
+            assert!(line.contains("rio-port"), "{line}");
+            addr = Some(a);
         }
         if line.starts_with("backend ") {
             assert!(

@@ -4,10 +4,8 @@
 //! the load generator runs against it. Every child process is bounded in
 //! time and killed when its test ends.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,27 +26,19 @@ fn serve(mode: &str, backend: &str) -> (Guard, SocketAddr) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = Guard(cmd.spawn().expect("spawning ringport serve"));
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let rx = common::stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("{mode} on {backend}: no address printed in 10 s"));
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            let addr = rest.split_whitespace().next().unwrap_or_default();
+        if let Some(addr) = common::listening_on(&line) {
             assert!(
                 line.contains("Registered I/O"),
                 "not the RIO server: {line}"
             );
-            return (child, addr.parse().expect("an address"));
+            return (child, addr);
         }
     }
 }

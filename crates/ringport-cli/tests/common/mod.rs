@@ -81,3 +81,25 @@ pub fn run(mut cmd: Command, limit: Duration) -> Output {
         stderr: err.join().unwrap_or_default(),
     }
 }
+
+/// The child's stdout, line by line, through a channel (read on its own
+/// thread, so a wait on it can time out).
+pub fn stdout_lines(child: &mut Guard) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The address in a server's `listening on ADDR …` line.
+pub fn listening_on(line: &str) -> Option<std::net::SocketAddr> {
+    let rest = line.strip_prefix("listening on ")?;
+    let addr = rest.split_whitespace().next()?;
+    Some(addr.parse().expect("a socket address"))
+}
