@@ -191,6 +191,46 @@ pub(super) unsafe fn local_from_control(msg: &libc::msghdr, port: u16) -> Option
 
 /// Fills `control` with a `*_PKTINFO` message asking the kernel to send from
 /// local address `addr`; returns the control length for `msg_controllen`.
+/// Points a receive's `msghdr` at its addresses: `remote`, a slice of
+/// `room` bytes for the sender's address, and with `local`, `control` for
+/// the `IP_PKTINFO` that reports the address the datagram was sent to.
+pub(super) fn receive_names(
+    msg: &mut libc::msghdr,
+    remote: Option<(*mut u8, u32)>,
+    local: bool,
+    control: &mut Control,
+) {
+    if let Some((name, room)) = remote {
+        msg.msg_name = name.cast();
+        msg.msg_namelen = room.min(size_of::<libc::sockaddr_storage>() as u32);
+    }
+    if local {
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = CONTROL_LEN;
+    }
+}
+
+/// Points a send's `msghdr` at its addresses: `remote`, `len` bytes of the
+/// address to send to, and `local` as `IP_PKTINFO` in `control` (left out
+/// when it cannot be, as for a family the socket does not have).
+pub(super) fn send_names(
+    msg: &mut libc::msghdr,
+    remote: Option<(*const u8, u32)>,
+    local: Option<&SocketAddr>,
+    control: &mut Control,
+) {
+    if let Some((name, len)) = remote {
+        msg.msg_name = name.cast_mut().cast();
+        msg.msg_namelen = len;
+    }
+    if let Some(local) = local {
+        if let Ok(n) = pktinfo_for_send(control, local) {
+            msg.msg_control = control.0.as_mut_ptr().cast();
+            msg.msg_controllen = n;
+        }
+    }
+}
+
 pub(super) fn pktinfo_for_send(control: &mut Control, addr: &SocketAddr) -> Result<usize, Error> {
     control.0 = [0; CONTROL_LEN];
     // A header on the stack: the CMSG_* macros only need its control fields.

@@ -217,14 +217,7 @@ fn perform(fd: RawFd, request: &Request, done: u32) -> Call {
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
-            if let Some((name, room)) = remote {
-                msg.msg_name = name.cast();
-                msg.msg_namelen = room.min(size_of_storage());
-            }
-            if local.is_some() {
-                msg.msg_control = control.0.as_mut_ptr().cast();
-                msg.msg_controllen = CONTROL_LEN;
-            }
+            addr::receive_names(&mut msg, remote, local.is_some(), &mut control);
             let flags = (flags as i32 & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT;
             // SAFETY: the header points at the request's claimed slices (the
             // data, and the remote address slice of at least `room` bytes,
@@ -257,16 +250,7 @@ fn perform(fd: RawFd, request: &Request, done: u32) -> Call {
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
-            if let Some((name, name_len)) = remote {
-                msg.msg_name = name.cast_mut().cast();
-                msg.msg_namelen = name_len;
-            }
-            if let Some(local) = local {
-                if let Ok(n) = addr::pktinfo_for_send(&mut control, &local) {
-                    msg.msg_control = control.0.as_mut_ptr().cast();
-                    msg.msg_controllen = n;
-                }
-            }
+            addr::send_names(&mut msg, remote, local.as_ref(), &mut control);
             let flags =
                 (flags as i32 & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
             // SAFETY: the header points at the request's claimed slices (the
@@ -284,8 +268,4 @@ fn perform(fd: RawFd, request: &Request, done: u32) -> Call {
             }
         }
     }
-}
-
-fn size_of_storage() -> u32 {
-    std::mem::size_of::<libc::sockaddr_storage>() as u32
 }

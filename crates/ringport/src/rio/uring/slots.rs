@@ -13,7 +13,7 @@ use std::cell::UnsafeCell;
 
 use io_uring::{opcode, squeue, types};
 
-use super::super::addr::{self, Control, CONTROL_LEN};
+use super::super::addr::{self, Control};
 use super::super::buffer::Claim;
 use super::super::request::{Op, Request};
 use super::super::RioResult;
@@ -186,16 +186,8 @@ fn build(request: &Request, scratch: *mut Scratch, user_data: u64) -> squeue::En
             // request has not reached the kernel yet, so no one else uses
             // the scratch.
             let s = unsafe { &mut *scratch };
-            let control = s.control.0.as_mut_ptr();
-            let msg = message(s, ptr, len);
-            if let Some((name, room)) = remote {
-                msg.msg_name = name.cast();
-                msg.msg_namelen = room.min(size_of_storage());
-            }
-            if local.is_some() {
-                msg.msg_control = control.cast();
-                msg.msg_controllen = CONTROL_LEN;
-            }
+            message(s, ptr, len);
+            addr::receive_names(&mut s.msg, remote, local.is_some(), &mut s.control);
             opcode::RecvMsg::new(fd, &mut s.msg).flags(flags).build()
         }
         Op::SendMsg {
@@ -207,25 +199,16 @@ fn build(request: &Request, scratch: *mut Scratch, user_data: u64) -> squeue::En
         } => {
             // SAFETY: as above.
             let s = unsafe { &mut *scratch };
-            let msg = message(s, ptr.cast_mut(), len);
-            if let Some((name, len)) = remote {
-                msg.msg_name = name.cast_mut().cast();
-                msg.msg_namelen = len;
-            }
-            if let Some(local) = local {
-                if let Ok(n) = addr::pktinfo_for_send(&mut s.control, &local) {
-                    s.msg.msg_control = s.control.0.as_mut_ptr().cast();
-                    s.msg.msg_controllen = n;
-                }
-            }
+            message(s, ptr.cast_mut(), len);
+            addr::send_names(&mut s.msg, remote, local.as_ref(), &mut s.control);
             opcode::SendMsg::new(fd, &s.msg).flags(flags).build()
         }
     };
     entry.user_data(user_data)
 }
 
-/// Resets the scratch `msghdr` to one data buffer and returns it.
-fn message(s: &mut Scratch, ptr: *mut u8, len: u32) -> &mut libc::msghdr {
+/// Resets the scratch `msghdr` to one data buffer.
+fn message(s: &mut Scratch, ptr: *mut u8, len: u32) {
     s.iov = libc::iovec {
         iov_base: ptr.cast(),
         iov_len: len as usize,
@@ -234,9 +217,4 @@ fn message(s: &mut Scratch, ptr: *mut u8, len: u32) -> &mut libc::msghdr {
     s.msg = unsafe { std::mem::zeroed() };
     s.msg.msg_iov = &mut s.iov;
     s.msg.msg_iovlen = 1;
-    &mut s.msg
-}
-
-fn size_of_storage() -> u32 {
-    std::mem::size_of::<libc::sockaddr_storage>() as u32
 }
