@@ -7,7 +7,7 @@
 //! `RINGPORT_BACKEND` picks; CI runs them on both.
 //!
 //! One allocation is allowed for every 31 packets that pass through a port:
-//! the port's queue (crossbeam's `SegQueue`) holds packets in blocks of 31,
+//! the port's queue (crossbeam-channel's list) holds packets in blocks of 31,
 //! allocating a block as the producer enters it and freeing it once the
 //! consumer leaves it. Nothing else may allocate.
 
