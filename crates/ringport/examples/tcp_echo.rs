@@ -47,8 +47,10 @@ impl Server {
                 if let Some(stream) = p.take_stream() {
                     let key = self.next_key.fetch_add(1, Ordering::Relaxed);
                     let conn = Arc::new(self.port.associate(stream, key)?);
+                    // In the map before its first receive starts: another
+                    // worker may take that receive's packet at once.
+                    self.conns.lock().unwrap().insert(key, conn.clone());
                     conn.recv(Vec::with_capacity(4096), Op::Recv)?;
-                    self.conns.lock().unwrap().insert(key, conn);
                 }
                 // Keep one accept pending.
                 self.listener.accept(Op::Accept)?;

@@ -614,3 +614,76 @@ fn closing_a_port_frees_tokens_that_own_its_handles() {
         "close dropped the cancelled operations' tokens"
     );
 }
+
+/// More workers than the limit, all in `get(None)`, with datagrams echoed
+/// through the port so that the kernel sleeper's role keeps changing hands:
+/// a `get` without a deadline must return only a packet or `Closed`, never
+/// come back empty (a sleeper once took a promotion meant for another
+/// waiter while it slept, and its `get(None)` returned `Timeout`).
+#[test]
+fn get_without_a_deadline_never_returns_empty_while_the_sleeper_role_moves() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    const WORKERS: usize = 4;
+    let port = CompletionPort::<Op>::new(2).unwrap();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let server = Arc::new(port.associate(server, 1).unwrap());
+    for _ in 0..8 {
+        server.recv_from(vec![0u8; 64], Op::Recv).unwrap();
+    }
+    let echoed = Arc::new(AtomicU64::new(0));
+    let empty = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (port, server, echoed, empty) =
+                (port.clone(), server.clone(), echoed.clone(), empty.clone());
+            std::thread::spawn(move || loop {
+                match port.get(None) {
+                    Ok(mut p) => {
+                        let from = p.peer();
+                        if let (Some(buf), Some(from)) = (p.take_buf(), from) {
+                            let _ = server.send_to_now(buf.into_vec(), from, Op::Send);
+                            echoed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if p.token == Op::Recv {
+                            let _ = server.recv_from(vec![0u8; 64], Op::Recv);
+                        }
+                    }
+                    Err(Error::Closed) => return,
+                    Err(_) => {
+                        empty.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let mut back = [0u8; 64];
+                let end = Instant::now() + Duration::from_millis(1500);
+                while Instant::now() < end {
+                    c.send_to(b"ping", addr).unwrap();
+                    let _ = c.recv_from(&mut back);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        !empty.load(Ordering::SeqCst),
+        "a get(None) returned without a packet"
+    );
+    port.close();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(echoed.load(Ordering::Relaxed) > 0);
+}

@@ -429,8 +429,13 @@ impl<T> Core<T> {
             };
             if let (true, Some(kernel)) = (in_kernel, &self.kernel) {
                 kernel.sleep(deadline);
-                if me.verdict() != WAITING || deadline.is_some_and(|d| Instant::now() >= d) {
-                    return self.leave_kernel(me);
+                let expired = deadline.is_some_and(|d| Instant::now() >= d);
+                if me.verdict() != WAITING || expired {
+                    match self.leave_kernel(me) {
+                        // Not granted and not past the deadline: wait again.
+                        Err(NoPacket::Empty) if !expired => continue,
+                        result => return result,
+                    }
                 }
                 // Completions woke us (or nothing did). Step off the stack and
                 // reap, keeping the first completion: the thread that is awake
@@ -440,8 +445,15 @@ impl<T> Core<T> {
                     return result;
                 }
                 if kernel.harvest(self, true) {
-                    // Whoever waits behind us now watches the kernel.
-                    self.promote(&mut lock(&self.stack));
+                    // Whoever waits behind us now watches the kernel, unless
+                    // a thread took the role while we harvested (we left it
+                    // in step_out): promoting then would clear *its* claim
+                    // and could hand it a LEAD verdict while it sleeps
+                    // there, which once sent a `get(None)` home empty.
+                    let mut stack = lock(&self.stack);
+                    if !stack.sleeper {
+                        self.promote(&mut stack);
+                    }
                     return Ok(1);
                 }
                 continue; // nothing for us: wait again
