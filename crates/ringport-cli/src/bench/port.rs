@@ -721,80 +721,40 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("histogram bounds")
 }
 
+/// A stamped item, or `None` for the stop.
+type Stamped = Packet<Option<Instant>>;
+
 /// One consumer, parked; `samples` posts, each after a pause, stamped with
 /// the time just before the post. Returns the post-to-wake delays in ns.
 fn latency_once(peer: Peer, samples: u64) -> Result<Histogram<u64>, String> {
-    let ready = Arc::new(Barrier::new(2));
-    let record = |h: &mut Histogram<u64>, t: Instant| {
-        let ns = t.elapsed().as_nanos().max(1) as u64;
-        h.saturating_record(ns);
-    };
-    let pause = || thread::sleep(LATENCY_PAUSE);
-    let handle;
-    match peer {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let h = match peer {
         Peer::Port => {
-            let port = CompletionPort::<Option<Instant>>::new(1).map_err(|e| e.to_string())?;
-            let (p, r) = (port.clone(), ready.clone());
-            handle = thread::spawn(move || {
-                let mut h = new_histogram();
-                r.wait();
-                while let Ok(Packet { token: Some(t), .. }) = p.get(None) {
-                    record(&mut h, t);
-                }
-                h
-            });
-            ready.wait();
-            for _ in 0..samples {
-                pause();
-                port.post(0, Some(Instant::now()), Ok(0))
-                    .map_err(|e| e.to_string())?;
-            }
-            port.post(STOP, None, Ok(0)).map_err(|e| e.to_string())?;
+            let port = CompletionPort::<Option<Instant>>::new(1).map_err(|e| err(&e))?;
+            let rx = port.clone();
+            measure_latency(
+                samples,
+                move || rx.get(None).ok(),
+                |p| port.post_packet(p).map_err(|e| err(&e)),
+            )?
         }
         Peer::Crossbeam => {
-            let (tx, rx) = crossbeam_channel::unbounded::<Packet<Option<Instant>>>();
-            let r = ready.clone();
-            handle = thread::spawn(move || {
-                let mut h = new_histogram();
-                r.wait();
-                while let Ok(Packet { token: Some(t), .. }) = rx.recv() {
-                    record(&mut h, t);
-                }
-                h
-            });
-            ready.wait();
-            for _ in 0..samples {
-                pause();
-                tx.send(Packet::new(0, Some(Instant::now()), Ok(0)))
-                    .map_err(|e| e.to_string())?;
-            }
-            tx.send(Packet::new(STOP, None, Ok(0)))
-                .map_err(|e| e.to_string())?;
+            let (tx, rx) = crossbeam_channel::unbounded::<Stamped>();
+            measure_latency(
+                samples,
+                move || rx.recv().ok(),
+                |p| tx.send(p).map_err(|e| err(&e)),
+            )?
         }
         Peer::Mpsc => {
-            let (tx, rx) = mpsc::channel::<Packet<Option<Instant>>>();
-            let r = ready.clone();
-            handle = thread::spawn(move || {
-                let mut h = new_histogram();
-                r.wait();
-                while let Ok(Packet { token: Some(t), .. }) = rx.recv() {
-                    record(&mut h, t);
-                }
-                h
-            });
-            ready.wait();
-            for _ in 0..samples {
-                pause();
-                tx.send(Packet::new(0, Some(Instant::now()), Ok(0)))
-                    .map_err(|e| e.to_string())?;
-            }
-            tx.send(Packet::new(STOP, None, Ok(0)))
-                .map_err(|e| e.to_string())?;
+            let (tx, rx) = mpsc::channel::<Stamped>();
+            measure_latency(
+                samples,
+                move || rx.recv().ok(),
+                |p| tx.send(p).map_err(|e| err(&e)),
+            )?
         }
-    }
-    let h = handle
-        .join()
-        .map_err(|_| "the latency consumer panicked".to_string())?;
+    };
     if h.len() != samples {
         return Err(format!(
             "{}: {} latency samples, expected {samples}",
@@ -803,6 +763,35 @@ fn latency_once(peer: Peer, samples: u64) -> Result<Histogram<u64>, String> {
         ));
     }
     Ok(h)
+}
+
+/// A consumer thread records, for every stamped item `recv` gives it, the
+/// time since its stamp; the caller's thread `send`s `samples` of them, one
+/// after each pause, then the stop.
+fn measure_latency(
+    samples: u64,
+    mut recv: impl FnMut() -> Option<Stamped> + Send + 'static,
+    mut send: impl FnMut(Stamped) -> Result<(), String>,
+) -> Result<Histogram<u64>, String> {
+    let ready = Arc::new(Barrier::new(2));
+    let r = ready.clone();
+    let consumer = thread::spawn(move || {
+        let mut h = new_histogram();
+        r.wait();
+        while let Some(Packet { token: Some(t), .. }) = recv() {
+            h.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+        }
+        h
+    });
+    ready.wait();
+    for _ in 0..samples {
+        thread::sleep(LATENCY_PAUSE);
+        send(Packet::new(0, Some(Instant::now()), Ok(0)))?;
+    }
+    send(Packet::new(STOP, None, Ok(0)))?;
+    consumer
+        .join()
+        .map_err(|_| "the latency consumer panicked".to_string())
 }
 
 fn latency(args: &Args, peers: &[Peer]) -> Result<(), String> {
