@@ -105,9 +105,12 @@ pub(super) trait Server {
 pub(super) type Start = fn(threads: usize, batch: usize) -> Result<Box<dyn Server>, String>;
 
 const PEERS: [(&str, Start); 6] = [
-    ("ringport", start_ringport),
-    ("ringport-noskip", start_ringport_noskip),
-    ("ringport-epoll", start_ringport_epoll),
+    ("ringport", |t, b| tcp_with(t, b, |_| {})),
+    // The same server with every send's packet going through the port.
+    ("ringport-noskip", |t, b| tcp_with(t, b, |o| o.skip = false)),
+    ("ringport-epoll", |t, b| {
+        tcp_with(t, b, |o| o.backend = ringport::Backend::Epoll)
+    }),
     ("tokio", start_tokio),
     ("mio", start_mio),
     ("std", start_std),
@@ -336,20 +339,6 @@ fn tcp_with(
         batch,
         tweak,
     )
-}
-
-fn start_ringport(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    tcp_with(threads, batch, |_| {})
-}
-
-/// The same server with every send's packet going through the port.
-fn start_ringport_noskip(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    tcp_with(threads, batch, |o| o.skip = false)
-}
-
-/// The same server on the epoll backend.
-fn start_ringport_epoll(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    tcp_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
 }
 
 // ---------------------------------------------------------------- tokio

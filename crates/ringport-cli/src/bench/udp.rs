@@ -51,9 +51,12 @@ pub struct Args {
 }
 
 const PEERS: [(&str, Start); 9] = [
-    ("ringport", start_ringport),
-    ("ringport-noskip", start_ringport_noskip),
-    ("ringport-epoll", start_ringport_epoll),
+    ("ringport", |t, b| udp_with(t, b, |_| {})),
+    // The same server with every send's packet going through the port.
+    ("ringport-noskip", |t, b| udp_with(t, b, |o| o.skip = false)),
+    ("ringport-epoll", |t, b| {
+        udp_with(t, b, |o| o.backend = ringport::Backend::Epoll)
+    }),
     ("rio-polled", start_rio_polled),
     ("rio-event", start_rio_event),
     ("rio-port", start_rio_port),
@@ -94,20 +97,6 @@ fn udp_with(
         batch,
         tweak,
     )
-}
-
-fn start_ringport(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    udp_with(threads, batch, |_| {})
-}
-
-/// The same server with every send's packet going through the port.
-fn start_ringport_noskip(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    udp_with(threads, batch, |o| o.skip = false)
-}
-
-/// The same server on the epoll backend.
-fn start_ringport_epoll(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    udp_with(threads, batch, |o| o.backend = ringport::Backend::Epoll)
 }
 
 // ---------------------------------------------------------------- RIO
