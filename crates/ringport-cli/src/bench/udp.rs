@@ -57,9 +57,9 @@ const PEERS: [(&str, Start); 9] = [
     ("ringport-epoll", |t, b| {
         udp_with(t, b, |o| o.backend = ringport::Backend::Epoll)
     }),
-    ("rio-polled", start_rio_polled),
-    ("rio-event", start_rio_event),
-    ("rio-port", start_rio_port),
+    ("rio-polled", |_, _| start_rio(EchoMode::Polled)),
+    ("rio-event", |_, _| start_rio(EchoMode::Event)),
+    ("rio-port", |_, _| start_rio(EchoMode::Port)),
     ("tokio", start_tokio),
     ("mio", start_mio),
     ("blocking", start_blocking),
@@ -108,18 +108,6 @@ fn start_rio(mode: EchoMode) -> Result<Box<dyn Server>, String> {
     let backend = ringport::Backend::Auto;
     let server = RioUdpEcho::start(localhost(), mode, opts.pending, 2048, backend)?;
     Ok(Box::new(Ringport(server)))
-}
-
-fn start_rio_polled(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
-    start_rio(EchoMode::Polled)
-}
-
-fn start_rio_event(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
-    start_rio(EchoMode::Event)
-}
-
-fn start_rio_port(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
-    start_rio(EchoMode::Port)
 }
 
 // ---------------------------------------------------------------- tokio
