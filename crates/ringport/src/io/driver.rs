@@ -10,6 +10,7 @@ use super::Started;
 use crate::port::core::{Core, Kernel};
 use crate::port::Packet;
 use crate::sys::epoll::EpollDriver;
+use crate::sys::fd::FdKind;
 use crate::sys::uring::driver::UringDriver;
 use crate::Error;
 
@@ -20,17 +21,17 @@ pub(crate) enum Driver<T> {
 
 impl<T> Driver<T> {
     /// Prepares a descriptor that is being associated with the port.
-    pub(crate) fn attach(&self, fd: RawFd) -> Result<(), Error> {
+    pub(crate) fn attach(&self, fd: RawFd, kind: FdKind) -> Result<(), Error> {
         match self {
             Driver::Uring(_) => Ok(()),
-            Driver::Epoll(d) => d.attach(fd),
+            Driver::Epoll(d) => d.attach(fd, kind),
         }
     }
 
     /// Cancels a descriptor's operations before its handle closes it.
     pub(crate) fn detach(&self, core: &Core<Packet<T>>, fd: RawFd) {
         match self {
-            Driver::Uring(d) => drop(d.cancel_fd(fd)),
+            Driver::Uring(d) => drop(d.cancel_fd(core, fd)),
             Driver::Epoll(d) => d.detach(core, fd),
         }
     }
@@ -56,14 +57,14 @@ impl<T> Driver<T> {
 
     pub(crate) fn cancel(&self, core: &Core<Packet<T>>, id: OpId, fd: RawFd) -> Result<(), Error> {
         match self {
-            Driver::Uring(d) => d.cancel(id, fd),
+            Driver::Uring(d) => d.cancel(core, id, fd),
             Driver::Epoll(d) => d.cancel(core, id, fd),
         }
     }
 
     pub(crate) fn cancel_fd(&self, core: &Core<Packet<T>>, fd: RawFd) -> Result<(), Error> {
         match self {
-            Driver::Uring(d) => d.cancel_fd(fd),
+            Driver::Uring(d) => d.cancel_fd(core, fd),
             Driver::Epoll(d) => {
                 d.cancel_fd(core, fd);
                 Ok(())

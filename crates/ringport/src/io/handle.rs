@@ -8,6 +8,7 @@ use super::inflight::{OpId, Pending};
 use super::op::Op;
 use super::Started;
 use crate::port::Shared;
+use crate::sys::fd::FdKind;
 use crate::{Buf, Error};
 
 /// A file descriptor associated with a port (`CreateIoCompletionPort` on a
@@ -18,6 +19,10 @@ use crate::{Buf, Error};
 /// Dropping the handle cancels its operations in flight (they still complete,
 /// as cancelled packets) and closes the descriptor; their buffers stay alive
 /// until the kernel has let go of them.
+///
+/// An operation belongs to its handle, never to the thread that issued it:
+/// that thread may exit, and the operation still completes with its real
+/// result.
 ///
 /// ```
 /// use ringport::{CompletionPort, Payload};
@@ -41,11 +46,17 @@ pub struct Handle<T: Send + 'static> {
     port: Arc<Shared<T>>,
     fd: OwnedFd,
     key: u64,
+    kind: FdKind,
 }
 
 impl<T: Send + 'static> Handle<T> {
-    pub(crate) fn new(port: Arc<Shared<T>>, fd: OwnedFd, key: u64) -> Self {
-        Handle { port, fd, key }
+    pub(crate) fn new(port: Arc<Shared<T>>, fd: OwnedFd, key: u64, kind: FdKind) -> Self {
+        Handle {
+            port,
+            fd,
+            key,
+            kind,
+        }
     }
 
     /// The completion key its packets carry.
@@ -61,14 +72,7 @@ impl<T: Send + 'static> Handle<T> {
         token: T,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        let pending = Pending {
-            key: self.key,
-            token,
-            op,
-            buf,
-            fd: self.fd.as_raw_fd(),
-            recheck: None,
-        };
+        let pending = Pending::new(self.key, token, op, buf, self.fd.as_raw_fd(), self.kind);
         self.port
             .driver()?
             .start(&self.port.core, pending, to, immediate)
@@ -90,9 +94,9 @@ impl<T: Send + 'static> Handle<T> {
     /// [`recv`](Self::recv) with skip-on-success: if data is there already
     /// the packet comes back at once and none is queued
     /// (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`); otherwise the receive is
-    /// pending and completes to the port. On io_uring the immediate attempt
-    /// can overtake a receive already pending on the same socket: use it on
-    /// a socket with none pending when order matters.
+    /// pending and completes to the port. Behind a receive already pending
+    /// on the handle it is not tried at once: it waits its turn, as any
+    /// receive does.
     pub fn recv_now(&self, buf: impl Into<Buf>, token: T) -> Result<Started<T>, Error> {
         self.start_with(Op::Recv, Some(buf.into()), None, token, true)
     }
@@ -132,18 +136,28 @@ impl<T: Send + 'static> Handle<T> {
 
     /// Receives into `buf` from a connected socket or pipe (0 bytes: the
     /// peer closed).
+    ///
+    /// Receives pending on one handle complete in the order they were
+    /// issued, each taking the next bytes of a stream (or the next datagram).
+    /// On a datagram socket, a datagram longer than `buf` completes with
+    /// `EMSGSIZE` (Windows' `WSAEMSGSIZE`) and the buffer holding the bytes
+    /// that fit; the rest of the datagram is lost.
     pub fn recv(&self, buf: impl Into<Buf>, token: T) -> Result<OpId, Error> {
         self.start(Op::Recv, Some(buf.into()), None, token)
     }
 
-    /// Sends `buf` on a connected socket. The result may be fewer bytes than
-    /// the buffer holds (a partial send): send the rest with another call.
+    /// Sends `buf` on a connected socket or pipe. The result may be fewer
+    /// bytes than the buffer holds (a partial send): send the rest with
+    /// another call. Sends pending on one handle put their bytes out in the
+    /// order they were issued.
     pub fn send(&self, buf: impl Into<Buf>, token: T) -> Result<OpId, Error> {
         self.start(Op::Send, Some(buf.into()), None, token)
     }
 
     /// Receives a datagram into `buf`; the packet's payload carries the
-    /// sender's address ([`Packet::peer`](crate::Packet::peer)).
+    /// sender's address ([`Packet::peer`](crate::Packet::peer)). A datagram
+    /// longer than `buf` completes with `EMSGSIZE`, the buffer holding the
+    /// bytes that fit, and the sender's address.
     pub fn recv_from(&self, buf: impl Into<Buf>, token: T) -> Result<OpId, Error> {
         self.start(Op::RecvFrom, Some(buf.into()), None, token)
     }
@@ -155,7 +169,9 @@ impl<T: Send + 'static> Handle<T> {
 
     /// Accepts a connection on a listening socket; the packet's payload
     /// carries the new socket ([`Packet::take_stream`](crate::Packet::take_stream))
-    /// and the peer's address. The new socket is close-on-exec.
+    /// and the peer's address. The new socket is close-on-exec. Accepts
+    /// pending on one listener take connections in the order they were
+    /// issued.
     pub fn accept(&self, token: T) -> Result<OpId, Error> {
         self.start(Op::Accept, None, None, token)
     }

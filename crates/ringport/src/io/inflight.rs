@@ -11,6 +11,7 @@
 use std::cell::UnsafeCell;
 
 use super::op::{Op, Recheck};
+use crate::sys::fd::FdKind;
 use crate::Buf;
 
 /// Identifies an operation in flight, for [`cancel`](crate::Handle::cancel).
@@ -25,8 +26,32 @@ pub(crate) struct Pending<T> {
     pub(crate) buf: Option<Buf>,
     /// The handle the operation runs on (its fd number), for cancel-all.
     pub(crate) fd: i32,
+    /// What that descriptor is.
+    pub(crate) kind: FdKind,
     /// A watch's recheck (see [`Recheck`]); `None` for every other operation.
     pub(crate) recheck: Option<Recheck>,
+    /// Somebody asked for it to be cancelled (an `ECANCELED` is then its
+    /// real outcome, not the kernel's reaction to its issuing thread's exit).
+    pub(crate) cancelled: bool,
+    /// How many times it was issued again from another thread after its
+    /// issuer exited (io_uring ties a request to its submitting thread).
+    pub(crate) reissues: u8,
+}
+
+impl<T> Pending<T> {
+    pub(crate) fn new(key: u64, token: T, op: Op, buf: Option<Buf>, fd: i32, kind: FdKind) -> Self {
+        Pending {
+            key,
+            token,
+            op,
+            buf,
+            fd,
+            kind,
+            recheck: None,
+            cancelled: false,
+            reissues: 0,
+        }
+    }
 }
 
 /// Memory the kernel reads or writes through pointers in an SQE.
@@ -124,6 +149,15 @@ impl<T> Inflight<T> {
     /// Whether `id` is still in flight, and on which fd.
     pub(crate) fn fd_of(&mut self, id: OpId) -> Option<i32> {
         self.slot(id).and_then(|s| s.pending.as_ref()).map(|p| p.fd)
+    }
+
+    /// Calls `f` on every operation in flight.
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&mut Pending<T>)) {
+        for slot in &mut self.slots {
+            if let Some(p) = slot.pending.as_mut() {
+                f(p);
+            }
+        }
     }
 
     /// An operation in flight with its scratch memory, for a readiness

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::addr;
 use super::inflight::{Pending, Scratch};
 use crate::port::{Packet, Payload};
+use crate::sys::fd::FdKind;
 use crate::Buf;
 
 /// One operation.
@@ -40,6 +41,18 @@ impl Op {
         match self {
             Op::WriteAt(_) | Op::Send | Op::SendTo | Op::Connect => Direction::Write,
             _ => Direction::Read,
+        }
+    }
+
+    /// The queue an operation waits in to keep its handle's issue order (on
+    /// a kind of descriptor that has one): receives and accepts take the
+    /// handle's input in issue order, sends put bytes out in issue order.
+    pub(crate) fn lane(self, kind: FdKind) -> Option<Direction> {
+        match self {
+            _ if !kind.ordered() => None,
+            Op::ReadAt(_) | Op::Recv | Op::RecvFrom | Op::Accept => Some(Direction::Read),
+            Op::WriteAt(_) | Op::Send | Op::SendTo => Some(Direction::Write),
+            Op::Connect | Op::Shutdown(_) | Op::Timer(_) | Op::PollReadable => None,
         }
     }
 
@@ -119,8 +132,27 @@ pub(crate) fn finish<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Finished<T>
 
 /// Turns a finished operation (its result as the kernel reports it: bytes or
 /// a new fd, or a negated errno) into its packet.
+///
+/// A datagram longer than its buffer completes with `EMSGSIZE`, its buffer
+/// holding the bytes that fit (Windows' `WSAEMSGSIZE`): a `recv` on a
+/// datagram socket asks with `MSG_TRUNC` and gets the datagram's full
+/// length, a `recv_from` finds `MSG_TRUNC` in the message flags.
 pub(crate) fn packet<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Packet<T> {
+    let capacity = p.buf.as_ref().map_or(0, Buf::capacity);
+    let truncated = res >= 0
+        && p.kind == FdKind::Datagram
+        && match p.op {
+            Op::Recv => res as usize > capacity,
+            Op::RecvFrom => s.msg.msg_flags & libc::MSG_TRUNC != 0,
+            _ => false,
+        };
+    let filled = if res < 0 {
+        0
+    } else {
+        (res as usize).min(capacity)
+    };
     let result = match (res, p.op) {
+        _ if truncated => Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
         (r, Op::Timer(_)) if r == -libc::ETIME => Ok(0),
         (r, _) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
         (r, _) => Ok(r as usize),
@@ -132,16 +164,16 @@ pub(crate) fn packet<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Packet<T> {
             let fd = unsafe { OwnedFd::from_raw_fd(*fd as i32) };
             Payload::Accepted(fd, addr::read(&s.addr, s.addrlen))
         }
-        (Op::ReadAt(_) | Op::Recv, Some(mut b), r) => {
-            // SAFETY: the kernel wrote `n` bytes from the start, within capacity.
-            unsafe { b.set_filled(*r.as_ref().unwrap_or(&0)) };
+        (Op::ReadAt(_) | Op::Recv, Some(mut b), _) => {
+            // SAFETY: the kernel wrote `filled` bytes from the start, within
+            // capacity.
+            unsafe { b.set_filled(filled) };
             Payload::Buf(b)
         }
-        (Op::RecvFrom, Some(mut b), r) => {
+        (Op::RecvFrom, Some(mut b), _) => {
             // SAFETY: as above.
-            unsafe { b.set_filled(*r.as_ref().unwrap_or(&0)) };
-            let from = r
-                .is_ok()
+            unsafe { b.set_filled(filled) };
+            let from = (res >= 0)
                 .then(|| addr::read(&s.addr, s.msg.msg_namelen))
                 .flatten();
             Payload::BufFrom(b, from)

@@ -18,6 +18,7 @@ use crate::io::op::{Op, Recheck};
 use crate::io::{Handle as IoHandle, OpId, Started};
 use crate::sync::lock;
 use crate::sys::epoll::EpollDriver;
+use crate::sys::fd::{classify, FdKind};
 use crate::sys::uring::driver::UringDriver;
 use crate::sys::uring::Ring;
 use crate::Error;
@@ -463,8 +464,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// non-blocking. Fails with [`Error::Closed`] on a closed port.
     pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> Result<IoHandle<T>, Error> {
         let fd = fd.into();
-        self.shared().driver()?.attach(fd.as_raw_fd())?;
-        Ok(IoHandle::new(self.shared().clone(), fd, key))
+        let kind = classify(fd.as_raw_fd())?;
+        self.shared().driver()?.attach(fd.as_raw_fd(), kind)?;
+        Ok(IoHandle::new(self.shared().clone(), fd, key, kind))
     }
 
     /// Starts a timer: after `after`, a packet with `key` and `token` and
@@ -483,14 +485,9 @@ impl<T: Send + 'static> CompletionPort<T> {
         recheck: Option<Recheck>,
     ) -> Result<OpId, Error> {
         let shared = self.shared();
-        let pending = Pending {
-            key,
-            token,
-            op,
-            buf: None,
-            fd,
-            recheck,
-        };
+        // A timer has no descriptor; a watch only polls one (never ordered).
+        let mut pending = Pending::new(key, token, op, None, fd, FdKind::None);
+        pending.recheck = recheck;
         match shared.driver()?.start(&shared.core, pending, None, false)? {
             Started::Pending(id) => Ok(id),
             Started::Done(_) => unreachable!("not started with skip-on-success"),

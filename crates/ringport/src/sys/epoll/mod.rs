@@ -30,6 +30,7 @@ use crate::io::Started;
 use crate::port::core::Core;
 use crate::port::Packet;
 use crate::sync::lock;
+use crate::sys::fd::FdKind;
 use crate::Error;
 
 /// epoll `data` of the wake eventfd (descriptors use their own number).
@@ -195,10 +196,10 @@ impl<T> EpollDriver<T> {
     /// Prepares a newly associated descriptor: a regular file gets a
     /// duplicate for the helper pool; anything else is made non-blocking and
     /// registered with epoll, edge-triggered, once for its lifetime.
-    pub(crate) fn attach(&self, fd: RawFd) -> Result<(), Error> {
+    pub(crate) fn attach(&self, fd: RawFd, kind: FdKind) -> Result<(), Error> {
         let mut st = lock(&self.state);
         let mut ops = FdOps::default();
-        if syscalls::is_regular_file(fd)? {
+        if kind == FdKind::File {
             // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we then own.
             let dup =
                 unsafe { OwnedFd::from_raw_fd(cvt(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0))?) };
@@ -286,7 +287,7 @@ impl<T> EpollDriver<T> {
                     let ops = st.fds.get_mut(&fd).expect("checked above");
                     let q = ops.queue(op.direction());
                     let res = if q.is_empty() {
-                        syscalls::perform(op, fd, scratch, &mut pending.buf)
+                        syscalls::perform(op, pending.kind, fd, scratch, &mut pending.buf)
                     } else {
                         -libc::EAGAIN // keep the handle's order: wait behind the others
                     };
@@ -469,7 +470,7 @@ impl<T> EpollDriver<T> {
                 return;
             };
             let res = match st.table.get_mut(id) {
-                Some((p, s)) => syscalls::perform(p.op, fd, s, &mut p.buf),
+                Some((p, s)) => syscalls::perform(p.op, p.kind, fd, s, &mut p.buf),
                 None => -libc::ECANCELED,
             };
             if res == -libc::EAGAIN {

@@ -7,6 +7,7 @@ use std::os::fd::RawFd;
 
 use crate::io::inflight::Scratch;
 use crate::io::op::Op;
+use crate::sys::fd::FdKind;
 use crate::Buf;
 
 fn errno() -> i32 {
@@ -26,23 +27,6 @@ fn res(r: isize) -> i32 {
     }
 }
 
-pub(crate) fn is_regular_file(fd: RawFd) -> io::Result<bool> {
-    // SAFETY: all-zero is a valid `stat`, which fstat fills in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a live stat buffer.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let kind = st.st_mode & libc::S_IFMT;
-    Ok(kind == libc::S_IFREG || kind == libc::S_IFBLK)
-}
-
-fn nonblocking(fd: RawFd) -> bool {
-    // SAFETY: F_GETFL on a descriptor the caller holds.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    flags >= 0 && flags & libc::O_NONBLOCK != 0
-}
-
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -53,10 +37,17 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Attempts `op` on `fd` now. The pointers handed to the kernel name the
-/// operation's own buffer (within its capacity) and scratch, which the
-/// caller holds exclusively for the duration of the call.
-pub(crate) fn perform(op: Op, fd: RawFd, s: &mut Scratch, buf: &mut Option<Buf>) -> i32 {
+/// Attempts `op` on `fd`, a descriptor of `kind`, now. The pointers handed
+/// to the kernel name the operation's own buffer (within its capacity) and
+/// scratch, which the caller holds exclusively for the duration of the call.
+/// A [`FdKind::Pipe`] must be non-blocking (a pipe's `recv` is a `read`).
+pub(crate) fn perform(
+    op: Op,
+    kind: FdKind,
+    fd: RawFd,
+    s: &mut Scratch,
+    buf: &mut Option<Buf>,
+) -> i32 {
     let (rp, rn) = buf
         .as_mut()
         .map_or((std::ptr::null_mut(), 0), Buf::write_ptr);
@@ -72,23 +63,26 @@ pub(crate) fn perform(op: Op, fd: RawFd, s: &mut Scratch, buf: &mut Option<Buf>)
             Op::ReadAt(off) => res(libc::pread(fd, rp.cast(), rn, off as libc::off_t)),
             Op::WriteAt(0) => res(libc::write(fd, wp.cast(), wn)),
             Op::WriteAt(off) => res(libc::pwrite(fd, wp.cast(), wn, off as libc::off_t)),
-            // Not a socket (a pipe, a tty): read and write, if the descriptor
-            // is non-blocking (the epoll backend makes it so; io_uring does not).
-            Op::Recv => match res(libc::recv(fd, rp.cast(), rn, libc::MSG_DONTWAIT)) {
-                e if e == -libc::ENOTSOCK && nonblocking(fd) => res(libc::read(fd, rp.cast(), rn)),
-                r => r,
-            },
-            Op::Send => match res(libc::send(
+            Op::Recv if kind == FdKind::Pipe => res(libc::read(fd, rp.cast(), rn)),
+            Op::Send if kind == FdKind::Pipe => res(libc::write(fd, wp.cast(), wn)),
+            // On a datagram socket MSG_TRUNC makes the result the datagram's
+            // whole length, so that truncation shows.
+            Op::Recv if kind == FdKind::Datagram => res(libc::recv(
+                fd,
+                rp.cast(),
+                rn,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )),
+            Op::Recv => res(libc::recv(fd, rp.cast(), rn, libc::MSG_DONTWAIT)),
+            Op::Send => res(libc::send(
                 fd,
                 wp.cast(),
                 wn,
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )) {
-                e if e == -libc::ENOTSOCK && nonblocking(fd) => res(libc::write(fd, wp.cast(), wn)),
-                r => r,
-            },
+            )),
             Op::RecvFrom => {
                 s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                s.msg.msg_flags = 0;
                 res(libc::recvmsg(fd, &mut s.msg, libc::MSG_DONTWAIT))
             }
             Op::SendTo => res(libc::sendmsg(

@@ -94,21 +94,33 @@ impl Ring {
     /// be accessed in a way that conflicts with the kernel's, until its
     /// completion has been reaped.
     pub(crate) unsafe fn submit(&self, sqe: &squeue::Entry) -> io::Result<()> {
+        // SAFETY: the caller's promise, for this one entry.
+        unsafe { self.submit_all(std::slice::from_ref(sqe)) }
+    }
+
+    /// Queues the entries, in order, and submits them with one
+    /// `io_uring_enter` (more only when they do not fit in the SQ).
+    ///
+    /// # Safety
+    /// As [`submit`](Self::submit), for every entry.
+    pub(crate) unsafe fn submit_all(&self, sqes: &[squeue::Entry]) -> io::Result<()> {
         let _guard = crate::sync::lock(&self.sq);
-        loop {
-            // SAFETY: the SQ mutex makes this the only SubmissionQueue view
-            // alive; the entry's pointers are the caller's promise.
-            let pushed = unsafe {
-                let mut sq = self.ring.submission_shared();
-                let r = sq.push(sqe);
-                sq.sync();
-                r.is_ok()
-            };
-            if pushed {
-                break;
+        for sqe in sqes {
+            loop {
+                // SAFETY: the SQ mutex makes this the only SubmissionQueue
+                // view alive; the entry's pointers are the caller's promise.
+                let pushed = unsafe {
+                    let mut sq = self.ring.submission_shared();
+                    let r = sq.push(sqe);
+                    sq.sync();
+                    r.is_ok()
+                };
+                if pushed {
+                    break;
+                }
+                // SQ full: hand what is there to the kernel and try again.
+                self.enter_submit()?;
             }
-            // SQ full: hand what is there to the kernel and try again.
-            self.enter_submit()?;
         }
         self.enter_submit()
     }
