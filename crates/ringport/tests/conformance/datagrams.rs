@@ -9,9 +9,11 @@ const ROOM: usize = 1024;
 /// with `EMSGSIZE`, the 1024 bytes that fit in the buffer, the handle's key,
 /// the token and the sender's address.
 ///
-/// Follows Wine `dlls/ws2_32/tests/sock.c`, `test_WSARecv` and
-/// `test_completion_port` (a datagram larger than the buffer: WSAEMSGSIZE
-/// with the buffer filled), as Windows reports truncation through a port.
+/// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_completion` and
+/// `read_pipe_test` (a message longer than the read buffer completes
+/// STATUS_BUFFER_OVERFLOW, through the port, with Information = the bytes
+/// that fit) and `dlls/ws2_32/tests/sock.c`, `test_WSARecv` (WSAEMSGSIZE
+/// for a datagram larger than the buffer).
 #[test]
 fn recv_from_of_a_datagram_longer_than_the_buffer_completes_with_emsgsize() {
     let port = port();

@@ -13,8 +13,8 @@ use crate::support::*;
 ///
 /// Follows Wine `dlls/ws2_32/tests/sock.c`, `test_completion_port` and
 /// `test_WSARecv` (several WSARecv pending on one socket complete in the
-/// order issued), and `dlls/ntdll/tests/pipe.c`, `test_completion` (reads
-/// pending on a pipe are satisfied in order).
+/// order issued), and `dlls/ntdll/tests/pipe.c`, `read_pipe_test` (a
+/// pending read takes the first bytes written).
 #[test]
 fn pending_receives_on_a_stream_take_its_bytes_in_issue_order() {
     let port = port();

@@ -36,10 +36,11 @@ fn the_one_error(
 /// already connected) fail exactly once: an immediate error with nothing
 /// queued, or one failure packet with the handle's key and the token.
 ///
-/// Follows Wine `dlls/ws2_32/tests/sock.c`, `test_completion_port` (WSARecv
-/// on a socket that cannot receive: an immediate error, then
-/// `GetQueuedCompletionStatus` times out with no packet) and
-/// `dlls/ntdll/tests/file.c`, `test_iocp_fileio`.
+/// Follows Wine `dlls/ntdll/tests/pipe.c`, `read_pipe_test` ("read from
+/// disconnected pipe", "read from closed handle": the call fails at once,
+/// the IO_STATUS_BLOCK is untouched and no completion is delivered) and
+/// `dlls/ws2_32/tests/sock.c`, `test_completion_port` (after each case
+/// `GetQueuedCompletionStatus` with a zero timeout finds nothing).
 #[test]
 fn an_operation_that_cannot_start_has_exactly_one_outcome() {
     let port = port();
@@ -73,8 +74,8 @@ fn an_operation_that_cannot_start_has_exactly_one_outcome() {
 /// queues nothing; operations on a closed port fail at once with `Closed`.
 ///
 /// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_cancelio`
-/// (`NtCancelIoFileEx` of an OVERLAPPED that is not pending returns
-/// `STATUS_NOT_FOUND`, and no packet is queued for it).
+/// (`NtCancelIoFileEx` when nothing is pending returns `STATUS_NOT_FOUND`
+/// and leaves the IO_STATUS_BLOCK untouched).
 #[test]
 fn cancelling_a_finished_operation_or_using_a_closed_port_fails_at_once() {
     let port = port();
@@ -179,10 +180,9 @@ fn a_pending_receive_is_completed_by_the_peer() {
 /// (`Started::Done` with the data, key and token) and no packet is queued;
 /// a send with room in the socket buffer likewise.
 ///
-/// Follows Wine `dlls/ntdll/tests/file.c`, `test_file_completion_information`
-/// (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS: a read that succeeds at once
-/// queues no packet) and `dlls/ws2_32/tests/sock.c`, `test_completion_port`
-/// ("successful immediate read").
+/// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_completion` (with
+/// FILE_SKIP_COMPLETION_PORT_ON_SUCCESS a WriteFile or NtReadFile that
+/// succeeds at once is followed by `test_no_queued_completion`).
 #[test]
 fn skip_on_success_with_data_ready_completes_at_once_and_queues_nothing() {
     let port = port();
@@ -214,8 +214,9 @@ fn skip_on_success_with_data_ready_completes_at_once_and_queues_nothing() {
 /// Skip-on-success with no data: the receive is pending, queues nothing
 /// until the peer sends, then completes as exactly one packet.
 ///
-/// Follows Wine `dlls/ntdll/tests/file.c`, `test_file_completion_information`
-/// (a pending read still completes to the port in skip mode).
+/// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_completion` (in skip mode a
+/// pending NtReadFile queues nothing, then `test_queued_completion` once the
+/// other end writes).
 #[test]
 fn skip_on_success_without_data_is_pending_and_completes_as_one_packet() {
     let port = port();

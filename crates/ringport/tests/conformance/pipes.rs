@@ -33,8 +33,9 @@ fn recv_and_send_work_on_an_os_pipe() {
 ///
 /// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_completion` (a read pending
 /// on a pipe completes to the port when the other end writes) and
-/// `dlls/kernel32/tests/pipe.c`, `test_CloseHandle` (closing the writer ends
-/// a pending read).
+/// `read_pipe_test` ("disconnect while async read is in progress" completes
+/// the read with no bytes), and `dlls/kernel32/tests/pipe.c`,
+/// `test_CloseHandle`.
 #[test]
 fn a_pending_receive_on_a_pipe_completes_on_write_and_on_close() {
     let port = port();

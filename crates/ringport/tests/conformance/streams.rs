@@ -148,8 +148,9 @@ fn the_peer_closing_completes_every_pending_receive_once() {
 ///
 /// Follows Wine `dlls/ws2_32/tests/sock.c`, `test_completion_port`
 /// (closesocket with WSARecv pending: the packet comes with
-/// ERROR_OPERATION_ABORTED / STATUS_CANCELLED) and `dlls/ntdll/tests/pipe.c`,
-/// `test_cancelio`.
+/// ERROR_OPERATION_ABORTED) and `dlls/ntdll/tests/pipe.c`,
+/// `test_async_cancel_on_handle_close` and `read_pipe_test` ("Close queued
+/// handle").
 #[test]
 fn dropping_a_handle_with_operations_pending_cancels_each_once() {
     let port = port();
@@ -183,9 +184,9 @@ fn dropping_a_handle_with_operations_pending_cancels_each_once() {
 /// Cancelling one pending receive completes it (cancelled, with its key and
 /// token); the others stay pending and take the peer's data.
 ///
-/// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_cancelio` (NtCancelIoFileEx
-/// of one OVERLAPPED leaves the other reads pending) and
-/// `dlls/kernel32/tests/pipe.c`, `test_CancelIoEx`.
+/// Follows Wine `dlls/ntdll/tests/pipe.c`, `read_pipe_test` ("Basic Cancel
+/// Ex": NtCancelIoFileEx of one IO_STATUS_BLOCK completes that read with
+/// STATUS_CANCELLED) and `test_cancelio`.
 #[test]
 fn cancelling_one_operation_completes_it_cancelled_and_leaves_the_others() {
     let port = port();
@@ -217,9 +218,9 @@ fn cancelling_one_operation_completes_it_cancelled_and_leaves_the_others() {
 /// another handle's operations are untouched, and the cancelled handle
 /// still works afterwards.
 ///
-/// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_cancelio` (NtCancelIoFile /
-/// CancelIoEx with no OVERLAPPED) and `dlls/kernel32/tests/pipe.c`,
-/// `test_CancelIoEx`.
+/// Follows Wine `dlls/ntdll/tests/pipe.c`, `test_cancelio` (NtCancelIoFile:
+/// every pending operation of the handle completes STATUS_CANCELLED) and
+/// `read_pipe_test` ("Cancel by other handle").
 #[test]
 fn cancelling_all_completes_each_operation_cancelled_and_spares_other_handles() {
     let port = port();
@@ -251,5 +252,38 @@ fn cancelling_all_completes_each_operation_cancelled_and_spares_other_handles() 
     let mut p = get(&port);
     assert_eq!((p.key, p.token), (500, 4));
     assert_eq!(data(&mut p), b"again");
+    assert_quiet(&port, "one packet per operation");
+}
+
+/// Failure packets of every kind keep their handle's key and their
+/// operation's token: a refused connect, a reset receive and a cancelled
+/// receive, pending at once on one port, each come back with their own.
+///
+/// Follows Wine `dlls/ws2_32/tests/sock.c`, `test_completion_port` (every
+/// failed packet is checked for its key and OVERLAPPED).
+#[test]
+fn failure_packets_carry_their_key_and_token() {
+    let port = port();
+    let refused = port.associate(tcp_socket(), 0xaaaa).unwrap();
+    refused.connect(closed_port(), 1).unwrap();
+    let (reset_ours, reset_peer) = tcp_pair();
+    let reset = port.associate(reset_ours, 0xbbbb).unwrap();
+    reset.recv(vec![0u8; 16], 2).unwrap();
+    let (cancel_ours, _cancel_peer) = tcp_pair();
+    let cancelled = port.associate(cancel_ours, 0xcccc).unwrap();
+    let id = cancelled.recv(vec![0u8; 16], 3).unwrap();
+    set_linger_zero(&reset_peer);
+    drop(reset_peer);
+    cancelled.cancel(id).unwrap();
+    let packets = get_n(&port, 3);
+    let got: Vec<(u64, u64, i32)> = packets.iter().map(|p| (p.key, p.token, errno(p))).collect();
+    assert_eq!(
+        got,
+        [
+            (0xaaaa, 1, libc::ECONNREFUSED),
+            (0xbbbb, 2, libc::ECONNRESET),
+            (0xcccc, 3, libc::ECANCELED),
+        ]
+    );
     assert_quiet(&port, "one packet per operation");
 }
