@@ -16,11 +16,11 @@ pub enum Error {
     TooManyWaiters,
     /// An argument is out of range; the message says which and why.
     InvalidArgument(&'static str),
-    /// The operating system refused something.
+    /// The operating system refused something, or a registered I/O rule was
+    /// broken (then [`Error::rio`] gives the rule as a typed
+    /// [`RioError`](crate::rio::RioError), and the kind says what sort of
+    /// failure it is).
     Io(io::Error),
-    /// A registered I/O rule was broken (see [`RioError`](crate::rio::RioError)).
-    #[cfg(not(loom))]
-    Rio(crate::rio::RioError),
 }
 
 impl fmt::Display for Error {
@@ -31,8 +31,6 @@ impl fmt::Display for Error {
             Error::TooManyWaiters => f.write_str("too many threads waiting on one completion port"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
             Error::Io(e) => write!(f, "{e}"),
-            #[cfg(not(loom))]
-            Error::Rio(e) => write!(f, "{e}"),
         }
     }
 }
@@ -41,8 +39,6 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(e),
-            #[cfg(not(loom))]
-            Error::Rio(e) => Some(e),
             _ => None,
         }
     }
@@ -54,21 +50,12 @@ impl From<io::Error> for Error {
     }
 }
 
-#[cfg(not(loom))]
-impl From<crate::rio::RioError> for Error {
-    fn from(e: crate::rio::RioError) -> Self {
-        Error::Rio(e)
-    }
-}
-
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Io(e) => e,
             Error::Timeout => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::InvalidArgument(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
-            #[cfg(not(loom))]
-            Error::Rio(ref r) => io::Error::new(r.kind(), e),
             other => io::Error::other(other),
         }
     }

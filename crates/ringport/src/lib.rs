@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod error;
+#[cfg(not(loom))]
 mod io;
 #[cfg(not(loom))]
 mod pool;
@@ -37,15 +38,21 @@ mod sync;
 mod sys;
 
 pub use error::Error;
-pub use io::Buf;
 #[cfg(not(loom))]
-pub use io::{Handle, OpId, Started};
+pub use io::Handle;
 #[cfg(not(loom))]
 pub use pool::{PoolReport, WorkerPool};
+pub use port::Buf;
 #[cfg(not(loom))]
 pub use port::{
-    cpu_count, Backend, BlockingGuard, Builder, CompletionPort, Packet, Payload, Stats, ThreadLoad,
+    cpu_count, BlockingGuard, Builder, CompletionPort, Packet, Payload, Stats, ThreadLoad,
 };
+#[cfg(not(loom))]
+pub use sys::driver::Started;
+#[cfg(not(loom))]
+pub use sys::inflight::OpId;
+#[cfg(not(loom))]
+pub use sys::Backend;
 
 /// The port's engine, exposed for the loom model in `tests/loom.rs` only.
 #[cfg(loom)]

@@ -23,7 +23,7 @@ const SHORT: Duration = Duration::from_millis(300);
 
 fn rio_err<T: Debug>(r: Result<T, Error>) -> RioError {
     match r {
-        Err(Error::Rio(e)) => e,
+        Err(e) if e.rio().is_some() => e.rio().unwrap().clone(),
         other => panic!("expected a RIO error, got {other:?}"),
     }
 }

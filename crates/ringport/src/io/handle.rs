@@ -4,11 +4,11 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use super::inflight::{OpId, Pending};
-use super::op::Op;
-use super::Started;
 use crate::port::Shared;
+use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
+use crate::sys::inflight::{OpId, Pending};
+use crate::sys::op::Op;
 use crate::{Buf, Error};
 
 /// A file descriptor associated with a port (`CreateIoCompletionPort` on a

@@ -2,7 +2,6 @@
 //! activity bookkeeping that the concurrency limit needs.
 
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
@@ -12,15 +11,9 @@ use super::activity::{self, Slot};
 use super::core::{Core, Kernel, NoPacket};
 use super::state;
 use super::{Packet, Stats, ThreadLoad};
-use crate::io::driver::Driver;
-use crate::io::inflight::Pending;
-use crate::io::op::{Op, Recheck};
-use crate::io::{Handle as IoHandle, OpId, Started};
 use crate::sync::lock;
-use crate::sys::epoll::EpollDriver;
-use crate::sys::fd::{classify, FdKind};
-use crate::sys::uring::driver::UringDriver;
-use crate::sys::uring::Ring;
+use crate::sys::driver::Driver;
+use crate::sys::Backend;
 use crate::Error;
 
 /// An I/O completion port.
@@ -112,55 +105,6 @@ impl<T> Drop for Handle<T> {
     }
 }
 
-/// Which kernel interface a port's I/O runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// io_uring, falling back to epoll when a ring cannot be set up
-    /// (ENOSYS, EPERM from a seccomp filter or `kernel.io_uring_disabled`,
-    /// ENOMEM, a kernel too old for what the port needs).
-    #[default]
-    Auto,
-    /// io_uring only: creating the port fails if it is not available.
-    IoUring,
-    /// epoll (readiness turned into completions).
-    Epoll,
-}
-
-impl Backend {
-    /// The backend `RINGPORT_BACKEND` (`io_uring`, `epoll` or `auto`) forces
-    /// for the whole process, if it is set.
-    pub fn from_env() -> Result<Option<Backend>, Error> {
-        match std::env::var("RINGPORT_BACKEND") {
-            Err(_) => Ok(None),
-            Ok(v) => v.parse().map(Some),
-        }
-    }
-}
-
-impl std::str::FromStr for Backend {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" => Ok(Backend::Auto),
-            "io_uring" | "io-uring" | "uring" => Ok(Backend::IoUring),
-            "epoll" => Ok(Backend::Epoll),
-            _ => Err(Error::InvalidArgument(
-                "backend must be one of io_uring, epoll, auto",
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Backend::Auto => "auto",
-            Backend::IoUring => "io_uring",
-            Backend::Epoll => "epoll",
-        })
-    }
-}
-
 /// Builds a [`CompletionPort`] with more than the concurrency limit chosen.
 ///
 /// ```
@@ -222,23 +166,11 @@ impl<T: Send + 'static> Builder<T> {
             }
             n => n,
         };
-        let backend = Backend::from_env()?.unwrap_or(self.backend);
-        let entries = self.entries.unwrap_or(RING_ENTRIES);
-        let uring = || Ring::new(entries).map(|r| Driver::Uring(UringDriver::new(r)));
-        let epoll = || EpollDriver::new().map(Driver::Epoll);
-        let driver = match backend {
-            Backend::IoUring => uring()?,
-            Backend::Epoll => epoll()?,
-            Backend::Auto => match uring() {
-                Ok(d) => d,
-                Err(_) => epoll()?,
-            },
-        };
-        let backend = match driver {
-            Driver::Uring(_) => Backend::IoUring,
-            Driver::Epoll(_) => Backend::Epoll,
-        };
-        let driver = Arc::new(driver);
+        let driver = Arc::new(Driver::open(
+            self.backend,
+            self.entries.unwrap_or(RING_ENTRIES),
+        )?);
+        let backend = driver.backend();
         let kernel: Arc<dyn Kernel<Packet<T>>> = driver.clone();
         Ok(CompletionPort {
             handle: Arc::new(Handle {
@@ -302,7 +234,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         self.shared().backend
     }
 
-    fn shared(&self) -> &Arc<Shared<T>> {
+    pub(crate) fn shared(&self) -> &Arc<Shared<T>> {
         &self.handle.shared
     }
 
@@ -454,63 +386,6 @@ impl<T: Send + 'static> CompletionPort<T> {
             }
         }
         None
-    }
-
-    /// Associates a file descriptor (a socket, file, pipe: anything that
-    /// owns one) with this port under `key`; see [`Handle`](crate::Handle).
-    /// The handle owns the descriptor from now on.
-    ///
-    /// On the epoll backend a descriptor other than a regular file is made
-    /// non-blocking. Fails with [`Error::Closed`] on a closed port.
-    pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> Result<IoHandle<T>, Error> {
-        let fd = fd.into();
-        let kind = classify(fd.as_raw_fd())?;
-        self.shared().driver()?.attach(fd.as_raw_fd(), kind)?;
-        Ok(IoHandle::new(self.shared().clone(), fd, key, kind))
-    }
-
-    /// Starts a timer: after `after`, a packet with `key` and `token` and
-    /// result `Ok(0)` is queued (cancelled timers complete cancelled when the
-    /// port closes).
-    pub fn timer(&self, after: Duration, key: u64, token: T) -> Result<OpId, Error> {
-        self.start(Op::Timer(after), -1, key, token, None)
-    }
-
-    fn start(
-        &self,
-        op: Op,
-        fd: RawFd,
-        key: u64,
-        token: T,
-        recheck: Option<Recheck>,
-    ) -> Result<OpId, Error> {
-        let shared = self.shared();
-        // A timer has no descriptor; a watch only polls one (never ordered).
-        let mut pending = Pending::new(key, token, op, None, fd, FdKind::None);
-        pending.recheck = recheck;
-        match shared.driver()?.start(&shared.core, pending, None, false)? {
-            Started::Pending(id) => Ok(id),
-            Started::Done(_) => unreachable!("not started with skip-on-success"),
-        }
-    }
-
-    /// Queues one packet with `key` and `token` when `fd` becomes readable
-    /// (a one-shot poll on the port's ring) and `recheck` then says it is
-    /// due; the result is the poll mask. When it is not due the packet is
-    /// dropped, and `recheck` arms the next poll itself if it wants one.
-    ///
-    /// RIO completion queues use it for port notification: the fd is a
-    /// queue's own ring, readable when it holds any completion, and the
-    /// recheck looks for one that may notify (not `DONT_NOTIFY`). The caller
-    /// keeps `fd` open until the packet arrives or the port closes.
-    pub(crate) fn watch_readable(
-        &self,
-        fd: RawFd,
-        key: u64,
-        token: T,
-        recheck: Recheck,
-    ) -> Result<OpId, Error> {
-        self.start(Op::PollReadable, fd, key, token, Some(recheck))
     }
 
     /// Runs `f` with the caller's slot on this port given up, so that another

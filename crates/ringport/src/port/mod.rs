@@ -3,6 +3,7 @@
 
 #[cfg(not(loom))]
 mod activity;
+mod buf;
 #[cfg(not(loom))]
 mod completion_port;
 pub(crate) mod core;
@@ -13,8 +14,10 @@ mod stats;
 pub(crate) mod waiter;
 
 #[cfg(not(loom))]
+pub use self::buf::Buf;
+#[cfg(not(loom))]
 pub(crate) use self::completion_port::Shared;
 #[cfg(not(loom))]
-pub use self::completion_port::{cpu_count, Backend, BlockingGuard, Builder, CompletionPort};
+pub use self::completion_port::{cpu_count, BlockingGuard, Builder, CompletionPort};
 pub use self::packet::{Packet, Payload};
 pub use self::stats::{Stats, ThreadLoad};

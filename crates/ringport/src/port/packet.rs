@@ -4,7 +4,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 
-use crate::Buf;
+use crate::port::Buf;
 
 /// A completion packet: the analogue of what `GetQueuedCompletionStatus`
 /// returns (completion key, bytes transferred or error, OVERLAPPED), plus

@@ -25,8 +25,8 @@ use super::request::Request;
 use super::rq::RqShared;
 use super::uring::{Ring, UringCq};
 use super::{RioError, RioResult};
-use crate::io::op::Recheck;
 use crate::sync::lock;
+use crate::sys::op::Recheck;
 use crate::{Backend, Error};
 
 /// The largest completion queue (io_uring's largest CQ ring).

@@ -6,7 +6,9 @@ use std::io;
 use super::{BufferId, RequestKind, RioBuf, SliceUse};
 
 /// A registered I/O rule was broken. Every RIO call reports these through
-/// [`Error::Rio`](crate::Error::Rio); none of them leaves anything half done.
+/// [`Error::Io`](crate::Error::Io), an `io::Error` of the rule's
+/// [`kind`](Self::kind) whose inner error is the rule ([`Error::rio`](crate::Error::rio)
+/// gives it back); none of them leaves anything half done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RioError {
@@ -178,3 +180,28 @@ impl fmt::Display for RioError {
 }
 
 impl std::error::Error for RioError {}
+
+impl From<RioError> for crate::Error {
+    fn from(e: RioError) -> Self {
+        crate::Error::Io(io::Error::new(e.kind(), e))
+    }
+}
+
+impl crate::Error {
+    /// The registered I/O rule this error reports, if it is one.
+    ///
+    /// ```
+    /// use ringport::rio::{self, RioBuf, RioError};
+    /// let id = rio::register_buffer(4096)?;
+    /// rio::deregister_buffer(id)?;
+    /// let e = rio::deregister_buffer(id).unwrap_err();
+    /// assert_eq!(e.rio(), Some(&RioError::UnknownBuffer(id)));
+    /// # Ok::<(), ringport::Error>(())
+    /// ```
+    pub fn rio(&self) -> Option<&RioError> {
+        match self {
+            crate::Error::Io(e) => e.get_ref()?.downcast_ref(),
+            _ => None,
+        }
+    }
+}

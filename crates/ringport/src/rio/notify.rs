@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::io::op::Recheck;
 use crate::sync::lock;
+use crate::sys::op::Recheck;
 use crate::{CompletionPort, Error, Handle};
 
 /// A completion queue's notification (`RIO_NOTIFICATION_COMPLETION`).

@@ -31,8 +31,8 @@ use super::cq::Common;
 use super::notify::{wait_slice, Notifier, Notify, PortTarget};
 use super::request::Request;
 use super::{RioError, RioResult};
-use crate::io::op::Recheck;
 use crate::sync::lock;
+use crate::sys::op::Recheck;
 use crate::Error;
 
 /// How long closing or resizing waits for the kernel to hand back requests

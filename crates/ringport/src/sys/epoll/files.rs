@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::Waker;
-use crate::io::inflight::OpId;
-use crate::io::op::Op;
+use crate::port::Buf;
 use crate::sync::lock;
-use crate::Buf;
+use crate::sys::inflight::OpId;
+use crate::sys::op::Op;
 
 /// At most this many helper threads per port.
 const MAX_THREADS: usize = 4;

@@ -13,7 +13,7 @@
 //! for posts through an eventfd.
 
 mod files;
-pub(crate) mod syscalls;
+use crate::sys::syscalls;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -24,13 +24,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use self::files::FilePool;
-use crate::io::inflight::{Inflight, OpId, Pending};
-use crate::io::op::{self, Direction, Finished, Op};
-use crate::io::Started;
 use crate::port::core::Core;
 use crate::port::Packet;
 use crate::sync::lock;
+use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
+use crate::sys::inflight::{Inflight, OpId, Pending};
+use crate::sys::op::{self, Direction, Finished, Op};
 use crate::Error;
 
 /// epoll `data` of the wake eventfd (descriptors use their own number).

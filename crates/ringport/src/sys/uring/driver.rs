@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::Ring;
-use crate::io::inflight::{Inflight, OpId, Pending, Scratch};
-use crate::io::op::{self, Direction, Finished, Op};
-use crate::io::Started;
 use crate::port::core::Core;
+use crate::port::Buf;
 use crate::port::Packet;
 use crate::sync::lock;
-use crate::sys::epoll::syscalls;
+use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
-use crate::Buf;
+use crate::sys::inflight::{Inflight, OpId, Pending, Scratch};
+use crate::sys::op::{self, Direction, Finished, Op};
+use crate::sys::syscalls;
 use crate::Error;
 
 /// `user_data` of cancel requests, whose own completions are not packets.

@@ -5,10 +5,10 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use crate::io::inflight::Scratch;
-use crate::io::op::Op;
+use crate::port::Buf;
 use crate::sys::fd::FdKind;
-use crate::Buf;
+use crate::sys::inflight::Scratch;
+use crate::sys::op::Op;
 
 fn errno() -> i32 {
     -io::Error::last_os_error()

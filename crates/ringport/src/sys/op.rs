@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use super::addr;
 use super::inflight::{Pending, Scratch};
+use crate::port::Buf;
 use crate::port::{Packet, Payload};
 use crate::sys::fd::FdKind;
-use crate::Buf;
 
 /// One operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,8 +11,8 @@
 use std::cell::UnsafeCell;
 
 use super::op::{Op, Recheck};
+use crate::port::Buf;
 use crate::sys::fd::FdKind;
-use crate::Buf;
 
 /// Identifies an operation in flight, for [`cancel`](crate::Handle::cancel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,25 +1,59 @@
 //! The port's kernel I/O, on whichever backend it runs: the narrow boundary
-//! between the port and `sys/` (start, cancel, harvest, sleep, wake).
+//! between the port and the backends (open, start, cancel, harvest, sleep,
+//! wake).
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
 use super::inflight::{OpId, Pending};
-use super::Started;
 use crate::port::core::{Core, Kernel};
 use crate::port::Packet;
 use crate::sys::epoll::EpollDriver;
 use crate::sys::fd::FdKind;
 use crate::sys::uring::driver::UringDriver;
+use crate::sys::uring::Ring;
+use crate::sys::{choose, Backend, Chosen};
 use crate::Error;
 
+/// How an operation started with skip-on-success (`*_now` methods of
+/// [`Handle`]) went: still pending, to complete to the port as a packet, or
+/// done at once, with its packet here and none queued
+/// (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`).
+#[derive(Debug)]
+pub enum Started<T> {
+    /// In flight; its packet will come through the port.
+    Pending(OpId),
+    /// Completed at once; no packet is queued.
+    Done(crate::Packet<T>),
+}
+
+/// A port's kernel I/O, on whichever backend it runs.
 pub(crate) enum Driver<T> {
     Uring(UringDriver<T>),
     Epoll(EpollDriver<T>),
 }
 
 impl<T> Driver<T> {
+    /// Sets up the backend `asked` (see [`choose`]), with a ring of
+    /// `entries` submission slots on io_uring.
+    pub(crate) fn open(asked: Backend, entries: u32) -> Result<Self, Error> {
+        Ok(
+            match choose(asked, || Ring::new(entries), EpollDriver::new)? {
+                Chosen::Uring(ring) => Driver::Uring(UringDriver::new(ring)),
+                Chosen::Epoll(d) => Driver::Epoll(d),
+            },
+        )
+    }
+
+    /// The backend it runs on (never `Auto`).
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Driver::Uring(_) => Backend::IoUring,
+            Driver::Epoll(_) => Backend::Epoll,
+        }
+    }
+
     /// Prepares a descriptor that is being associated with the port.
     pub(crate) fn attach(&self, fd: RawFd, kind: FdKind) -> Result<(), Error> {
         match self {
