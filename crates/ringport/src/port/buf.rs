@@ -64,11 +64,13 @@ impl Buf {
     }
 
     /// Start of the data, for a write.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn read_ptr(&self) -> *const u8 {
         self.as_slice().as_ptr()
     }
 
     /// Start of the room to read into, and its length.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn write_ptr(&mut self) -> (*mut u8, usize) {
         match self {
             Buf::Vec(v) => (v.as_mut_ptr(), v.capacity()),
@@ -81,6 +83,7 @@ impl Buf {
     /// # Safety
     /// The kernel (or a syscall) must have written those `n` bytes, `n` at
     /// most [`capacity`](Self::capacity).
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) unsafe fn set_filled(&mut self, n: usize) {
         if let Buf::Vec(v) = self {
             debug_assert!(n <= v.capacity());

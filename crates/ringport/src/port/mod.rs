@@ -13,7 +13,6 @@ pub(crate) mod state;
 mod stats;
 pub(crate) mod waiter;
 
-#[cfg(not(loom))]
 pub use self::buf::Buf;
 #[cfg(not(loom))]
 pub(crate) use self::completion_port::Shared;
