@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::Handle;
 use crate::sys::driver::Started;
 use crate::sys::fd::{classify, FdKind};
-use crate::sys::inflight::{OpId, Pending};
+use crate::sys::inflight::{OpId, Operation};
 use crate::sys::op::{Op, Recheck};
 use crate::{CompletionPort, Error};
 
@@ -41,7 +41,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     ) -> Result<OpId, Error> {
         let shared = self.shared();
         // A timer has no descriptor; a watch only polls one (never ordered).
-        let mut pending = Pending::new(key, token, op, None, fd, FdKind::None);
+        let mut pending = Operation::new(key, token, op, None, fd, FdKind::None);
         pending.recheck = recheck;
         match shared.driver()?.start(&shared.core, pending, None, false)? {
             Started::Pending(id) => Ok(id),

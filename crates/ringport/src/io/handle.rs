@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::port::Shared;
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
-use crate::sys::inflight::{OpId, Pending};
+use crate::sys::inflight::{OpId, Operation};
 use crate::sys::op::Op;
 use crate::{Buf, Error};
 
@@ -72,7 +72,7 @@ impl<T: Send + 'static> Handle<T> {
         token: T,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        let pending = Pending::new(self.key, token, op, buf, self.fd.as_raw_fd(), self.kind);
+        let pending = Operation::new(self.key, token, op, buf, self.fd.as_raw_fd(), self.kind);
         self.port
             .driver()?
             .start(&self.port.core, pending, to, immediate)

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use super::inflight::{OpId, Pending};
+use super::inflight::{OpId, Operation};
 use crate::port::core::{Core, Kernel};
 use crate::port::Packet;
 use crate::sys::epoll::EpollDriver;
@@ -75,7 +75,7 @@ impl<T> Driver<T> {
     pub(crate) fn start(
         &self,
         core: &Core<Packet<T>>,
-        pending: Pending<T>,
+        pending: Operation<T>,
         to: Option<SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {

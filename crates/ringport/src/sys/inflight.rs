@@ -19,7 +19,7 @@ use crate::sys::fd::FdKind;
 pub struct OpId(pub(crate) u64);
 
 /// What an operation owns until its completion is reaped.
-pub(crate) struct Pending<T> {
+pub(crate) struct Operation<T> {
     pub(crate) key: u64,
     pub(crate) token: T,
     pub(crate) op: Op,
@@ -38,9 +38,9 @@ pub(crate) struct Pending<T> {
     pub(crate) reissues: u8,
 }
 
-impl<T> Pending<T> {
+impl<T> Operation<T> {
     pub(crate) fn new(key: u64, token: T, op: Op, buf: Option<Buf>, fd: i32, kind: FdKind) -> Self {
-        Pending {
+        Operation {
             key,
             token,
             op,
@@ -66,19 +66,19 @@ pub(crate) struct Scratch {
     pub(crate) started: bool,
 }
 
-struct Slot<T> {
+struct InflightSlot<T> {
     generation: u32,
-    pending: Option<Pending<T>>,
+    pending: Option<Operation<T>>,
     scratch: UnsafeCell<Scratch>,
 }
 
 // SAFETY: the raw pointers in Scratch point into the slot itself or into the
 // pending operation's own heap buffer, both owned by the slot; the table is
 // only ever used under its owner's mutex.
-unsafe impl<T: Send> Send for Slot<T> {}
+unsafe impl<T: Send> Send for InflightSlot<T> {}
 
 pub(crate) struct Inflight<T> {
-    slots: Vec<Box<Slot<T>>>,
+    slots: Vec<Box<InflightSlot<T>>>,
     free: Vec<u32>,
     live: usize,
 }
@@ -100,11 +100,14 @@ impl<T> Inflight<T> {
     /// Stores `pending` and returns its id and its slot's scratch memory,
     /// which stays at that address until [`complete`](Self::complete) or
     /// [`abandon`](Self::abandon) frees the slot.
-    pub(crate) fn insert(&mut self, pending: Pending<T>) -> (OpId, *mut Scratch, &mut Pending<T>) {
+    pub(crate) fn insert(
+        &mut self,
+        pending: Operation<T>,
+    ) -> (OpId, *mut Scratch, &mut Operation<T>) {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Box::new(Slot {
+                self.slots.push(Box::new(InflightSlot {
                     generation: 0,
                     pending: None,
                     // SAFETY: all-zero is a valid value of these plain C
@@ -122,14 +125,14 @@ impl<T> Inflight<T> {
         (id, scratch, slot.pending.insert(pending))
     }
 
-    fn slot(&mut self, id: OpId) -> Option<&mut Slot<T>> {
+    fn slot(&mut self, id: OpId) -> Option<&mut InflightSlot<T>> {
         let slot = self.slots.get_mut((id.0 & 0xffff_ffff) as usize)?;
         (slot.generation == (id.0 >> 32) as u32 && slot.pending.is_some()).then_some(slot)
     }
 
     /// Takes back what a finished operation owned, with its scratch memory
     /// (the kernel is done with both: its completion was reaped).
-    pub(crate) fn complete(&mut self, id: OpId) -> Option<(Pending<T>, &Scratch)> {
+    pub(crate) fn complete(&mut self, id: OpId) -> Option<(Operation<T>, &Scratch)> {
         let index = (id.0 & 0xffff_ffff) as u32;
         let pending = self.slot(id)?.pending.take()?;
         self.free.push(index);
@@ -142,7 +145,7 @@ impl<T> Inflight<T> {
     }
 
     /// Frees a slot whose SQE never reached the kernel.
-    pub(crate) fn abandon(&mut self, id: OpId) -> Option<Pending<T>> {
+    pub(crate) fn abandon(&mut self, id: OpId) -> Option<Operation<T>> {
         self.complete(id).map(|(p, _)| p)
     }
 
@@ -152,7 +155,7 @@ impl<T> Inflight<T> {
     }
 
     /// Calls `f` on every operation in flight.
-    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&mut Pending<T>)) {
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&mut Operation<T>)) {
         for slot in &mut self.slots {
             if let Some(p) = slot.pending.as_mut() {
                 f(p);
@@ -162,8 +165,8 @@ impl<T> Inflight<T> {
 
     /// An operation in flight with its scratch memory, for a readiness
     /// backend that performs it itself (no kernel holds it meanwhile).
-    pub(crate) fn get_mut(&mut self, id: OpId) -> Option<(&mut Pending<T>, &mut Scratch)> {
-        let Slot {
+    pub(crate) fn get_mut(&mut self, id: OpId) -> Option<(&mut Operation<T>, &mut Scratch)> {
+        let InflightSlot {
             pending, scratch, ..
         } = self.slot(id)?;
         Some((pending.as_mut()?, scratch.get_mut()))

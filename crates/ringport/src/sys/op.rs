@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::addr;
-use super::inflight::{Pending, Scratch};
+use super::inflight::{Operation, Scratch};
 use crate::port::Buf;
 use crate::port::{Packet, Payload};
 use crate::sys::fd::FdKind;
@@ -121,7 +121,7 @@ impl<T> Finished<T> {
 
 /// [`packet`], keeping a successful watch's recheck for [`Finished::settle`]
 /// (a failed or cancelled watch completes as it is).
-pub(crate) fn finish<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Finished<T> {
+pub(crate) fn finish<T>(mut p: Operation<T>, res: i32, s: &Scratch) -> Finished<T> {
     let recheck = p.recheck.take();
     let packet = packet(p, res, s);
     match recheck {
@@ -137,7 +137,7 @@ pub(crate) fn finish<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Finished<T>
 /// holding the bytes that fit (Windows' `WSAEMSGSIZE`): a `recv` on a
 /// datagram socket asks with `MSG_TRUNC` and gets the datagram's full
 /// length, a `recv_from` finds `MSG_TRUNC` in the message flags.
-pub(crate) fn packet<T>(mut p: Pending<T>, res: i32, s: &Scratch) -> Packet<T> {
+pub(crate) fn packet<T>(mut p: Operation<T>, res: i32, s: &Scratch) -> Packet<T> {
     let capacity = p.buf.as_ref().map_or(0, Buf::capacity);
     let truncated = res >= 0
         && p.kind == FdKind::Datagram

@@ -29,12 +29,12 @@ use crate::port::Packet;
 use crate::sync::lock;
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
-use crate::sys::inflight::{Inflight, OpId, Pending};
+use crate::sys::inflight::{Inflight, OpId, Operation};
 use crate::sys::op::{self, Direction, Finished, Op};
 use crate::Error;
 
 /// epoll `data` of the wake eventfd (descriptors use their own number).
-const WAKE: u64 = u64::MAX;
+const WAKER_EVENT: u64 = u64::MAX;
 
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 64;
@@ -42,7 +42,7 @@ const EVENTS: usize = 64;
 pub(crate) struct EpollDriver<T> {
     epoll: OwnedFd,
     waker: Arc<Waker>,
-    state: Mutex<State<T>>,
+    state: Mutex<Reactor<T>>,
     /// Events the sleeper received, for the next harvest to act on.
     stash: Mutex<Vec<libc::epoll_event>>,
     /// The vectors a harvest works in, kept between harvests so that the
@@ -91,7 +91,7 @@ impl<T> Default for Spare<T> {
     }
 }
 
-struct State<T> {
+struct Reactor<T> {
     table: Inflight<T>,
     fds: HashMap<RawFd, FdOps>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -100,19 +100,19 @@ struct State<T> {
 /// The locked state; unlocking publishes the in-flight count for
 /// [`EpollDriver::busy`].
 struct Locked<'a, T> {
-    guard: MutexGuard<'a, State<T>>,
+    guard: MutexGuard<'a, Reactor<T>>,
     live: &'a AtomicUsize,
 }
 
 impl<T> std::ops::Deref for Locked<'_, T> {
-    type Target = State<T>;
-    fn deref(&self) -> &State<T> {
+    type Target = Reactor<T>;
+    fn deref(&self) -> &Reactor<T> {
         &self.guard
     }
 }
 
 impl<T> std::ops::DerefMut for Locked<'_, T> {
-    fn deref_mut(&mut self) -> &mut State<T> {
+    fn deref_mut(&mut self) -> &mut Reactor<T> {
         &mut self.guard
     }
 }
@@ -163,7 +163,7 @@ impl<T> EpollDriver<T> {
         };
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
-            u64: WAKE,
+            u64: WAKER_EVENT,
         };
         // SAFETY: valid epoll and eventfd descriptors and a live event.
         cvt(unsafe {
@@ -182,7 +182,7 @@ impl<T> EpollDriver<T> {
             epoll,
             files: FilePool::new(waker.clone()),
             waker,
-            state: Mutex::new(State {
+            state: Mutex::new(Reactor {
                 table: Inflight::new(),
                 fds: HashMap::new(),
                 timers: BinaryHeap::new(),
@@ -248,7 +248,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn start(
         &self,
         core: &Core<Packet<T>>,
-        pending: Pending<T>,
+        pending: Operation<T>,
         to: Option<std::net::SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
@@ -336,13 +336,13 @@ impl<T> EpollDriver<T> {
         core.publish_completed(n, keep)
     }
 
-    fn cancel_one(st: &mut State<T>, id: OpId, done: &mut Vec<Finished<T>>) {
+    fn cancel_one(st: &mut Reactor<T>, id: OpId, done: &mut Vec<Finished<T>>) {
         if let Some((p, s)) = st.table.complete(id) {
             done.push(op::finish(p, -libc::ECANCELED, s));
         }
     }
 
-    fn cancel_queued(st: &mut State<T>, fd: RawFd, done: &mut Vec<Finished<T>>) {
+    fn cancel_queued(st: &mut Reactor<T>, fd: RawFd, done: &mut Vec<Finished<T>>) {
         let ids: Vec<OpId> = match st.fds.get_mut(&fd) {
             Some(ops) => ops.readers.drain(..).chain(ops.writers.drain(..)).collect(),
             None => return,
@@ -426,7 +426,7 @@ impl<T> EpollDriver<T> {
             let mut st = self.lock_state();
             for ev in &events {
                 let (flags, data) = (ev.events, ev.u64);
-                if data == WAKE {
+                if data == WAKER_EVENT {
                     // Only the sleeper drains the eventfd (in `sleep`): it
                     // stays readable for the thread it was written for.
                     continue;
@@ -464,7 +464,7 @@ impl<T> EpollDriver<T> {
 
     /// Performs `fd`'s waiting operations in one direction, in order, until
     /// one would block.
-    fn run(st: &mut State<T>, fd: RawFd, d: Direction, done: &mut Vec<Finished<T>>) {
+    fn run(st: &mut Reactor<T>, fd: RawFd, d: Direction, done: &mut Vec<Finished<T>>) {
         loop {
             let Some(&id) = st.fds.get_mut(&fd).and_then(|o| o.queue(d).front()) else {
                 return;
@@ -513,11 +513,11 @@ impl<T> EpollDriver<T> {
         };
         if n > 0 {
             let events = &buf[..n as usize];
-            if events.iter().any(|e| e.u64 == WAKE) {
+            if events.iter().any(|e| e.u64 == WAKER_EVENT) {
                 // Woken on purpose: the caller re-checks its verdict next.
                 self.waker.reset();
             }
-            lock(&self.stash).extend(events.iter().filter(|e| e.u64 != WAKE));
+            lock(&self.stash).extend(events.iter().filter(|e| e.u64 != WAKER_EVENT));
         }
     }
 

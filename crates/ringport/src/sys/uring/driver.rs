@@ -16,7 +16,7 @@ use crate::port::Packet;
 use crate::sync::lock;
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
-use crate::sys::inflight::{Inflight, OpId, Pending, Scratch};
+use crate::sys::inflight::{Inflight, OpId, Operation, Scratch};
 use crate::sys::op::{self, Direction, Finished, Op};
 use crate::sys::syscalls;
 use crate::Error;
@@ -64,7 +64,7 @@ fn len32(n: usize) -> u32 {
 
 /// The SQE for `p`, pointing only into its buffer's heap memory (within its
 /// capacity) and its slot's scratch, both kept by the in-flight table.
-fn sqe<T>(p: &mut Pending<T>, s: &mut Scratch) -> squeue::Entry {
+fn sqe<T>(p: &mut Operation<T>, s: &mut Scratch) -> squeue::Entry {
     let fd = types::Fd(p.fd);
     let buf = &mut p.buf;
     let read = |b: &mut Option<Buf>| b.as_mut().map_or((std::ptr::null_mut(), 0), Buf::write_ptr);
@@ -261,7 +261,7 @@ impl<T> UringDriver<T> {
     /// submitted.
     pub(crate) fn start(
         &self,
-        mut pending: Pending<T>,
+        mut pending: Operation<T>,
         to: Option<std::net::SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {

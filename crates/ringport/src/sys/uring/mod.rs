@@ -19,7 +19,7 @@ use crate::sync::{AtomicBool, Mutex, Ordering};
 pub(crate) mod driver;
 
 /// `user_data` of the NOPs that wake the kernel sleeper.
-pub(crate) const WAKE: u64 = u64::MAX;
+pub(crate) const WAKE_NOP: u64 = u64::MAX;
 
 pub(crate) struct Ring {
     ring: IoUring,
@@ -142,7 +142,7 @@ impl Ring {
     /// Wakes the thread sleeping in [`wait`](Self::wait), if any.
     pub(crate) fn wake(&self) {
         self.wake_armed.store(true, Ordering::Release);
-        let nop = opcode::Nop::new().build().user_data(WAKE);
+        let nop = opcode::Nop::new().build().user_data(WAKE_NOP);
         // SAFETY: a NOP points at no memory.
         let _ = unsafe { self.submit(&nop) };
     }
@@ -185,7 +185,7 @@ impl Ring {
                     break;
                 }
                 for cqe in &mut cq {
-                    if cqe.user_data() != WAKE {
+                    if cqe.user_data() != WAKE_NOP {
                         f(cqe);
                         n += 1;
                     } else {
