@@ -3,6 +3,7 @@
 mod bench;
 mod blast;
 mod load;
+mod log;
 mod rio_echo;
 mod rio_udp_echo;
 mod serve;
@@ -52,7 +53,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringport: {e}");
+            // Through the logger: a stderr nobody reads must not keep the
+            // process from ending.
+            log::line(format_args!("{e}"));
+            log::flush(std::time::Duration::from_secs(1));
             ExitCode::FAILURE
         }
     }

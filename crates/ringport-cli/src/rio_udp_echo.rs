@@ -266,20 +266,24 @@ impl Echo {
             return Err(Error::InvalidArgument("a result for no slot"));
         }
         let sent = r.request_context & SEND != 0;
-        if r.status != 0 {
-            self.summary.errors += 1;
-        } else if sent {
-            self.summary.bytes += r.bytes as u64;
-        } else if r.bytes > 0 {
-            self.summary.messages += 1;
-            let (data, remote) = (self.data(slot, r.bytes), self.remote(slot));
-            return self.rq.send_ex(
-                data,
-                None,
-                Some(remote),
-                RioFlags::DEFER,
-                slot as u64 | SEND,
-            );
+        match r.status {
+            0 if sent => self.summary.bytes += r.bytes as u64,
+            // A datagram of 0 bytes is a datagram too (the port mode
+            // echoes it).
+            0 => {
+                self.summary.messages += 1;
+                let (data, remote) = (self.data(slot, r.bytes), self.remote(slot));
+                return self.rq.send_ex(
+                    data,
+                    None,
+                    Some(remote),
+                    RioFlags::DEFER,
+                    slot as u64 | SEND,
+                );
+            }
+            // Longer than the slot: what fits is not the datagram.
+            libc::EMSGSIZE if !sent => self.summary.truncated += 1,
+            _ => self.summary.errors += 1,
         }
         self.receive(slot, RioFlags::DEFER)
     }

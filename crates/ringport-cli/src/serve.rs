@@ -41,7 +41,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -77,28 +77,33 @@ pub struct Args {
     /// Address to listen on; port 0 picks a free one (printed).
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: String,
-    /// Worker threads on the port [default: 2 × CPUs].
+    /// Worker threads on the port, 1 to 1,024 [default: 2 × CPUs; the RIO
+    /// modes but rio-port-mt run one].
     #[arg(long)]
     threads: Option<usize>,
-    /// The port's concurrency limit [default: CPUs].
+    /// The port's concurrency limit, 1 to 1,024 [default: CPUs].
     #[arg(long)]
     concurrency: Option<usize>,
     /// Stop after this long (e.g. 30s, 2m) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// TCP: accepts kept pending on the listener.
+    /// TCP: accepts kept pending on the listener, 1 to 4,096.
     #[arg(long, default_value_t = 16)]
     accepts: usize,
-    /// UDP: receives kept pending on the socket [default: 16; udp-sink: 512];
-    /// tcp-echo --mode rio-port: per connection [default: 4].
+    /// UDP: receives kept pending on the socket, 1 to 65,536 and at most
+    /// 1 GiB of buffers in all [default: 16]; RIO udp-echo: 1 to 4,096;
+    /// udp-sink: 1 to 32,768 [default: 512]; tcp-echo --mode rio-port: per
+    /// connection, 1 to 64 [default: 4].
     #[arg(long)]
     pending: Option<usize>,
-    /// Bytes of each receive buffer [default: 16384 for TCP, 65536 for UDP].
+    /// Bytes of each receive buffer, up to 1 GiB [default: 16384 for TCP,
+    /// 65536 for UDP]; RIO udp-echo: up to 65,507; tcp-echo --mode rio-port:
+    /// up to 1 MiB.
     #[arg(long)]
     buf_size: Option<usize>,
-    /// Packets a worker takes from the port at once (get_many); 1 is the
-    /// classic one-packet-per-get loop. udp-sink: most results per dequeue,
-    /// get or notification [default: 1; udp-sink: 1000].
+    /// Packets a worker takes from the port at once (get_many), 1 to 65,536;
+    /// 1 is the classic one-packet-per-get loop. udp-sink: most results per
+    /// dequeue, get or notification [default: 1; udp-sink: 1000].
     #[arg(long)]
     batch: Option<usize>,
     /// Queue a packet even for a send that completes at once (turns off
@@ -109,6 +114,45 @@ pub struct Args {
     /// io_uring or epoll (RINGPORT_BACKEND overrides).
     #[arg(long, default_value = "auto")]
     backend: Backend,
+    /// udp-sink: count the system calls of the server threads (a
+    /// per-thread tracepoint counter, which adds its own cost to every
+    /// system call they make).
+    #[arg(long)]
+    count_syscalls: bool,
+}
+
+/// The most worker threads: beyond this a typo (`--threads 100000000`)
+/// would spend its time creating threads and fail late or abort.
+pub const MAX_THREADS: usize = 1024;
+/// The most accepts pending: four times the listen backlog; more would
+/// only hold memory.
+pub const MAX_ACCEPTS: usize = 4096;
+/// The most UDP receives pending, and the most bytes their buffers may
+/// hold in all (each pending receive owns a buffer of --buf-size).
+pub const MAX_PENDING: usize = 65_536;
+pub const MAX_PENDING_BYTES: usize = 1 << 30;
+/// The most packets per get.
+pub const MAX_BATCH: usize = 65_536;
+
+/// Checks that `--{name} {value}` is within `1..=max`.
+pub fn bounded(name: &str, value: usize, max: usize) -> Result<(), String> {
+    if value == 0 || value > max {
+        return Err(format!("--{name} must be 1 to {}, not {value}", group(max)));
+    }
+    Ok(())
+}
+
+/// `65536` as `65,536`.
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// How to run a server; the benchmarks build these directly.
@@ -153,22 +197,26 @@ impl Options {
     }
 
     fn validate(&self, kind: Kind) -> Result<(), String> {
-        if self.threads == 0 {
-            return Err("--threads must be at least 1".into());
-        }
-        if self.concurrency == 0 {
-            return Err("--concurrency must be at least 1".into());
-        }
-        if self.batch == 0 {
-            return Err("--batch must be at least 1".into());
-        }
+        bounded("threads", self.threads, MAX_THREADS)?;
+        bounded("concurrency", self.concurrency, MAX_THREADS)?;
+        bounded("batch", self.batch, MAX_BATCH)?;
         if self.buf_size == 0 || self.buf_size > 1 << 30 {
             return Err("--buf-size must be between 1 byte and 1 GiB".into());
         }
         match kind {
-            Kind::TcpEcho if self.accepts == 0 => Err("--accepts must be at least 1".into()),
-            Kind::UdpEcho if self.pending == 0 => Err("--pending must be at least 1".into()),
-            _ => Ok(()),
+            Kind::TcpEcho => bounded("accepts", self.accepts, MAX_ACCEPTS),
+            Kind::UdpEcho => {
+                bounded("pending", self.pending, MAX_PENDING)?;
+                if self.pending * self.buf_size > MAX_PENDING_BYTES {
+                    return Err(format!(
+                        "--pending {} of --buf-size {} bytes is more than 1 GiB of receive \
+                         buffers: use fewer or smaller",
+                        self.pending, self.buf_size
+                    ));
+                }
+                Ok(())
+            }
+            Kind::UdpSink => Ok(()),
         }
     }
 }
@@ -194,6 +242,9 @@ fn catch_stop_signals() {
 
 pub fn run(args: Args) -> Result<(), String> {
     let addr = resolve(&args.addr)?;
+    if args.count_syscalls && args.kind != Kind::UdpSink {
+        return Err("--count-syscalls applies to udp-sink only".into());
+    }
     if args.kind == Kind::UdpSink {
         let mode = args.mode.unwrap_or(crate::sink::Mode::RioPolled);
         let mut opts = crate::sink::SinkOptions::new(mode);
@@ -202,6 +253,7 @@ pub fn run(args: Args) -> Result<(), String> {
         opts.batch = args.batch.unwrap_or(opts.batch);
         opts.pending = args.pending.unwrap_or(opts.pending);
         opts.backend = args.backend;
+        opts.count_syscalls = args.count_syscalls;
         opts.validate()?;
         catch_stop_signals();
         return crate::sink::serve(addr, &opts, args.duration, &|| STOP.load(Ordering::Relaxed));
@@ -209,6 +261,11 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.kind == Kind::TcpEcho && args.mode.is_some() {
         if args.mode != Some(crate::sink::Mode::RioPort) {
             return Err("tcp-echo takes --mode rio-port only (or no --mode)".into());
+        }
+        // It runs one thread whatever --threads says, but a count that
+        // would be refused elsewhere is refused here too.
+        if let Some(t) = args.threads {
+            bounded("threads", t, MAX_THREADS)?;
         }
         let mut opts = crate::rio_echo::EchoOptions::new();
         opts.pending = args.pending.unwrap_or(opts.pending);
@@ -304,8 +361,12 @@ pub fn run(args: Args) -> Result<(), String> {
         thread::sleep(Duration::from_millis(20));
     }
     let s = server();
+    let truncated = match s.truncated {
+        0 => String::new(),
+        n => format!(", {n} truncated datagrams not echoed"),
+    };
     println!(
-        "{name} stopped: {} connections, {} messages, {} bytes echoed, {} errors",
+        "{name} stopped: {} connections, {} messages, {} bytes echoed, {} errors{truncated}",
         s.connections, s.messages, s.bytes, s.errors
     );
     if let Some(e) = s.fatal {
@@ -325,6 +386,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Operations that failed (connections reset, …).
     pub errors: u64,
+    /// Datagrams longer than the receive buffer (EMSGSIZE), not echoed.
+    pub truncated: u64,
     /// Why the server could not go on, if it could not.
     pub fatal: Option<String>,
 }
@@ -337,6 +400,7 @@ pub(crate) struct Counters {
     messages: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
+    truncated: AtomicU64,
 }
 
 impl Counters {
@@ -354,6 +418,7 @@ fn summarize(counters: &[Counters], fatal: &Mutex<Option<String>>) -> Summary {
         messages: sum(|c| &c.messages),
         bytes: sum(|c| &c.bytes),
         errors: sum(|c| &c.errors),
+        truncated: sum(|c| &c.truncated),
         fatal: fatal.lock().unwrap_or_else(PoisonError::into_inner).clone(),
     }
 }
@@ -453,7 +518,7 @@ where
                         }
                         Err(Error::Closed) => break,
                         Err(e) => {
-                            eprintln!("ringport: worker {w}: {e}");
+                            crate::log::line(format_args!("worker {w}: {e}"));
                             break;
                         }
                     }
@@ -502,6 +567,9 @@ pub(crate) struct TcpState {
     skip: bool,
     counters: Vec<Counters>,
     fatal: Mutex<Option<String>>,
+    /// Accepts failed in a row for want of descriptors or memory: the
+    /// retry waits longer the longer it lasts (10 ms to 160 ms).
+    starved: AtomicU32,
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> String {
@@ -535,6 +603,7 @@ impl TcpEcho {
             skip: opts.skip,
             counters: (0..opts.threads).map(|_| Counters::default()).collect(),
             fatal: Mutex::new(None),
+            starved: AtomicU32::new(0),
         });
         let s = state.clone();
         let workers = spawn_workers(&port, opts, "tcp-echo", move |w, p| s.handle(w, p))?;
@@ -587,7 +656,7 @@ impl TcpState {
     fn fail(&self, why: String) {
         let mut f = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
         if f.is_none() {
-            eprintln!("ringport: tcp-echo: {why}");
+            crate::log::line(format_args!("tcp-echo: {why}"));
             *f = Some(why);
         }
     }
@@ -703,20 +772,25 @@ impl TcpState {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 ) =>
             {
-                // Out of descriptors or memory: try again a little later
-                // rather than spin.
+                // Out of descriptors or memory: every pending accept fails
+                // the same way until connections close, so retry later,
+                // later each time, and say so once a second at most.
+                static OUT_OF: crate::log::Every = crate::log::Every::second();
                 Counters::bump(&c.errors, 1);
-                eprintln!("ringport: tcp-echo: accept: {e}; retrying in 10 ms");
-                if let Err(e) =
-                    self.port
-                        .timer(Duration::from_millis(10), LISTENER, TcpOp::AcceptLater)
-                {
+                let streak = self.starved.fetch_add(1, Ordering::Relaxed).min(4);
+                let delay = Duration::from_millis(10 << streak);
+                OUT_OF.line(format_args!(
+                    "tcp-echo: accept: {e}; retrying in {} ms",
+                    delay.as_millis()
+                ));
+                if let Err(e) = self.port.timer(delay, LISTENER, TcpOp::AcceptLater) {
                     self.stopped_accepting(e);
                 }
                 return;
             }
             Err(_) => Counters::bump(&c.errors, 1),
         }
+        self.starved.store(0, Ordering::Relaxed);
         // Keep the number of pending accepts up before serving this one.
         if let Err(e) = self.listener.accept(TcpOp::Accept) {
             self.stopped_accepting(e);
@@ -890,6 +964,11 @@ impl UdpState {
                 }
             }
             (UdpOp::Send, Ok(n)) => Counters::bump(&c.bytes, n as u64),
+            // Longer than the buffer: the bytes that fit are not the
+            // datagram, so it is not echoed cut short.
+            (UdpOp::Recv, Err(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                Counters::bump(&c.truncated, 1)
+            }
             // A receive can fail with the ICMP error of an earlier send
             // (ECONNREFUSED from a client that went away): not fatal.
             (_, Err(_)) => Counters::bump(&c.errors, 1),
@@ -909,7 +988,7 @@ impl UdpState {
         Counters::bump(&c.errors, 1);
         let mut f = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
         if f.is_none() {
-            eprintln!("ringport: udp-echo: cannot start an operation: {e}");
+            crate::log::line(format_args!("udp-echo: cannot start an operation: {e}"));
             *f = Some(format!("cannot start an operation: {e}"));
         }
     }

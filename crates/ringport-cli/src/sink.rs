@@ -34,9 +34,12 @@
 //! to the end marker; the loss, when the marker says how many were sent;
 //! per thread, datagrams, batches (results per non-empty dequeue or `get`)
 //! min/mean/max, the dequeue and notify calls it made, its CPU time
-//! (`CLOCK_THREAD_CPUTIME_ID`) and its system calls, all from its first
-//! datagram until it saw the end. System calls are **counted by the kernel**:
-//! each server thread opens a `perf_event_open` counter on the
+//! (`CLOCK_THREAD_CPUTIME_ID`) and, with `--count-syscalls`, its system
+//! calls, all from its first datagram until it saw the end. Counting is off
+//! by default because it is not free: the tracepoint adds its own cost to
+//! every system call of the counted thread, and so to the CPU figures.
+//! System calls are **counted by the kernel**: each server thread opens a
+//! `perf_event_open` counter on the
 //! `raw_syscalls:sys_enter` tracepoint for itself (every system call the
 //! thread enters, whatever it is: `io_uring_enter`, `futex`, eventfd reads
 //! and writes, `poll`), minus the two the counting itself makes. That needs
@@ -153,6 +156,9 @@ pub struct SinkOptions {
     pub pin: Option<usize>,
     /// SO_RCVBUF asked for (the kernel caps it at net.core.rmem_max).
     pub rcvbuf: usize,
+    /// Count each server thread's system calls (off by default: the
+    /// counter costs every system call of the thread it counts).
+    pub count_syscalls: bool,
 }
 
 impl SinkOptions {
@@ -170,6 +176,7 @@ impl SinkOptions {
             backend: Backend::Auto,
             pin: None,
             rcvbuf: 4 << 20,
+            count_syscalls: false,
         }
     }
 
@@ -353,6 +360,8 @@ pub struct Run {
     by_marker: AtomicBool,
     counts: Vec<Padded>,
     errors: AtomicU64,
+    /// Datagrams longer than the receive buffer (EMSGSIZE).
+    truncated: AtomicU64,
     reports: Mutex<Vec<ThreadReport>>,
     fatal: Mutex<Option<String>>,
 }
@@ -377,6 +386,7 @@ impl Run {
             by_marker: AtomicBool::new(false),
             counts: (0..threads).map(|_| Padded::default()).collect(),
             errors: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
             reports: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
         })
@@ -456,15 +466,25 @@ pub struct Meter {
 
 impl Meter {
     /// Call on the server thread itself: pins it if asked and opens its
-    /// system-call counter.
-    pub fn new(run: &Arc<Run>, index: usize, name: String, pin: Option<usize>) -> Meter {
+    /// system-call counter if asked.
+    pub fn new(
+        run: &Arc<Run>,
+        index: usize,
+        name: String,
+        pin: Option<usize>,
+        count_syscalls: bool,
+    ) -> Meter {
         if let Some(cpu) = pin {
             pin_to(cpu);
         }
         Meter {
             run: run.clone(),
             index,
-            counter: syscall_counter(),
+            counter: if count_syscalls {
+                syscall_counter()
+            } else {
+                None
+            },
             base: None,
             fin: None,
             r: ThreadReport {
@@ -515,6 +535,14 @@ impl Meter {
             Seen::Counted => self.r.datagrams += 1,
             Seen::End(sent) => self.run.marked(sent),
         }
+    }
+
+    /// A datagram longer than the receive buffer arrived: not the test
+    /// size (the buffer holds one), so it ends the run like any other size.
+    #[inline]
+    fn truncated(&mut self) {
+        self.run.truncated.fetch_add(1, Relaxed);
+        self.datagram(usize::MAX, || None);
     }
 
     /// A datagram of `len` bytes, counted (the peers use this).
@@ -585,6 +613,9 @@ pub struct SinkReport {
     pub sent: Option<u64>,
     pub by_marker: bool,
     pub errors: u64,
+    pub truncated: u64,
+    /// System calls were to be counted (--count-syscalls).
+    pub syscalls_asked: bool,
     pub cq: Option<CqStats>,
     /// The completion queue's backend (RIO modes).
     pub cq_backend: Option<Backend>,
@@ -618,6 +649,10 @@ impl SinkReport {
     }
 
     pub fn syscalls(&self) -> Option<u64> {
+        // Counted by no thread: not "0 system calls".
+        if self.threads.iter().all(|t| t.syscalls.is_none()) {
+            return None;
+        }
         self.threads
             .iter()
             .filter(|t| t.batches > 0)
@@ -661,6 +696,9 @@ impl SinkReport {
                  the raw_syscalls:sys_enter tracepoint)",
                 self.syscalls().unwrap_or(0)
             ),
+            None if !self.syscalls_asked => {
+                println!("system calls: not counted (--count-syscalls counts them)")
+            }
             None => println!(
                 "system calls: not counted (the raw_syscalls:sys_enter tracepoint needs tracefs \
                  at /sys/kernel/tracing and root or perf_event_paranoid <= 1)"
@@ -707,6 +745,12 @@ impl SinkReport {
         if self.errors > 0 {
             println!("errors: {}", self.errors);
         }
+        if self.truncated > 0 {
+            println!(
+                "truncated (longer than the receive buffer, taken as the end): {}",
+                self.truncated
+            );
+        }
     }
 }
 
@@ -722,6 +766,7 @@ pub struct Sink {
     closer: Option<Box<dyn Fn() + Send>>,
     cq: Option<Arc<RioQueue>>,
     backend: Option<Backend>,
+    count_syscalls: bool,
 }
 
 /// Binds a UDP socket with a large receive buffer.
@@ -763,6 +808,7 @@ impl Sink {
             closer: None,
             cq: None,
             backend: None,
+            count_syscalls: opts.count_syscalls,
         };
         let started = match opts.mode {
             Mode::Port => start_port(&mut sink, sock, opts),
@@ -811,6 +857,7 @@ impl Sink {
             &self.name,
         );
         SinkReport {
+            syscalls_asked: self.count_syscalls,
             cq: self.cq.as_ref().map(|q| q.cq.stats()),
             cq_backend: self.cq.as_ref().map(|q| q.cq.backend()),
             ..report
@@ -894,6 +941,8 @@ pub fn wait_run(
         sent: (sent != u64::MAX).then_some(sent),
         by_marker: run.by_marker.load(Relaxed),
         errors: run.errors.load(Relaxed),
+        truncated: run.truncated.load(Relaxed),
+        syscalls_asked: false,
         cq: None,
         cq_backend: None,
         fatal,
@@ -904,15 +953,16 @@ pub fn wait_run(
 fn spawn(
     sink: &mut Sink,
     index: usize,
-    pin: Option<usize>,
+    opts: &SinkOptions,
     body: impl FnOnce(&mut Meter) -> Result<(), String> + Send + 'static,
 ) -> Result<(), String> {
     let run = sink.run.clone();
     let name = format!("{}-{index}", sink.name);
+    let (pin, count) = (opts.pin, opts.count_syscalls);
     let h = thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            let mut meter = Meter::new(&run, index, name, pin);
+            let mut meter = Meter::new(&run, index, name, pin, count);
             if let Err(e) = body(&mut meter) {
                 run.fail(e);
             }
@@ -946,7 +996,7 @@ fn start_port(sink: &mut Sink, sock: UdpSocket, opts: &SinkOptions) -> Result<()
     }
     for i in 0..threads {
         let (port, h, batch) = (port.clone(), h.clone(), opts.batch);
-        spawn(sink, i, opts.pin, move |m| {
+        spawn(sink, i, opts, move |m| {
             let mut packets = Vec::with_capacity(batch);
             loop {
                 if m.should_stop() {
@@ -965,6 +1015,7 @@ fn start_port(sink: &mut Sink, sock: UdpSocket, opts: &SinkOptions) -> Result<()
                     let mut buf = buf.into_vec();
                     match p.result {
                         Ok(n) => m.datagram(n, || buf.get(..n)),
+                        Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => m.truncated(),
                         Err(_) => m.run.error(),
                     }
                     buf.clear();
@@ -1053,8 +1104,7 @@ impl RioQueue {
                     }
                 }
                 libc::ECANCELED => continue,
-                // Longer than the buffer: not the test size.
-                libc::EMSGSIZE => m.datagram(usize::MAX, || None),
+                libc::EMSGSIZE => m.truncated(),
                 _ => m.run.error(),
             }
             self.post(r.request_context)?;
@@ -1087,7 +1137,7 @@ fn start_rio_direct(sink: &mut Sink, sock: UdpSocket, opts: &SinkOptions) -> Res
     sink.cq = Some(q.clone());
     let batch = opts.batch.min(opts.pending);
     let refill = (q.pending / 4).max(1);
-    spawn(sink, 0, opts.pin, move |m| {
+    spawn(sink, 0, opts, move |m| {
         let mut results = vec![RioResult::default(); batch];
         let mut deferred = 0u32;
         let dequeue = |m: &mut Meter, results: &mut [RioResult]| {
@@ -1169,7 +1219,7 @@ fn start_rio_port(sink: &mut Sink, sock: UdpSocket, opts: &SinkOptions) -> Resul
     let chunk = opts.batch.min(opts.pending);
     for i in 0..threads {
         let (port, q) = (port.clone(), q.clone());
-        spawn(sink, i, opts.pin, move |m| {
+        spawn(sink, i, opts, move |m| {
             let mut results = vec![RioResult::default(); chunk];
             loop {
                 if m.should_stop() {
