@@ -1,13 +1,12 @@
 //! `ringport`: the completion-port sum demo, servers, load generator and benchmarks.
 
+mod args;
 mod bench;
 mod blast;
 mod load;
 mod log;
-mod rio_echo;
-mod rio_udp_echo;
+mod measure;
 mod serve;
-mod sink;
 mod sum;
 
 use std::process::ExitCode;

@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
-use super::tcp::median;
+use crate::args::parse_duration;
 use crate::blast::{self, BlastConfig, BlastReport};
-use crate::load::parse_duration;
-use crate::sink::{self, Meter, Mode, Run, Sink, SinkOptions, SinkReport};
+use crate::measure::{median, SyscallCounter};
+use crate::serve::sink::{self, Meter, Mode, Run, Sink, SinkOptions, SinkReport};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -145,7 +145,7 @@ pub fn run(args: Args) -> Result<(), String> {
     };
     base.pin = server_cpu;
     base.count_syscalls = args.count_syscalls;
-    let counted = args.count_syscalls && sink::syscall_counter().is_some();
+    let counted = args.count_syscalls && SyscallCounter::open().is_some();
     println!(
         "ringport bench rio: {} CPUs, {}-byte datagrams, GSO sender for {:?} per run, {} rounds \
          interleaved, median reported",

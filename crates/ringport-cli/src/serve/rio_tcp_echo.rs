@@ -41,6 +41,7 @@ use ringport::rio::{
 };
 use ringport::{Backend, CompletionPort, Error};
 
+use crate::args::bind_error;
 use crate::log::Every;
 
 /// The most connections served at once; the completion queue is sized for
@@ -504,17 +505,7 @@ pub fn serve(
     stop: &dyn Fn() -> bool,
 ) -> Result<(), String> {
     opts.validate()?;
-    if duration.is_some_and(|d| d.is_zero()) {
-        return Err("--duration must be more than 0".into());
-    }
-    let listener = TcpListener::bind(addr).map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::AddrInUse => " (the port is taken; use another, or port 0)",
-            io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
-            _ => "",
-        };
-        format!("cannot listen on {addr}: {e}{hint}")
-    })?;
+    let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
