@@ -16,17 +16,22 @@ fn args(cmd: &mut Command, a: &str) {
     cmd.args(a.split_whitespace());
 }
 
-/// Starts `ringport serve KIND` on port 0 and returns it with the address
-/// it printed.
-fn serve(kind: &str, extra: &str) -> (Guard, SocketAddr) {
+/// `ringport serve KIND` on port 0 for at most 20 s, stdout piped.
+fn serve_command(kind: &str, extra: &str) -> Command {
     let mut cmd = ringport();
     args(
         &mut cmd,
-        &format!("serve {kind} --addr 127.0.0.1:0 --duration 10 --threads 2 {extra}"),
+        &format!("serve {kind} --addr 127.0.0.1:0 --duration 20 --threads 2 {extra}"),
     );
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd
+}
+
+/// Starts `ringport serve KIND` on port 0 and returns it with the address
+/// it printed.
+fn serve(kind: &str, extra: &str) -> (Guard, SocketAddr) {
+    let mut cmd = serve_command(kind, extra);
+    cmd.stderr(Stdio::inherit());
     let mut child = Guard(cmd.spawn().expect("spawning ringport serve"));
     let rx = common::stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -346,14 +351,8 @@ fn rio_port_tcp_echo_takes_many_large_receives_per_connection() {
 /// `serve tcp-echo` with at most `nofile` descriptors, stderr piped.
 fn starved_server(nofile: u64, extra: &str) -> (Guard, SocketAddr, Reader) {
     use std::os::unix::process::CommandExt;
-    let mut cmd = ringport();
-    args(
-        &mut cmd,
-        &format!("serve tcp-echo --addr 127.0.0.1:0 --duration 20 --threads 2 {extra}"),
-    );
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = serve_command("tcp-echo", extra);
+    cmd.stderr(Stdio::piped());
     let limit = libc::rlimit {
         rlim_cur: nofile,
         rlim_max: nofile,

@@ -13,7 +13,7 @@
 //! threads' CPU time per datagram received (`CLOCK_THREAD_CPUTIME_ID`),
 //! and, with `--count-syscalls`, the system calls per datagram those threads
 //! entered, counted by the kernel's `raw_syscalls:sys_enter` tracepoint (see
-//! [`crate::sink`]; "–" where not counted). Then each server's ratio to the
+//! [`crate::serve::sink`]; "–" where not counted). Then each server's ratio to the
 //! traditional `port` mode and to tokio.
 //!
 //! The peers only count: tokio (a current-thread runtime on one thread,

@@ -211,7 +211,7 @@ pub fn run(args: Args) -> Result<(), String> {
             let b = s.backend();
             (Box::new(move || s.stop()), "udp-echo", b)
         }
-        Kind::UdpSink => return Err("udp-sink runs on its own (see sink.rs)".into()),
+        Kind::UdpSink => return Err("udp-sink runs on its own (see serve/sink)".into()),
     };
     println!(
         "backend {backend}, {} worker threads, concurrency {}, batch {}, skip-on-success {}",

@@ -7,8 +7,8 @@
 //!   a [`CompletionPort`], `--threads` workers taking up to `--batch`
 //!   packets per `get` (`GetQueuedCompletionStatusEx`), each re-issuing the
 //!   receive it got.
-//! - `rio-polled`: one thread spinning on [`CompletionQueue::dequeue`]; freed
-//!   receive buffers are re-posted with [`RioFlags::DEFER`] and handed to
+//! - `rio-polled`: one thread spinning on [`CompletionQueue::dequeue`](ringport::rio::CompletionQueue::dequeue); freed
+//!   receive buffers are re-posted with [`RioFlags::DEFER`](ringport::rio::RioFlags::DEFER) and handed to
 //!   the kernel in one `commit` once a quarter of `--pending` has gathered,
 //!   so there is about one system call per `pending / 4` datagrams.
 //! - `rio-event`: notify → wait on the event → one dequeue of up to `--batch`
@@ -24,32 +24,9 @@
 //!   handled in order; `--batch` caps the results taken per notification,
 //!   so one busy queue cannot hold a thread forever.
 //!
-//! **The end of a run.** Every datagram of `--size` bytes is counted. A
-//! datagram of any other size is the generator's end marker (`ringport load
-//! udp-blast` sends one, carrying how many datagrams it sent, a few times);
-//! the sink then lets the datagrams already received finish (until its
-//! counts stop moving for 20 ms) and stops. `--duration` stops it too.
-//!
-//! **What is reported.** Datagrams/s over the time from the first datagram
-//! to the end marker; the loss, when the marker says how many were sent;
-//! per thread, datagrams, batches (results per non-empty dequeue or `get`)
-//! min/mean/max, the dequeue and notify calls it made, its CPU time
-//! (`CLOCK_THREAD_CPUTIME_ID`) and, with `--count-syscalls`, its system
-//! calls, all from its first datagram until it saw the end. Counting is off
-//! by default because it is not free: the tracepoint adds its own cost to
-//! every system call of the counted thread, and so to the CPU figures.
-//! System calls are **counted by the kernel**: each server thread opens a
-//! `perf_event_open` counter on the
-//! `raw_syscalls:sys_enter` tracepoint for itself (every system call the
-//! thread enters, whatever it is: `io_uring_enter`, `futex`, eventfd reads
-//! and writes, `poll`), minus the two the counting itself makes. That needs
-//! tracefs (`mount -t tracefs nodev /sys/kernel/tracing`) and root or
-//! `perf_event_paranoid` ≤ 1; without it the count says "not counted" and
-//! only the completion queue's own counter of submissions is shown. Work
-//! done for the sink in other contexts is in neither figure: loopback
-//! delivery runs in the sender's thread, and on the epoll backend each
-//! completion queue has an engine thread of the library's (the report says
-//! so when that is the case).
+//! Each mode has its file ([`port`], [`rio`]); [`run`] is how a run ends
+//! (the generator's end marker, `--duration`, Ctrl-C) and how each thread is
+//! measured, [`report`] what is reported.
 
 mod port;
 mod report;

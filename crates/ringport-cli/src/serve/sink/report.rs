@@ -1,4 +1,26 @@
 //! What a sink measured, and how `serve udp-sink` prints it.
+//!
+//! Datagrams/s over the time from the first datagram to the end marker; the
+//! loss, when the marker says how many were sent; per thread, datagrams,
+//! batches (results per non-empty dequeue or `get`) min/mean/max, the
+//! dequeue and notify calls it made, its CPU time (`CLOCK_THREAD_CPUTIME_ID`)
+//! and, with `--count-syscalls`, its system calls, all from its first
+//! datagram until it saw the end.
+//!
+//! System calls are counted only when asked because counting is not free:
+//! the tracepoint adds its own cost to every system call of the counted
+//! thread, and so to the CPU figures. They are **counted by the kernel**:
+//! each server thread opens a `perf_event_open` counter on the
+//! `raw_syscalls:sys_enter` tracepoint for itself (every system call the
+//! thread enters, whatever it is: `io_uring_enter`, `futex`, eventfd reads
+//! and writes, `poll`), minus the two the counting itself makes. That needs
+//! tracefs (`mount -t tracefs nodev /sys/kernel/tracing`) and root or
+//! `perf_event_paranoid` ≤ 1; without it the report says why they were not
+//! counted, and only the completion queue's own counter of submissions is
+//! shown. Work done for the sink in other contexts is in neither figure:
+//! loopback delivery runs in the sender's thread, and on the epoll backend
+//! each completion queue has an engine thread of the library's (the report
+//! says so when that is the case).
 
 use std::time::Duration;
 

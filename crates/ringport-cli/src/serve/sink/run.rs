@@ -5,7 +5,9 @@
 //! is the generator's end marker (`ringport load udp-blast` sends one,
 //! carrying how many datagrams it sent, a few times); the sink then lets the
 //! datagrams already received finish (until its counts stop moving for
-//! 20 ms) and stops.
+//! 20 ms) and stops. A datagram longer than the receive buffer (EMSGSIZE,
+//! in every mode) is of another size too, and is counted as truncated.
+//! `--duration` and Ctrl-C stop a run as well.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
