@@ -312,6 +312,17 @@ fn every_count_has_a_bound_and_a_one_line_error_within_a_second() {
             "serve tcp-echo --mode rio-port --pending 100000",
             "--pending",
         ),
+        (
+            "serve tcp-echo --mode rio-port --batch 100000000",
+            "--batch",
+        ),
+        (
+            "serve udp-echo --mode rio-polled --pending 5000",
+            "--pending",
+        ),
+        ("serve udp-sink --threads 100000000", "--threads"),
+        ("serve udp-sink --pending 100000000", "--pending"),
+        ("serve udp-sink --batch 100000000", "--batch"),
     ];
     for (case, option) in cases {
         let mut cmd = ringport();

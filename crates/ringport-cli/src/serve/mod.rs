@@ -57,8 +57,8 @@ pub struct Args {
     /// Address to listen on; port 0 picks a free one (printed).
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: String,
-    /// Worker threads on the port, 1 to 1,024 [default: 2 × CPUs; the RIO
-    /// modes but rio-port-mt run one].
+    /// Worker threads on the port, 1 to 1,024 [default: 2 × CPUs; udp-sink:
+    /// CPUs]; the RIO servers run one thread, but udp-sink rio-port-mt.
     #[arg(long)]
     threads: Option<usize>,
     /// The port's concurrency limit, 1 to 1,024 [default: CPUs].

@@ -93,9 +93,7 @@ impl EchoOptions {
         if self.buf_size == 0 || self.buf_size > 1 << 20 {
             return Err("--buf-size must be between 1 byte and 1 MiB in rio-port mode".into());
         }
-        if self.batch == 0 {
-            return Err("--batch must be at least 1".into());
-        }
+        crate::args::bounded("batch", self.batch, MAX_CQ)?;
         if self.connections() == 0 {
             return Err(format!(
                 "--pending {} leaves no room for a connection in one completion queue ({MAX_CQ} \

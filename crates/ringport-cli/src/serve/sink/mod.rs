@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 
 use ringport::{Backend, CompletionPort};
 
-use crate::args::{bind_error, MAX_UDP};
+use super::server::{MAX_BATCH, MAX_THREADS};
+use crate::args::{bind_error, bounded, MAX_UDP};
 pub use report::SinkReport;
 use rio::RioQueue;
 use run::MARK_LEN;
@@ -144,16 +145,9 @@ impl SinkOptions {
                 self.size
             ));
         }
-        if self.threads == 0 || self.threads > 1024 {
-            return Err("--threads must be 1 to 1024".into());
-        }
-        if self.batch == 0 || self.batch > 65_536 {
-            return Err("--batch must be 1 to 65,536".into());
-        }
-        if self.pending == 0 || self.pending > 32_768 {
-            return Err("--pending must be 1 to 32,768".into());
-        }
-        Ok(())
+        bounded("threads", self.threads, MAX_THREADS)?;
+        bounded("batch", self.batch, MAX_BATCH)?;
+        bounded("pending", self.pending, 32_768)
     }
 
     /// Bytes of each receive buffer: room for a datagram of the test size
