@@ -21,7 +21,9 @@ use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::sink::{self, marker, MAX_UDP};
+use crate::args::MAX_UDP;
+use crate::measure::{self, cpu_time, Scope};
+use crate::serve::sink::marker;
 
 /// Most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64 or more).
 const MAX_SEGMENTS: usize = 64;
@@ -138,7 +140,7 @@ fn send_error(e: io::Error, addr: SocketAddr, sent: u64) -> Result<(), String> {
 pub fn blast(cfg: &BlastConfig) -> Result<BlastReport, String> {
     cfg.validate()?;
     if let Some(cpu) = cfg.pin {
-        sink::pin_to(cpu);
+        measure::pin(&[cpu]);
     }
     let local: SocketAddr = if cfg.addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -162,7 +164,7 @@ pub fn blast(cfg: &BlastConfig) -> Result<BlastReport, String> {
     };
     let mut buf: Vec<u8> = (0..per_call * size).map(|i| (i % 251) as u8).collect();
     let limit = cfg.count.unwrap_or(u64::MAX);
-    let cpu0 = sink::thread_cpu();
+    let cpu0 = cpu_time(Scope::Thread);
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
     let (mut sent, mut calls) = (0u64, 0u64);
@@ -205,7 +207,7 @@ pub fn blast(cfg: &BlastConfig) -> Result<BlastReport, String> {
         }
     }
     let elapsed = start.elapsed();
-    let cpu = sink::thread_cpu().saturating_sub(cpu0);
+    let cpu = cpu_time(Scope::Thread).saturating_sub(cpu0);
     // The marker is one datagram of its own size: no segmentation.
     if matches!(method, Method::Gso(_)) {
         let _ = set_int(fd, libc::IPPROTO_UDP, UDP_SEGMENT, 0);

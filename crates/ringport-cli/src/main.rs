@@ -1,12 +1,12 @@
 //! `ringport`: the completion-port sum demo, servers, load generator and benchmarks.
 
+mod args;
 mod bench;
 mod blast;
 mod load;
-mod rio_echo;
-mod rio_udp_echo;
+mod log;
+mod measure;
 mod serve;
-mod sink;
 mod sum;
 
 use std::process::ExitCode;
@@ -52,7 +52,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringport: {e}");
+            // Through the logger: a stderr nobody reads must not keep the
+            // process from ending.
+            log::line(format_args!("{e}"));
+            log::flush(std::time::Duration::from_secs(1));
             ExitCode::FAILURE
         }
     }

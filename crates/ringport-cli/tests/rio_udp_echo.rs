@@ -6,6 +6,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
+use std::sync::mpsc::Receiver;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,16 @@ const MODES: [&str; 3] = ["rio-polled", "rio-event", "rio-port"];
 /// Starts the server in `mode` on `backend` on port 0 and returns it with
 /// the address it printed.
 fn serve(mode: &str, backend: &str) -> (Guard, SocketAddr) {
+    let (child, addr, _) = serve_with(mode, backend, "--duration 20");
+    (child, addr)
+}
+
+/// [`serve`] with more options; also returns the rest of its stdout.
+fn serve_with(mode: &str, backend: &str, extra: &str) -> (Guard, SocketAddr, Receiver<String>) {
     let mut cmd = ringport();
     cmd.args(["serve", "udp-echo", "--mode", mode])
-        .args("--addr 127.0.0.1:0 --duration 20 --pending 8".split_whitespace())
+        .args("--addr 127.0.0.1:0 --pending 8".split_whitespace())
+        .args(extra.split_whitespace())
         .env("RINGPORT_BACKEND", backend)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -38,7 +46,7 @@ fn serve(mode: &str, backend: &str) -> (Guard, SocketAddr) {
                 line.contains("Registered I/O"),
                 "not the RIO server: {line}"
             );
-            return (child, addr);
+            return (child, addr, rx);
         }
     }
 }
@@ -100,5 +108,56 @@ fn the_load_generator_runs_against_it() {
             .unwrap_or_else(|| panic!("no loss line: {stdout}"));
         assert!(lost.ends_with(": 0"), "datagrams lost: {stdout}");
         assert!(stdout.contains("2000 round trips"), "{stdout}");
+    }
+}
+
+#[test]
+fn a_zero_length_datagram_comes_back_in_every_mode_on_both_backends() {
+    for backend in BACKENDS {
+        for mode in MODES {
+            let (_server, addr) = serve(mode, backend);
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut back = [0u8; 64];
+            for _ in 0..3 {
+                c.send_to(&[], addr).unwrap();
+                let (n, from) = c
+                    .recv_from(&mut back)
+                    .unwrap_or_else(|e| panic!("{mode} on {backend}: no empty echo: {e}"));
+                assert_eq!((n, from), (0, addr), "{mode} on {backend}");
+            }
+            // And the slot it used receives again.
+            c.send_to(b"after", addr).unwrap();
+            let (n, _) = c.recv_from(&mut back).unwrap();
+            assert_eq!(&back[..n], b"after", "{mode} on {backend}");
+        }
+    }
+}
+
+#[test]
+fn a_datagram_longer_than_the_buffer_is_not_echoed_cut_short() {
+    for backend in BACKENDS {
+        for mode in MODES {
+            let (mut server, addr, lines) = serve_with(mode, backend, "--buf-size 64 --duration 2");
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut back = [0u8; 256];
+            c.send_to(&[7u8; 65], addr).unwrap();
+            let r = c.recv_from(&mut back);
+            assert!(r.is_err(), "{mode} on {backend}: echoed {r:?}");
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.send_to(&[9u8; 64], addr).unwrap();
+            let (n, _) = c.recv_from(&mut back).unwrap();
+            assert_eq!(&back[..n], &[9u8; 64][..], "{mode} on {backend}");
+            common::wait(&mut server, Duration::from_secs(20));
+            // The reader ends at the server's exit, which has happened.
+            let summary: Vec<String> = lines.iter().collect();
+            let summary = summary.join("\n");
+            assert!(
+                summary.contains("1 truncated datagrams not echoed"),
+                "{mode} on {backend}: {summary}"
+            );
+        }
     }
 }

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use ringport::{CompletionPort, Error};
 
-use super::tcp::median;
-use crate::load::{cpu_time, parse_duration};
+use crate::args::parse_duration;
+use crate::measure::{cpu_time, median, Scope};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -336,9 +336,9 @@ fn measure(seconds: Duration, counts: &[AtomicU64]) -> Run {
             .sum::<u64>()
     };
     thread::sleep(Duration::from_millis(200).min(seconds / 4));
-    let (c0, t0, cpu0) = (total(), Instant::now(), cpu_time(false));
+    let (c0, t0, cpu0) = (total(), Instant::now(), cpu_time(Scope::Process));
     thread::sleep(seconds);
-    let (c1, t1, cpu1) = (total(), Instant::now(), cpu_time(false));
+    let (c1, t1, cpu1) = (total(), Instant::now(), cpu_time(Scope::Process));
     let reads = (c1 - c0).max(1) as f64;
     Run {
         rate: reads / t1.duration_since(t0).as_secs_f64(),

@@ -1,6 +1,7 @@
 //! `ringport bench …`: each benchmark runs ringport beside its peers in the
 //! same process and prints the ratio.
 
+mod echo;
 mod file;
 mod port;
 mod rio;

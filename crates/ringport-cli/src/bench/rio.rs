@@ -11,9 +11,9 @@
 //! Per server: datagrams/s received (from its first datagram to the end
 //! marker), the generator's rate, the loss (sent − received), the server
 //! threads' CPU time per datagram received (`CLOCK_THREAD_CPUTIME_ID`),
-//! and the system calls per datagram those threads entered, counted by the
-//! kernel's `raw_syscalls:sys_enter` tracepoint (see [`crate::sink`]; "–"
-//! where the tracepoint cannot be opened). Then each server's ratio to the
+//! and, with `--count-syscalls`, the system calls per datagram those threads
+//! entered, counted by the kernel's `raw_syscalls:sys_enter` tracepoint (see
+//! [`crate::serve::sink`]; "–" where not counted). Then each server's ratio to the
 //! traditional `port` mode and to tokio.
 //!
 //! The peers only count: tokio (a current-thread runtime on one thread,
@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
-use super::tcp::median;
+use crate::args::parse_duration;
 use crate::blast::{self, BlastConfig, BlastReport};
-use crate::load::parse_duration;
-use crate::sink::{self, Meter, Mode, Run, Sink, SinkOptions, SinkReport};
+use crate::measure::{median, SyscallCounter};
+use crate::serve::sink::{self, Meter, Mode, Run, Sink, SinkOptions, SinkReport};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -56,6 +56,11 @@ pub struct Args {
     /// Most results per dequeue, get or notification.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Count the server threads' system calls (a per-thread tracepoint
+    /// counter, which adds its own cost to each of them and so to the CPU
+    /// figures).
+    #[arg(long)]
+    count_syscalls: bool,
     /// Servers to run, comma-separated: the modes (port, rio-polled,
     /// rio-event, rio-event-polled, rio-port, rio-port-mt) and the peers
     /// (tokio, mio, recvmmsg).
@@ -139,7 +144,8 @@ pub fn run(args: Args) -> Result<(), String> {
         (None, None)
     };
     base.pin = server_cpu;
-    let counted = sink::syscall_counter().is_some();
+    base.count_syscalls = args.count_syscalls;
+    let counted = args.count_syscalls && SyscallCounter::open().is_some();
     println!(
         "ringport bench rio: {} CPUs, {}-byte datagrams, GSO sender for {:?} per run, {} rounds \
          interleaved, median reported",
@@ -157,8 +163,10 @@ pub fn run(args: Args) -> Result<(), String> {
         args.batch,
         if counted {
             "counted by the raw_syscalls:sys_enter tracepoint on the server threads"
-        } else {
+        } else if args.count_syscalls {
             "not counted (mount tracefs at /sys/kernel/tracing; root or perf_event_paranoid <= 1)"
+        } else {
+            "not counted (--count-syscalls counts them)"
         }
     );
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
@@ -356,7 +364,7 @@ fn start_peer(w: Which, addr: SocketAddr, base: &SinkOptions) -> Result<Server, 
     let run = Run::new(base.size, 1);
     let name = w.name();
     let slot = base.size.max(64) + 64;
-    let (r, pin) = (run.clone(), base.pin);
+    let (r, pin, count) = (run.clone(), base.pin, base.count_syscalls);
     let body: PeerBody = match w {
         Which::Tokio => Box::new(move |m| tokio_peer(m, sock, slot)),
         Which::Mio => Box::new(move |m| mio_peer(m, sock, slot)),
@@ -366,7 +374,7 @@ fn start_peer(w: Which, addr: SocketAddr, base: &SinkOptions) -> Result<Server, 
     let thread = thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            let mut m = Meter::new(&r, 0, format!("{name}-0"), pin);
+            let mut m = Meter::new(&r, 0, format!("{name}-0"), pin, count);
             if let Err(e) = body(&mut m) {
                 eprintln!("ringport: {name}: {e}");
             }

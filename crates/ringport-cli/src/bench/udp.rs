@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::tcp::{
+use super::echo::{
     compare, localhost, ringport_with, select, tokio_runtime, EchoRun, Ringport, Server, Start,
     Tokio,
 };
 use crate::load::Proto;
-use crate::rio_udp_echo::{EchoMode, RioUdpEcho};
 use crate::serve;
+use crate::serve::rio_udp_echo::{EchoMode, RioUdpEcho};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -25,7 +25,7 @@ use ringport::rio::{
 };
 use ringport::{Backend, CompletionPort, Error};
 
-use crate::serve::{self, Summary};
+use super::Summary;
 
 /// How the server learns that results are waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +37,8 @@ pub enum EchoMode {
 
 impl EchoMode {
     /// The mode for a `--mode` name, if it is one of these.
-    pub fn from_sink(mode: crate::sink::Mode) -> Option<EchoMode> {
-        use crate::sink::Mode;
+    pub fn from_sink(mode: super::sink::Mode) -> Option<EchoMode> {
+        use super::sink::Mode;
         match mode {
             Mode::RioPolled => Some(EchoMode::Polled),
             Mode::RioEvent | Mode::RioEventPolled => Some(EchoMode::Event),
@@ -93,9 +93,9 @@ impl RioUdpEcho {
             .ok_or("--pending must be 1 to 4096 in the RIO modes")?;
         let slot_size = u32::try_from(slot_size)
             .ok()
-            .filter(|s| (1..=crate::sink::MAX_UDP as u32).contains(s))
+            .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
             .ok_or("--buf-size must be 1 to 65,507")?;
-        let socket = UdpSocket::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+        let socket = UdpSocket::bind(addr).map_err(|e| crate::args::bind_error(addr, e))?;
         let addr = socket.local_addr().map_err(|e| e.to_string())?;
         let rio = |e: Error| format!("setting up RIO: {e}");
         let port = match mode {
@@ -165,7 +165,7 @@ impl RioUdpEcho {
     }
 }
 
-impl serve::Echo for RioUdpEcho {
+impl super::Echo for RioUdpEcho {
     fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -266,20 +266,24 @@ impl Echo {
             return Err(Error::InvalidArgument("a result for no slot"));
         }
         let sent = r.request_context & SEND != 0;
-        if r.status != 0 {
-            self.summary.errors += 1;
-        } else if sent {
-            self.summary.bytes += r.bytes as u64;
-        } else if r.bytes > 0 {
-            self.summary.messages += 1;
-            let (data, remote) = (self.data(slot, r.bytes), self.remote(slot));
-            return self.rq.send_ex(
-                data,
-                None,
-                Some(remote),
-                RioFlags::DEFER,
-                slot as u64 | SEND,
-            );
+        match r.status {
+            0 if sent => self.summary.bytes += r.bytes as u64,
+            // A datagram of 0 bytes is a datagram too (the port mode
+            // echoes it).
+            0 => {
+                self.summary.messages += 1;
+                let (data, remote) = (self.data(slot, r.bytes), self.remote(slot));
+                return self.rq.send_ex(
+                    data,
+                    None,
+                    Some(remote),
+                    RioFlags::DEFER,
+                    slot as u64 | SEND,
+                );
+            }
+            // Longer than the slot: what fits is not the datagram.
+            libc::EMSGSIZE if !sent => self.summary.truncated += 1,
+            _ => self.summary.errors += 1,
         }
         self.receive(slot, RioFlags::DEFER)
     }

@@ -19,8 +19,9 @@
 //!   one commit at its end; the notification is re-armed after that.
 //! - **Capacity.** Every request queue charges `--pending` receives and one
 //!   send to the completion queue, which is sized for [`MAX_CONNECTIONS`]
-//!   of them: a connection beyond that is refused (closed, with a message),
-//!   so the queue can never overflow.
+//!   of them, or for as many as fit in the largest completion queue
+//!   ([`MAX_CQ`] results) when `--pending` is high: a connection beyond that
+//!   is refused (closed, with a message), so the queue can never overflow.
 //! - **Closing.** A 0-byte receive (the peer closed its side) lets the data
 //!   already received go back, then drops the request queue, which cancels
 //!   the receives still pending; an error closes at once. A connection's
@@ -40,9 +41,14 @@ use ringport::rio::{
 };
 use ringport::{Backend, CompletionPort, Error};
 
+use crate::args::bind_error;
+use crate::log::Every;
+
 /// The most connections served at once; the completion queue is sized for
 /// them.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// The largest completion queue the library makes (its size limit).
+pub const MAX_CQ: usize = 65_536;
 
 /// The port packet that announces results in the completion queue.
 const CQ_KEY: u64 = 1;
@@ -50,6 +56,10 @@ const CQ_KEY: u64 = 1;
 const ACCEPT_KEY: u64 = 2;
 /// Set in a send's request context (the slice index is below it).
 const SEND: u64 = 1 << 32;
+
+/// Connections refused and connections failed can come in floods.
+static REFUSED: Every = Every::second();
+static CONN_FAILED: Every = Every::second();
 
 /// How to run the server.
 #[derive(Clone, Debug)]
@@ -83,13 +93,21 @@ impl EchoOptions {
         if self.buf_size == 0 || self.buf_size > 1 << 20 {
             return Err("--buf-size must be between 1 byte and 1 MiB in rio-port mode".into());
         }
-        if self.batch == 0 {
-            return Err("--batch must be at least 1".into());
-        }
-        if self.max_connections == 0 || self.cq_size() > 65_536 {
-            return Err("too many connections for one completion queue".into());
+        crate::args::bounded("batch", self.batch, MAX_CQ)?;
+        if self.connections() == 0 {
+            return Err(format!(
+                "--pending {} leaves no room for a connection in one completion queue ({MAX_CQ} \
+                 results)",
+                self.pending
+            ));
         }
         Ok(())
+    }
+
+    /// Connections served at once: `max_connections`, or fewer when that
+    /// many would charge more than one completion queue holds.
+    pub fn connections(&self) -> usize {
+        self.max_connections.min(MAX_CQ / self.per_connection())
     }
 
     /// Receives and sends one connection charges to the completion queue.
@@ -98,7 +116,7 @@ impl EchoOptions {
     }
 
     fn cq_size(&self) -> usize {
-        self.max_connections * self.per_connection()
+        self.connections() * self.per_connection()
     }
 }
 
@@ -168,10 +186,10 @@ impl Worker {
     fn open(&mut self, stream: TcpStream, peer: SocketAddr) {
         if self.open >= self.max {
             self.stats.refused += 1;
-            eprintln!(
-                "ringport: refusing the connection from {peer}: {} connections open (the most)",
+            REFUSED.line(format_args!(
+                "refusing the connection from {peer}: {} connections open (the most)",
                 self.open
-            );
+            ));
             return; // dropping the stream closes it
         }
         let _ = stream.set_nodelay(true);
@@ -180,9 +198,9 @@ impl Worker {
             Ok(b) => b,
             Err(e) => {
                 self.stats.refused += 1;
-                eprintln!(
-                    "ringport: refusing the connection from {peer}: registering {size} bytes: {e}"
-                );
+                REFUSED.line(format_args!(
+                    "refusing the connection from {peer}: registering {size} bytes: {e}"
+                ));
                 return;
             }
         };
@@ -207,7 +225,7 @@ impl Worker {
             Ok(rq) => rq,
             Err(e) => {
                 self.stats.refused += 1;
-                eprintln!("ringport: refusing the connection from {peer}: {e}");
+                REFUSED.line(format_args!("refusing the connection from {peer}: {e}"));
                 let _ = rio::deregister_buffer(buffer);
                 self.free.push(index);
                 return;
@@ -272,7 +290,7 @@ impl Worker {
             Ok(true) => c.sending = true,
             Ok(false) => c.receives += 1,
             Err(e) => {
-                eprintln!("ringport: connection from {}: {e}", c.peer);
+                CONN_FAILED.line(format_args!("connection from {}: {e}", c.peer));
                 self.stats.errors += 1;
                 c.failed = true;
             }
@@ -364,7 +382,7 @@ impl Worker {
             }
             if c.rq.is_none() && c.receives == 0 && !c.sending {
                 if let Err(e) = rio::deregister_buffer(c.buffer) {
-                    eprintln!("ringport: freeing the buffer of {}: {e}", c.peer);
+                    CONN_FAILED.line(format_args!("freeing the buffer of {}: {e}", c.peer));
                 }
                 self.conns[i] = None;
                 self.free.push(i);
@@ -381,7 +399,7 @@ impl Worker {
             c.rq = None;
         }
         if let Err(e) = self.cq.close() {
-            eprintln!("ringport: closing the completion queue: {e}");
+            crate::log::line(format_args!("closing the completion queue: {e}"));
         }
         for c in self.conns.iter_mut().filter_map(Option::take) {
             let _ = rio::deregister_buffer(c.buffer);
@@ -464,8 +482,10 @@ fn accept_loop(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and the like: say so, and try again later.
-                    eprintln!("ringport: accept: {e}");
+                    // EMFILE and the like: every accept fails until
+                    // connections close, so wait and say so now and then.
+                    static FAILED: Every = Every::second();
+                    FAILED.line(format_args!("tcp-echo: accept: {e}; retrying in 50 ms"));
                     thread::sleep(Duration::from_millis(50));
                     break;
                 }
@@ -483,17 +503,7 @@ pub fn serve(
     stop: &dyn Fn() -> bool,
 ) -> Result<(), String> {
     opts.validate()?;
-    if duration.is_some_and(|d| d.is_zero()) {
-        return Err("--duration must be more than 0".into());
-    }
-    let listener = TcpListener::bind(addr).map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::AddrInUse => " (the port is taken; use another, or port 0)",
-            io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
-            _ => "",
-        };
-        format!("cannot listen on {addr}: {e}{hint}")
-    })?;
+    let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
@@ -518,7 +528,7 @@ pub fn serve(
         cq.backend(),
         opts.pending,
         opts.buf_size,
-        opts.max_connections,
+        opts.connections(),
         opts.batch
     );
     match duration {
@@ -536,7 +546,7 @@ pub fn serve(
         open: 0,
         pending: opts.pending as u32,
         slot: opts.buf_size as u32,
-        max: opts.max_connections,
+        max: opts.connections(),
         stats: Stats::default(),
         touched: Vec::new(),
         deferred: false,

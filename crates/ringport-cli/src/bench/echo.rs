@@ -1,0 +1,302 @@
+//! The harness of `bench tcp` and `bench udp`: start each server, drive it
+//! with the load generator ([`crate::load::run_load`]), stop it, and report
+//! the medians of interleaved rounds with ringport's ratio to each peer.
+//!
+//! Every server runs in this process on 127.0.0.1 port 0, one at a time,
+//! rounds interleaved (ringport, tokio, mio, …, ringport, …): round trips per
+//! second, round-trip latency p50/p99/p99.9, and the CPU time per round trip
+//! of the server (the process's CPU time less the client threads').
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::args::parse_duration;
+use crate::load::{self, LoadConfig, LoadReport, Proto};
+use crate::measure::median;
+use crate::serve::{self, Echo};
+
+/// How `bench tcp` and `bench udp` run their echo servers.
+#[derive(clap::Args)]
+pub(super) struct EchoRun {
+    /// Seconds each server is measured in each round.
+    #[arg(long, default_value = "3", value_parser = parse_duration)]
+    seconds: Duration,
+    /// Interleaved rounds; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Time at the start of each run not counted.
+    #[arg(long, default_value = "0.5", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Connections (UDP: sockets), each with one message in flight.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Bytes per message (UDP: at most 65,507).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Threads of every server [default: CPUs].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// ringport: packets a worker takes per get (get_many).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+}
+
+impl EchoRun {
+    /// The plan for `bench <name>`: `proto` load, a reply awaited at most
+    /// `timeout`.
+    pub(super) fn plan(&self, name: &str, proto: Proto, timeout: Duration) -> Plan {
+        Plan {
+            title: format!(
+                "ringport bench {name}: echo, {} CPUs, backend {}",
+                ringport::cpu_count(),
+                super::backend_name()
+            ),
+            load: LoadConfig {
+                proto,
+                addr: localhost(),
+                connections: self.connections,
+                size: self.size,
+                duration: Some(self.seconds),
+                count: None,
+                threads: self.client_threads.min(self.connections.max(1)),
+                timeout,
+                warmup: self.warmup,
+                progress: false,
+            },
+            rounds: self.rounds,
+            threads: self.threads.unwrap_or_else(ringport::cpu_count),
+            batch: self.batch,
+        }
+    }
+}
+
+/// A server under test, running.
+pub(super) trait Server {
+    fn addr(&self) -> SocketAddr;
+    /// Stops it and releases everything; an error if it failed meanwhile.
+    fn stop(self: Box<Self>) -> Result<(), String>;
+}
+
+/// Starts a server with `threads` threads on 127.0.0.1 port 0.
+pub(super) type Start = fn(threads: usize, batch: usize) -> Result<Box<dyn Server>, String>;
+
+/// How a benchmark drives each server.
+pub(super) struct Plan {
+    pub title: String,
+    pub load: LoadConfig,
+    pub rounds: usize,
+    pub threads: usize,
+    pub batch: usize,
+}
+
+/// One run of one server.
+struct Run {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    server_cpu_us: f64,
+    lost: u64,
+}
+
+impl Run {
+    fn of(r: &LoadReport) -> Run {
+        let msgs = r.messages.max(1) as f64;
+        Run {
+            rate: r.rate(),
+            p50: r.quantile_us(0.5),
+            p99: r.quantile_us(0.99),
+            p999: r.quantile_us(0.999),
+            server_cpu_us: r.process_cpu.saturating_sub(r.client_cpu).as_secs_f64() * 1e6 / msgs,
+            lost: r.lost,
+        }
+    }
+}
+
+/// Picks the named peers out of `all`, in `all`'s order.
+pub(super) fn select(
+    names: &[String],
+    all: &[(&'static str, Start)],
+) -> Result<Vec<(&'static str, Start)>, String> {
+    for n in names {
+        if !all.iter().any(|(a, _)| a == n) {
+            let known: Vec<&str> = all.iter().map(|(a, _)| *a).collect();
+            return Err(format!(
+                "--peers: unknown server {n:?} (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    let chosen: Vec<_> = all
+        .iter()
+        .filter(|(a, _)| names.iter().any(|n| n == a))
+        .copied()
+        .collect();
+    if chosen.is_empty() {
+        return Err("--peers: name at least one server".into());
+    }
+    Ok(chosen)
+}
+
+/// Runs every peer `plan.rounds` times, interleaved, and prints the medians
+/// and ringport's ratio to each.
+pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<(), String> {
+    if plan.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    if plan.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    if plan.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    plan.load.validate()?;
+    println!("{}", plan.title);
+    println!(
+        "{} connections × 1 message of {} bytes in flight, {} server threads, {} client thread(s), \
+         {:?} per run (+{:?} warm-up), {} rounds interleaved, median reported",
+        plan.load.connections,
+        plan.load.size,
+        plan.threads,
+        plan.load.threads,
+        plan.load.duration.unwrap_or_default(),
+        plan.load.warmup,
+        plan.rounds
+    );
+    let mut runs: HashMap<&str, Vec<Run>> = HashMap::new();
+    for round in 0..plan.rounds {
+        for &(name, start) in peers {
+            let server = start(plan.threads, plan.batch).map_err(|e| format!("{name}: {e}"))?;
+            let mut cfg = plan.load.clone();
+            cfg.addr = server.addr();
+            let result = load::run_load(&cfg);
+            let stopped = server.stop();
+            let report = result.map_err(|e| format!("{name}: {e}"))?;
+            stopped.map_err(|e| format!("{name}: {e}"))?;
+            let run = Run::of(&report);
+            eprintln!(
+                "  round {}: {name:<16} {:>10.0} msg/s  p50 {:>7.1} µs  server CPU {:>5.2} µs/msg",
+                round + 1,
+                run.rate,
+                run.p50,
+                run.server_cpu_us
+            );
+            runs.entry(name).or_default().push(run);
+        }
+    }
+    let med = |name: &str, f: fn(&Run) -> f64| -> f64 {
+        median(runs.get(name).map_or(vec![], |v| v.iter().map(f).collect()))
+    };
+    let udp = plan.load.proto == Proto::Udp;
+    println!();
+    println!(
+        "{:<16} {:>12} {:>9} {:>9} {:>9} {:>14}{}",
+        "server",
+        "msgs/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "server µs/msg",
+        if udp { "       lost" } else { "" }
+    );
+    for &(name, _) in peers {
+        let lost: u64 = runs.get(name).map_or(0, |v| v.iter().map(|r| r.lost).sum());
+        println!(
+            "{:<16} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14.2}{}",
+            name,
+            med(name, |r| r.rate),
+            med(name, |r| r.p50),
+            med(name, |r| r.p99),
+            med(name, |r| r.p999),
+            med(name, |r| r.server_cpu_us),
+            if udp {
+                format!(" {lost:>10}")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if peers.iter().any(|(n, _)| *n == "ringport") {
+        println!();
+        let ours = med("ringport", |r| r.rate);
+        let our_cpu = med("ringport", |r| r.server_cpu_us);
+        let our_p50 = med("ringport", |r| r.p50);
+        for &(name, _) in peers.iter().filter(|(n, _)| *n != "ringport") {
+            println!(
+                "ringport / {name:<16}: msgs/s {:.2}×   p50 latency {:.2}×   server CPU per msg {:.2}×",
+                ours / med(name, |r| r.rate),
+                our_p50 / med(name, |r| r.p50),
+                our_cpu / med(name, |r| r.server_cpu_us),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Any ringport echo server as a [`Server`]: stopping it fails if it did.
+pub(super) struct Ringport<S>(pub(super) S);
+
+impl<S: Echo> Server for Ringport<S> {
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+    fn stop(self: Box<Self>) -> Result<(), String> {
+        match self.0.stop().fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts a completion-port echo server of `kind` with `threads` workers
+/// (concurrency as many), `batch` packets per get, and what `tweak` changes.
+pub(super) fn ringport_with<S: Echo>(
+    kind: serve::Kind,
+    start: fn(SocketAddr, &serve::Options) -> Result<S, String>,
+    threads: usize,
+    batch: usize,
+    tweak: impl FnOnce(&mut serve::Options),
+) -> Result<Box<dyn Server>, String> {
+    let mut opts = serve::Options::new(kind);
+    opts.threads = threads;
+    opts.concurrency = threads;
+    opts.batch = batch;
+    tweak(&mut opts);
+    Ok(Box::new(Ringport(start(localhost(), &opts)?)))
+}
+
+/// A tokio multi-thread runtime with the server's tasks on it; dropping the
+/// runtime (shutdown) ends them.
+pub(super) struct Tokio {
+    pub rt: Option<tokio::runtime::Runtime>,
+    pub addr: SocketAddr,
+}
+
+impl Server for Tokio {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn stop(mut self: Box<Self>) -> Result<(), String> {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn tokio_runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("tokio-echo")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the tokio runtime: {e}"))
+}
