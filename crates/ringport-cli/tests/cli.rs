@@ -445,7 +445,6 @@ fn running_out_of_descriptors_logs_a_line_a_second_and_recovers() {
 }
 
 #[test]
-#[ignore = "needs recv_from to complete a longer datagram with EMSGSIZE (issue 10, in the library)"]
 fn udp_echo_does_not_echo_a_longer_datagram_cut_short() {
     use std::net::UdpSocket;
     let (_server, addr) = serve("udp-echo", "--buf-size 64");

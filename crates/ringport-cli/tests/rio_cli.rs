@@ -186,7 +186,6 @@ fn rio_polled_takes_a_longer_datagram_as_the_end() {
 }
 
 #[test]
-#[ignore = "needs recv_from to complete a longer datagram with EMSGSIZE (issue 10, in the library)"]
 fn port_mode_takes_a_longer_datagram_as_the_end() {
     a_longer_datagram_ends_the_run("port");
 }
