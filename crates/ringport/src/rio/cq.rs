@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::epoll::{EpollCq, Watched};
 use super::notify::Notify;
-use super::request::Request;
+use super::request::{Request, RequestKind};
 use super::rq::RqShared;
 use super::uring::{Ring, UringCq};
 use super::{RioError, RioResult};
@@ -138,7 +138,9 @@ fn port_recheck(cq: Weak<CqShared>) -> Recheck {
             return true;
         };
         match &s.engine {
-            Engine::Uring(e) => e.poll_fired() || e.rearm(port_recheck(cq.clone())).is_err(),
+            Engine::Uring(e) => {
+                e.poll_fired(&s.common) || e.rearm(port_recheck(cq.clone())).is_err()
+            }
             Engine::Epoll(_) => true,
         }
     })
@@ -258,7 +260,7 @@ impl CompletionQueue {
     /// thread waiting when the queue closes).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
         match &self.shared.engine {
-            Engine::Uring(e) => e.wait(timeout),
+            Engine::Uring(e) => e.wait(&self.shared.common, timeout),
             Engine::Epoll(e) => e.wait(timeout),
         }
     }
@@ -435,7 +437,10 @@ impl CqShared {
     /// complete with `ECANCELED`.
     pub(super) fn cancel(&self, rq: &RqShared) {
         match &self.engine {
-            Engine::Uring(e) => e.cancel_fd(rq.raw_fd()),
+            Engine::Uring(e) => e.cancel(
+                rq,
+                [RequestKind::Receive, RequestKind::Send].map(|k| std::ptr::eq(&**rq.cq(k), self)),
+            ),
             Engine::Epoll(e) => e.cancel(rq),
         }
     }

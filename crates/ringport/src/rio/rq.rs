@@ -11,6 +11,7 @@ use super::buffer::{self, Claim, SliceUse};
 use super::cq::CqShared;
 use super::epoll::Watched;
 use super::request::{Op, Request, RequestKind};
+use super::uring::Lane;
 use super::{CompletionQueue, RioBuf, RioError, RioFlags};
 use crate::sync::lock;
 use crate::Error;
@@ -80,6 +81,8 @@ pub(super) struct RqShared {
     /// completion queues on the epoll backend (`None` on io_uring).
     watched: [Option<Arc<Watched>>; 2],
     closing: AtomicBool,
+    /// The order of its receives and sends on io_uring completion queues.
+    lanes: [Lane; 2],
     /// The socket's port, once `IP_PKTINFO` is on (for local addresses).
     local_port: Mutex<Option<u16>>,
     resizing: Mutex<()>,
@@ -110,7 +113,12 @@ impl RqShared {
         self.watched[slot(kind)].as_ref()
     }
 
-    fn cq(&self, kind: RequestKind) -> &Arc<CqShared> {
+    /// Where its requests of `kind` wait their turn on io_uring.
+    pub(super) fn lane(&self, kind: RequestKind) -> &Lane {
+        &self.lanes[slot(kind)]
+    }
+
+    pub(super) fn cq(&self, kind: RequestKind) -> &Arc<CqShared> {
         match kind {
             RequestKind::Receive => &self.receive_cq,
             RequestKind::Send => &self.send_cq,
@@ -351,6 +359,7 @@ impl RequestQueue {
                 max: [AtomicU32::new(max_receives), AtomicU32::new(max_sends)],
                 outstanding: [AtomicU32::new(0), AtomicU32::new(0)],
                 watched,
+                lanes: Default::default(),
                 closing: AtomicBool::new(false),
                 local_port: Mutex::new(None),
                 resizing: Mutex::new(()),
