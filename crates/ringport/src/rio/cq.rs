@@ -119,6 +119,9 @@ pub(super) struct Common {
     pub(super) counters: Counters,
 }
 
+// One per queue, inside its Arc: the size is paid once, and boxing the big
+// variant would add a pointer to follow on every dequeue.
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     Uring(UringCq),
     Epoll(EpollCq),
@@ -329,7 +332,7 @@ impl CompletionQueue {
     /// changes. Beyond it the queue moves to a bigger ring, which is refused
     /// with [`RioError::Armed`] while a notification is armed and has not
     /// fired. Waiting results are kept in order. On io_uring, requests in
-    /// flight are cancelled and started again on the new ring in their order
+    /// flight are cancelled and started again on the new ring in posting order
     /// (a stream receive cancelled half-filled completes with what it has),
     /// and the move may fail with [`RioError::KernelBusy`] (nothing lost:
     /// the queue stays on its old ring); on epoll, requests in flight are

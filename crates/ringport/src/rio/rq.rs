@@ -27,10 +27,12 @@ use crate::Error;
 /// [`RioError::TooManyRequests`]; a request counts as outstanding from the
 /// call that makes it until its result is dequeued.
 ///
-/// Results for one socket arrive in its completion queue in the order the
-/// kernel completed them: the order the data arrived, as long as one thread
-/// submits the receives. Which pending receive takes which datagram is the
-/// kernel's choice, so find a result's buffer by its request context.
+/// Pending requests of one kind complete in the order they were posted, as
+/// on Windows, on both backends: the receive posted first takes a stream's
+/// first bytes (or a socket's first datagram), and sends put their bytes on
+/// the wire in posting order, whichever threads post them. A request
+/// belongs to the queue, not to the thread that posted it: that thread may
+/// exit, and the request still completes with its real result.
 ///
 /// Dropping the queue cancels its requests in flight: they complete with
 /// status `ECANCELED`, and the socket is closed once the last of them has

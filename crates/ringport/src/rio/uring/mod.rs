@@ -350,18 +350,13 @@ impl UringCq {
         let mut guard = lock(&self.consumer);
         let c = &mut *guard;
         let ring = c.ring.clone().ok_or(RioError::QueueClosed)?;
-        if let Notifier::Polled = self.notifier {
-            return Err(RioError::WrongNotification.into());
-        }
-        // Completions of requests to start again are no results: out of the
-        // ring with them, so that they fire nothing.
-        // SAFETY: the consumer lock is held.
-        let notifying = unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) };
-        let _ = self.restart(common, &mut c.kick);
         match &self.notifier {
             Notifier::Polled => Err(RioError::WrongNotification.into()),
             Notifier::Event(efd) => {
                 if c.armed && !c.fired {
+                    // SAFETY: the consumer lock is held.
+                    let notifying = unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) };
+                    let _ = self.restart(common, &mut c.kick);
                     if notifying {
                         c.fired = true;
                     } else {
