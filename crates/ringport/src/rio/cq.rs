@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::epoll::{EpollCq, Watched};
 use super::notify::Notify;
-use super::request::Request;
+use super::request::{Request, RequestKind};
 use super::rq::RqShared;
 use super::uring::{Ring, UringCq};
 use super::{RioError, RioResult};
@@ -119,6 +119,9 @@ pub(super) struct Common {
     pub(super) counters: Counters,
 }
 
+// One per queue, inside its Arc: the size is paid once, and boxing the big
+// variant would add a pointer to follow on every dequeue.
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     Uring(UringCq),
     Epoll(EpollCq),
@@ -138,7 +141,9 @@ fn port_recheck(cq: Weak<CqShared>) -> Recheck {
             return true;
         };
         match &s.engine {
-            Engine::Uring(e) => e.poll_fired() || e.rearm(port_recheck(cq.clone())).is_err(),
+            Engine::Uring(e) => {
+                e.poll_fired(&s.common) || e.rearm(port_recheck(cq.clone())).is_err()
+            }
             Engine::Epoll(_) => true,
         }
     })
@@ -258,7 +263,7 @@ impl CompletionQueue {
     /// thread waiting when the queue closes).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
         match &self.shared.engine {
-            Engine::Uring(e) => e.wait(timeout),
+            Engine::Uring(e) => e.wait(&self.shared.common, timeout),
             Engine::Epoll(e) => e.wait(timeout),
         }
     }
@@ -327,7 +332,7 @@ impl CompletionQueue {
     /// changes. Beyond it the queue moves to a bigger ring, which is refused
     /// with [`RioError::Armed`] while a notification is armed and has not
     /// fired. Waiting results are kept in order. On io_uring, requests in
-    /// flight are cancelled and started again on the new ring in their order
+    /// flight are cancelled and started again on the new ring in posting order
     /// (a stream receive cancelled half-filled completes with what it has),
     /// and the move may fail with [`RioError::KernelBusy`] (nothing lost:
     /// the queue stays on its old ring); on epoll, requests in flight are
@@ -435,7 +440,10 @@ impl CqShared {
     /// complete with `ECANCELED`.
     pub(super) fn cancel(&self, rq: &RqShared) {
         match &self.engine {
-            Engine::Uring(e) => e.cancel_fd(rq.raw_fd()),
+            Engine::Uring(e) => e.cancel(
+                rq,
+                [RequestKind::Receive, RequestKind::Send].map(|k| std::ptr::eq(&**rq.cq(k), self)),
+            ),
             Engine::Epoll(e) => e.cancel(rq),
         }
     }

@@ -51,9 +51,23 @@
 //!   ring, so their completions land in its CQ ring, which `dequeue` reads.
 //!   The ring is set up without `DEFER_TASKRUN`/`COOP_TASKRUN`, so the
 //!   kernel posts completions while the owner spins in user space.
-//! - `DEFER` queues the entry in the ring's SQ; the next request without it,
-//!   or [`commit`](RequestQueue::commit), submits everything queued in one
-//!   `io_uring_enter`.
+//! - Posting order: the kernel wakes requests parked on one socket newest
+//!   first, so a request queue lets it hold one chain of its receives (and
+//!   one of its sends) at a time, linked (`IOSQE_IO_LINK`) so that each
+//!   starts when the one before it is over; requests posted meanwhile wait
+//!   in user space and go as the next chain, in one `io_uring_enter`, when
+//!   the engine takes the chain's last result out of the ring. A socket's
+//!   pending receives thus take its bytes, or its datagrams, in posting
+//!   order, and its sends put their bytes on the wire in posting order, as
+//!   on Windows. `dequeue` makes a system call only to start such a chain.
+//! - A request belongs to its queue, not to a thread: the kernel ends with
+//!   `ECANCELED` a request whose submitting thread has exited by the time
+//!   it would run (the data stays in the socket); the engine starts such a
+//!   request again, at the head of its order, from the thread that finds
+//!   its completion, and reports only its real result.
+//! - `DEFER` keeps a request out of the kernel; the next request without
+//!   it, or [`commit`](RequestQueue::commit), submits everything deferred in
+//!   one `io_uring_enter`.
 //! - Event notification is an eventfd registered with the ring
 //!   (`IORING_REGISTER_EVENTFD`) and switched on and off with
 //!   `IORING_CQ_EVENTFD_DISABLED` in the CQ ring's flags, a store to shared
@@ -113,15 +127,14 @@
 //!   for runs of datagram receives, which go out up to 64 to a `recvmmsg`
 //!   (a `commit` queues its deferred receives first so that they can), and
 //!   an engine thread per completion queue.
-//! - Results of one socket come in the order the kernel completed its
-//!   requests: for receives submitted by one thread, the order the data
-//!   arrived. Which of several pending receives takes a datagram is the
-//!   kernel's choice (io_uring tries the most recently posted first), so a
-//!   result's buffer is found through its request context. When several
-//!   threads submit receives on one socket, each receive runs in its
-//!   submitter's context; the tests have seen no result out of order that
-//!   way (two threads taking turns, 600,000 datagrams), but io_uring does
-//!   not promise it.
+//! - On io_uring, a request posted while earlier ones of its kind on its
+//!   queue wait in the kernel starts when the engine takes the last of their
+//!   results out of the ring: in `dequeue`, `wait`, a notification's
+//!   check, or a later request or commit on the same completion queue made
+//!   while no thread is dequeuing. A program that posts sends and
+//!   then waits for its peer without ever reading the completion queue may
+//!   wait for them; one that reads its queue, or posts a run of requests
+//!   with `DEFER` and one commit (they go to the kernel together), does not.
 
 mod addr;
 mod buffer;

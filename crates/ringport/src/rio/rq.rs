@@ -11,6 +11,7 @@ use super::buffer::{self, Claim, SliceUse};
 use super::cq::CqShared;
 use super::epoll::Watched;
 use super::request::{Op, Request, RequestKind};
+use super::uring::Lane;
 use super::{CompletionQueue, RioBuf, RioError, RioFlags};
 use crate::sync::lock;
 use crate::Error;
@@ -26,10 +27,12 @@ use crate::Error;
 /// [`RioError::TooManyRequests`]; a request counts as outstanding from the
 /// call that makes it until its result is dequeued.
 ///
-/// Results for one socket arrive in its completion queue in the order the
-/// kernel completed them: the order the data arrived, as long as one thread
-/// submits the receives. Which pending receive takes which datagram is the
-/// kernel's choice, so find a result's buffer by its request context.
+/// Pending requests of one kind complete in the order they were posted, as
+/// on Windows, on both backends: the receive posted first takes a stream's
+/// first bytes (or a socket's first datagram), and sends put their bytes on
+/// the wire in posting order, whichever threads post them. A request
+/// belongs to the queue, not to the thread that posted it: that thread may
+/// exit, and the request still completes with its real result.
 ///
 /// Dropping the queue cancels its requests in flight: they complete with
 /// status `ECANCELED`, and the socket is closed once the last of them has
@@ -80,6 +83,8 @@ pub(super) struct RqShared {
     /// completion queues on the epoll backend (`None` on io_uring).
     watched: [Option<Arc<Watched>>; 2],
     closing: AtomicBool,
+    /// The order of its receives and sends on io_uring completion queues.
+    lanes: [Lane; 2],
     /// The socket's port, once `IP_PKTINFO` is on (for local addresses).
     local_port: Mutex<Option<u16>>,
     resizing: Mutex<()>,
@@ -110,7 +115,12 @@ impl RqShared {
         self.watched[slot(kind)].as_ref()
     }
 
-    fn cq(&self, kind: RequestKind) -> &Arc<CqShared> {
+    /// Where its requests of `kind` wait their turn on io_uring.
+    pub(super) fn lane(&self, kind: RequestKind) -> &Lane {
+        &self.lanes[slot(kind)]
+    }
+
+    pub(super) fn cq(&self, kind: RequestKind) -> &Arc<CqShared> {
         match kind {
             RequestKind::Receive => &self.receive_cq,
             RequestKind::Send => &self.send_cq,
@@ -351,6 +361,7 @@ impl RequestQueue {
                 max: [AtomicU32::new(max_receives), AtomicU32::new(max_sends)],
                 outstanding: [AtomicU32::new(0), AtomicU32::new(0)],
                 watched,
+                lanes: Default::default(),
                 closing: AtomicBool::new(false),
                 local_port: Mutex::new(None),
                 resizing: Mutex::new(()),

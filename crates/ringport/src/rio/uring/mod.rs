@@ -10,9 +10,18 @@
 //! `wait` looks for a result that may notify, or a resize moves to a bigger
 //! ring) wait in `carry`, which is always read before the ring.
 //!
-//! Lock order: consumer, then submission, then slots, then capacity; the
-//! buffer registry's lock is taken last, alone or under slots.
+//! Requests reach the ring through their request queue's [`Lane`] of their
+//! kind, one linked chain at a time, so that they complete in posting order
+//! (see [`lane`]). Wherever a completion is taken out of the ring (dequeue,
+//! a notification's check, wait, resize), the lane learns of it, and a chain
+//! that has ended lets the next one go, in one `io_uring_enter` for all the
+//! lanes that one look at the ring restarted; a dequeue that restarts
+//! nothing makes no system call.
+//!
+//! Lock order: consumer, then submission, then slots, then a lane, then
+//! capacity; the buffer registry's lock is taken last, alone or under slots.
 
+mod lane;
 mod ring;
 mod slots;
 
@@ -24,12 +33,15 @@ use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 
+pub(super) use self::lane::Lane;
+use self::lane::{LaneRef, LaneState};
 pub(super) use self::ring::Ring;
 use self::slots::{is_quiet, Slots, NOP};
 use super::buffer::{self, Claim};
 use super::cq::Common;
 use super::notify::{wait_slice, Notifier, Notify, PortTarget};
-use super::request::Request;
+use super::request::{Request, RequestKind};
+use super::rq::RqShared;
 use super::{RioError, RioResult};
 use crate::sync::lock;
 use crate::sys::op::Recheck;
@@ -42,6 +54,11 @@ const KERNEL_WAIT: Duration = Duration::from_secs(2);
 /// The submission side.
 struct Submission {
     ring: Option<Arc<Ring>>,
+    /// Lanes holding requests made with `DEFER`, for the next commit.
+    deferred: Vec<LaneRef>,
+    /// Lanes to start, and the chain being started (kept for their memory).
+    kick: Vec<LaneRef>,
+    chain: Vec<u64>,
 }
 
 /// The consumer side.
@@ -51,6 +68,8 @@ struct Consumer {
     carry: VecDeque<cqueue::Entry>,
     /// Slices to release after a dequeue (kept to reuse its memory).
     claims: Vec<Claim>,
+    /// Lanes whose chain ended in what was taken out of the ring.
+    kick: Vec<LaneRef>,
     armed: bool,
     fired: bool,
     /// Counts the rings the queue has had (a resize may move it to another).
@@ -66,16 +85,93 @@ pub(super) struct UringCq {
     closed: AtomicBool,
 }
 
-/// Moves every completion in `ring` into `carry` (NOPs dropped) and says
-/// whether `carry` now holds one that may notify.
-///
-/// # Safety
-/// The caller holds the consumer lock.
-unsafe fn absorb(ring: &Ring, carry: &mut VecDeque<cqueue::Entry>) -> bool {
-    // SAFETY: the caller holds the consumer lock.
-    let cq = unsafe { ring.completions() };
-    carry.extend(cq.filter(|e| e.user_data() != NOP));
-    carry.iter().any(|e| !is_quiet(e.user_data()))
+/// Commits the deferred requests of every lane in `deferred`: they may go in
+/// the next chain; lanes that can start now go to `kick`.
+fn commit_lanes(deferred: &mut Vec<LaneRef>, kick: &mut Vec<LaneRef>) {
+    for (rq, kind) in deferred.drain(..) {
+        let startable = {
+            let mut lane = rq.lane(kind).lock();
+            lane.deferred = 0;
+            lane.startable()
+        };
+        if startable {
+            kick.push((rq, kind));
+        }
+    }
+}
+
+/// Starts the next chain of every lane in `kick` on `ring`, each in posting
+/// order, linked so that each request starts when the one before it is
+/// over. Returns whether any entry was queued; the caller submits. The
+/// caller holds the submission lock (it owns `ring`'s SQ).
+fn start_lanes(
+    slots: &mut Slots,
+    ring: &Ring,
+    chain: &mut Vec<u64>,
+    kick: &mut Vec<LaneRef>,
+) -> std::io::Result<bool> {
+    let mut queued = false;
+    let mut result = Ok(());
+    for (rq, kind) in kick.drain(..) {
+        if result.is_ok() {
+            let mut lane = rq.lane(kind).lock();
+            match start_lane(slots, ring, chain, &mut lane) {
+                Ok(q) => queued |= q,
+                // The lane stays idle with its requests waiting; its next
+                // request or commit starts it.
+                Err(e) => result = Err(e),
+            }
+        }
+    }
+    result.map(|()| queued)
+}
+
+fn start_lane(
+    slots: &mut Slots,
+    ring: &Ring,
+    chain: &mut Vec<u64>,
+    lane: &mut LaneState,
+) -> std::io::Result<bool> {
+    if lane.in_kernel > 0 {
+        return Ok(false);
+    }
+    lane.requeue_again();
+    // A link does not span two submissions: a chain fits in the SQ.
+    let n = lane.ready().min(ring.sq_entries());
+    if n == 0 {
+        return Ok(false);
+    }
+    // SAFETY: the caller holds the submission lock.
+    if ring.sq_entries() - unsafe { ring.queued() } < n {
+        ring.submit()?;
+    }
+    chain.clear();
+    chain.extend(lane.waiting.drain(..n));
+    let mut queued = 0;
+    while queued < chain.len() {
+        let ud = chain[queued];
+        let Some(entry) = slots.entry(ud, queued + 1 < chain.len(), false) else {
+            // Cannot happen (lanes hold only requests waiting here).
+            chain.remove(queued);
+            continue;
+        };
+        // SAFETY: the submission lock is held. The entry points at
+        // registered memory the request has claimed (released only once its
+        // completion is reaped) and at its slot's boxed scratch memory (kept
+        // as long as the table, which outlives every reaped completion).
+        if let Err(e) = unsafe { ring.push(&entry) } {
+            // Only when the SQ was full, which the room made above rules out.
+            slots.not_queued(ud);
+            for &ud in chain[queued..].iter().rev() {
+                lane.waiting.push_front(ud);
+            }
+            lane.in_kernel = queued as u32;
+            return Err(e);
+        }
+        queued += 1;
+    }
+    lane.in_kernel = queued as u32;
+    Ok(queued > 0)
 }
 
 /// Whether results are waiting in `ring` or `carry`.
@@ -102,11 +198,15 @@ impl UringCq {
         Ok(UringCq {
             submission: Mutex::new(Submission {
                 ring: Some(ring.clone()),
+                deferred: Vec::new(),
+                kick: Vec::new(),
+                chain: Vec::new(),
             }),
             consumer: Mutex::new(Consumer {
                 ring: Some(ring),
                 carry: VecDeque::with_capacity(cap as usize),
                 claims: Vec::with_capacity(256),
+                kick: Vec::new(),
                 armed: false,
                 fired: false,
                 generation: 0,
@@ -121,6 +221,68 @@ impl UringCq {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Moves every completion in `ring` into `carry` (NOPs dropped, lanes
+    /// told, requests to start again kept back; their lanes go to `kick`)
+    /// and says whether `carry` now holds one that may notify.
+    ///
+    /// # Safety
+    /// The caller holds the consumer lock.
+    unsafe fn absorb(
+        &self,
+        ring: &Ring,
+        carry: &mut VecDeque<cqueue::Entry>,
+        kick: &mut Vec<LaneRef>,
+    ) -> bool {
+        // SAFETY: the caller holds the consumer lock.
+        let cq = unsafe { ring.completions() };
+        if !cq.is_empty() {
+            let mut slots = lock(&self.slots);
+            for e in cq {
+                if e.user_data() != NOP && slots.taken(e.user_data(), e.result(), kick) {
+                    carry.push_back(e);
+                }
+            }
+        }
+        carry.iter().any(|e| !is_quiet(e.user_data()))
+    }
+
+    /// Takes what the ring holds into carry, unless a consumer is at it, so
+    /// that a lane whose chain the kernel has finished (a send that went out
+    /// at once, say) starts its next one now rather than at the next
+    /// dequeue; its lane goes to `kick`. The caller holds the submission
+    /// lock, which comes after the consumer lock: hence only a try.
+    fn catch_up(&self, kick: &mut Vec<LaneRef>) {
+        let Ok(mut guard) = self.consumer.try_lock() else {
+            return;
+        };
+        let Consumer { ring, carry, .. } = &mut *guard;
+        if let Some(ring) = ring.as_ref() {
+            // SAFETY: the consumer lock is held.
+            unsafe { self.absorb(ring, carry, kick) };
+        }
+    }
+
+    /// Starts the next chain of the lanes in `kick`, in one `io_uring_enter`.
+    /// On failure the entries queued stay in the SQ for the next submission.
+    fn restart(&self, common: &Common, kick: &mut Vec<LaneRef>) -> Result<(), Error> {
+        if kick.is_empty() {
+            return Ok(());
+        }
+        let mut guard = lock(&self.submission);
+        let Submission { ring, chain, .. } = &mut *guard;
+        let Some(ring) = ring.as_ref() else {
+            // Closed: closing ends every request.
+            kick.clear();
+            return Ok(());
+        };
+        let queued = start_lanes(&mut lock(&self.slots), ring, chain, kick)?;
+        if queued {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            ring.submit()?;
+        }
+        Ok(())
+    }
+
     /// See [`CompletionQueue::dequeue`](super::CompletionQueue::dequeue).
     pub(super) fn dequeue(&self, common: &Common, out: &mut [RioResult]) -> Result<usize, Error> {
         let mut guard = lock(&self.consumer);
@@ -128,6 +290,7 @@ impl UringCq {
             ring,
             carry,
             claims,
+            kick,
             armed,
             fired,
             ..
@@ -142,13 +305,16 @@ impl UringCq {
         let mut slots = lock(&self.slots);
         let mut n = 0;
         while n < out.len() {
-            let Some(e) = carry.pop_front().or_else(|| cq.next()) else {
-                break;
+            let e = match carry.pop_front() {
+                Some(e) => e,
+                None => match cq.next() {
+                    Some(e) if e.user_data() == NOP => continue,
+                    Some(e) if !slots.taken(e.user_data(), e.result(), kick) => continue,
+                    Some(e) => e,
+                    None => break,
+                },
             };
             let ud = e.user_data();
-            if ud == NOP {
-                continue;
-            }
             if *armed && !is_quiet(ud) {
                 // The armed notification has fired (or is firing) for this.
                 *fired = true;
@@ -166,6 +332,9 @@ impl UringCq {
             .counters
             .results
             .fetch_add(n as u64, Ordering::Relaxed);
+        // The results are taken: a failed submission must not lose them.
+        // What it queued stays in the SQ for the next one.
+        let _ = self.restart(common, kick);
         Ok(n)
     }
 
@@ -186,7 +355,9 @@ impl UringCq {
             Notifier::Event(efd) => {
                 if c.armed && !c.fired {
                     // SAFETY: the consumer lock is held.
-                    if unsafe { absorb(&ring, &mut c.carry) } {
+                    let notifying = unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) };
+                    let _ = self.restart(common, &mut c.kick);
+                    if notifying {
                         c.fired = true;
                     } else {
                         return Err(RioError::AlreadyArmed.into());
@@ -266,16 +437,17 @@ impl UringCq {
     /// alone do not make it due; they move to carry, so that the next poll
     /// waits for a new completion. A closed queue is always due (closing
     /// makes the poll fire so that it lets go of the ring).
-    pub(super) fn poll_fired(&self) -> bool {
+    pub(super) fn poll_fired(&self, common: &Common) -> bool {
         let mut guard = lock(&self.consumer);
         let c = &mut *guard;
         let Some(ring) = c.ring.clone() else {
             return true;
         };
         // SAFETY: the consumer lock is held.
-        if !c.fired && unsafe { absorb(&ring, &mut c.carry) } {
+        if !c.fired && unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) } {
             c.fired = true;
         }
+        let _ = self.restart(common, &mut c.kick);
         c.fired
     }
 
@@ -293,7 +465,7 @@ impl UringCq {
     }
 
     /// See [`CompletionQueue::wait`](super::CompletionQueue::wait).
-    pub(super) fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
+    pub(super) fn wait(&self, common: &Common, timeout: Option<Duration>) -> Result<(), Error> {
         let Notifier::Event(efd) = &self.notifier else {
             return Err(RioError::WrongNotification.into());
         };
@@ -307,9 +479,10 @@ impl UringCq {
                     return Err(RioError::NotArmed.into());
                 }
                 // SAFETY: the consumer lock is held.
-                if !c.fired && unsafe { absorb(&ring, &mut c.carry) } {
+                if !c.fired && unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) } {
                     c.fired = true;
                 }
+                let _ = self.restart(common, &mut c.kick);
                 if c.fired {
                     // SAFETY: the consumer lock is held.
                     unsafe { ring.set_eventfd(false) };
@@ -374,7 +547,8 @@ impl UringCq {
             unsafe { new.set_eventfd(false) };
         }
         let new = Arc::new(new);
-        self.migrate(&old, &new, &mut consumer.carry)?;
+        let chain = &mut submission.chain;
+        self.migrate(&old, &new, &mut consumer.carry, chain)?;
         submission.ring = Some(new.clone());
         consumer.ring = Some(new);
         consumer.generation += 1;
@@ -382,7 +556,9 @@ impl UringCq {
         Ok(())
     }
 
-    /// Queues `request` on the ring, and submits unless `defer`.
+    /// Queues `request` behind the others of its lane, and unless `defer`
+    /// commits every lane and submits what can start: the request itself if
+    /// its lane is idle (else it starts when the chain before it ends).
     ///
     /// If the submitting `io_uring_enter` fails, the error is returned but
     /// the request stays queued, as if deferred: the next submission takes it.
@@ -392,64 +568,122 @@ impl UringCq {
         request: Request,
         defer: bool,
     ) -> Result<(), Error> {
-        let sub = lock(&self.submission);
-        let Some(ring) = sub.ring.as_ref() else {
+        let mut guard = lock(&self.submission);
+        let Submission {
+            ring,
+            deferred,
+            kick,
+            chain,
+        } = &mut *guard;
+        let Some(ring) = ring.as_ref() else {
             request.abandon();
             return Err(RioError::QueueClosed.into());
         };
-        let inserted = lock(&self.slots).insert(request);
-        let (user_data, entry) = match inserted {
-            Some(x) => x,
-            None => {
-                // Cannot happen while charges are honoured; refuse rather
-                // than overflow.
-                let cap = lock(&common.capacity);
-                return Err(RioError::QueueTooSmall {
-                    size: cap.size,
-                    charged: cap.charged,
-                    asked: 1,
-                }
-                .into());
+        let mut slots = lock(&self.slots);
+        let owner = slots
+            .insert(request)
+            .and_then(|ud| Some((ud, slots.owner(ud)?)));
+        let Some((user_data, (rq, kind))) = owner else {
+            drop(slots);
+            // Cannot happen while charges are honoured; refuse rather
+            // than overflow.
+            let cap = lock(&common.capacity);
+            return Err(RioError::QueueTooSmall {
+                size: cap.size,
+                charged: cap.charged,
+                asked: 1,
             }
+            .into());
         };
-        // SAFETY: the submission lock is held. The entry points at
-        // registered memory the request has claimed (released only once its
-        // completion is reaped) and at its slot's boxed scratch memory (kept
-        // as long as the table, which outlives every reaped completion).
-        if let Err(e) = unsafe { ring.push(&entry) } {
-            if let Some(r) = lock(&self.slots).abandon(user_data) {
-                r.abandon();
-            }
-            return Err(e.into());
-        }
+        let (first_deferred, busy) = {
+            let mut lane = rq.lane(kind).lock();
+            lane.waiting.push_back(user_data);
+            lane.deferred += usize::from(defer);
+            (defer && lane.deferred == 1, lane.in_kernel > 0)
+        };
         common.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if !defer {
-            common.counters.submits.fetch_add(1, Ordering::Relaxed);
-            ring.submit()?;
+        if defer {
+            if first_deferred {
+                deferred.push((rq, kind));
+            }
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Submits every deferred request in one `io_uring_enter`.
-    pub(super) fn commit(&self, common: &Common) -> Result<(), Error> {
-        let sub = lock(&self.submission);
-        let ring = sub.ring.as_ref().ok_or(RioError::QueueClosed)?;
+        commit_lanes(deferred, kick);
+        kick.push((rq, kind));
+        if busy {
+            drop(slots);
+            self.catch_up(kick);
+            slots = lock(&self.slots);
+        }
+        let started = start_lanes(&mut slots, ring, chain, kick);
+        drop(slots);
         // SAFETY: the submission lock is held.
         if unsafe { ring.queued() } > 0 {
             common.counters.submits.fetch_add(1, Ordering::Relaxed);
             ring.submit()?;
         }
+        started?;
         Ok(())
     }
 
-    /// Cancels every request on `fd` (a request queue being dropped).
-    pub(super) fn cancel_fd(&self, fd: i32) {
-        let sub = lock(&self.submission);
-        if let Some(ring) = sub.ring.as_ref() {
-            // Deferred requests must reach the kernel to be cancelled.
-            let _ = ring.submit();
-            let _ = ring.cancel_fd(fd, Instant::now() + KERNEL_WAIT);
+    /// Commits every deferred request and submits, in one `io_uring_enter`,
+    /// those whose lanes are idle (the rest go when their chains end).
+    pub(super) fn commit(&self, common: &Common) -> Result<(), Error> {
+        let mut guard = lock(&self.submission);
+        let Submission {
+            ring,
+            deferred,
+            kick,
+            chain,
+        } = &mut *guard;
+        let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
+        commit_lanes(deferred, kick);
+        self.catch_up(kick);
+        let started = start_lanes(&mut lock(&self.slots), ring, chain, kick);
+        // SAFETY: the submission lock is held.
+        if unsafe { ring.queued() } > 0 {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            ring.submit()?;
         }
+        started?;
+        Ok(())
+    }
+
+    /// Cancels every request of `rq` whose kind is marked in `kinds` (a
+    /// request queue being dropped). Those waiting in a lane go to the ring
+    /// as NOPs that complete them as cancelled (they must not start now,
+    /// out of order); those in the kernel are cancelled there.
+    pub(super) fn cancel(&self, rq: &RqShared, kinds: [bool; 2]) {
+        let mut guard = lock(&self.submission);
+        let Submission { ring, deferred, .. } = &mut *guard;
+        let Some(ring) = ring.as_ref() else {
+            return;
+        };
+        deferred.retain(|(r, _)| !std::ptr::eq(&**r, rq));
+        let mut slots = lock(&self.slots);
+        for kind in [RequestKind::Receive, RequestKind::Send] {
+            if !kinds[kind.index()] {
+                continue;
+            }
+            let mut lane = rq.lane(kind).lock();
+            lane.deferred = 0;
+            lane.requeue_again();
+            while let Some(ud) = lane.waiting.pop_front() {
+                let Some(nop) = slots.entry(ud, false, true) else {
+                    continue;
+                };
+                // SAFETY: the submission lock is held; a NOP points at no memory.
+                if unsafe { ring.push(&nop) }.is_err() {
+                    slots.not_queued(ud);
+                    lane.waiting.push_front(ud);
+                    break;
+                }
+                lane.in_kernel += 1;
+            }
+        }
+        drop(slots);
+        let _ = ring.submit();
+        let _ = ring.cancel_fd(rq.raw_fd(), Instant::now() + KERNEL_WAIT);
     }
 
     /// Submits a NOP, whose completion makes the ring readable.
@@ -464,56 +698,45 @@ impl UringCq {
     }
 
     /// Moves every request from `old` to `new`: completions waiting in `old`
-    /// go to `carry`, requests in flight are cancelled, and those the
-    /// cancellation caught are started again on `new` in submission order.
-    /// The caller holds the consumer and submission locks.
+    /// go to `carry`, requests in flight are cancelled, and each lane's
+    /// requests the cancellation caught start again on `new`, in posting
+    /// order, ahead of those waiting. The caller holds the consumer and
+    /// submission locks, and passes the submission's chain memory.
     fn migrate(
         &self,
         old: &Ring,
         new: &Ring,
         carry: &mut VecDeque<cqueue::Entry>,
+        chain: &mut Vec<u64>,
     ) -> Result<(), Error> {
         let _ = old.submit();
-        let mut slots = lock(&self.slots);
+        let mut kick = Vec::new();
         // SAFETY: the caller holds the consumer lock.
-        unsafe { absorb(old, carry) };
-        let mut in_kernel = slots.live().saturating_sub(carry.len());
+        unsafe { self.absorb(old, carry, &mut kick) };
+        let mut slots = lock(&self.slots);
         let deadline = Instant::now() + KERNEL_WAIT;
-        let mut again = Vec::new();
-        if in_kernel > 0 {
+        if slots.in_kernel() > 0 {
             let _ = old.cancel_all(deadline);
         }
-        while in_kernel > 0 {
+        while slots.in_kernel() > 0 {
             // SAFETY: the caller holds the consumer lock.
             for e in unsafe { old.completions() } {
-                let ud = e.user_data();
-                if ud == NOP {
-                    continue;
-                }
-                in_kernel -= 1;
-                match slots.resubmittable(ud) {
-                    Some(seq) if e.result() == -libc::ECANCELED => again.push((seq, ud)),
-                    _ => carry.push_back(e),
+                if e.user_data() != NOP && slots.taken(e.user_data(), e.result(), &mut kick) {
+                    carry.push_back(e);
                 }
             }
-            if in_kernel == 0 || Instant::now() >= deadline {
+            if slots.in_kernel() == 0 || Instant::now() >= deadline {
                 break;
             }
             old.wait(deadline.min(Instant::now() + Duration::from_millis(50)));
         }
-        again.sort_unstable();
+        let in_kernel = slots.in_kernel();
         let target = if in_kernel == 0 { new } else { old };
         if in_kernel == 0 {
             slots.grow(new.capacity());
             carry.reserve(new.capacity() as usize);
         }
-        for (_, ud) in again {
-            if let Some(entry) = slots.rebuild(ud) {
-                // SAFETY: the caller holds the submission lock; the entry
-                // points at memory its request still owns, as in `submit`.
-                unsafe { target.push(&entry)? };
-            }
-        }
+        start_lanes(&mut slots, target, chain, &mut kick)?;
         target.submit()?;
         if in_kernel > 0 {
             return Err(RioError::KernelBusy {
@@ -555,6 +778,12 @@ impl UringCq {
         for e in c.carry.drain(..) {
             slots.complete(e.user_data(), e.result(), &mut c.claims);
         }
+        // Requests that never reached the kernel end here; it owes nothing
+        // for them.
+        slots.end_waiting(&mut c.claims);
+        submission.deferred.clear();
+        submission.kick.clear();
+        c.kick.clear();
         loop {
             // SAFETY: the consumer lock is held.
             for e in unsafe { ring.completions() } {

@@ -108,6 +108,11 @@ impl Ring {
         }
     }
 
+    /// Entries the SQ ring holds.
+    pub(super) fn sq_entries(&self) -> usize {
+        self.ring.params().sq_entries() as usize
+    }
+
     /// Entries queued and not yet handed to the kernel.
     ///
     /// # Safety

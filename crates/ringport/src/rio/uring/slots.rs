@@ -17,6 +17,7 @@ use super::super::addr::{self, Control};
 use super::super::buffer::Claim;
 use super::super::request::{Op, Request};
 use super::super::RioResult;
+use super::lane::LaneRef;
 
 /// `user_data` of the NOPs a completion queue submits to make its ring
 /// readable; dequeue skips them. Its top bit marks it as not notifying.
@@ -38,8 +39,14 @@ pub(super) struct Scratch {
 
 struct Slot {
     generation: u32,
-    /// Submission order, to resubmit in the same order after a resize.
+    /// Posting order, to start requests again in the same order.
     seq: u64,
+    /// Its entry is in the ring (or the kernel) and its completion has not
+    /// been taken out of the ring.
+    in_kernel: bool,
+    /// It went to the ring as a NOP, its queue closing before it started:
+    /// its completion means `ECANCELED`.
+    cancelled: bool,
     request: Option<Request>,
     scratch: UnsafeCell<Scratch>,
 }
@@ -57,6 +64,7 @@ pub(super) struct Slots {
     slots: Vec<Box<Slot>>,
     free: Vec<u32>,
     live: usize,
+    in_kernel: usize,
     next_seq: u64,
 }
 
@@ -66,6 +74,7 @@ impl Slots {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
+            in_kernel: 0,
             next_seq: 0,
         };
         s.grow(n);
@@ -79,6 +88,8 @@ impl Slots {
             self.slots.push(Box::new(Slot {
                 generation: 0,
                 seq: 0,
+                in_kernel: false,
+                cancelled: false,
                 request: None,
                 // SAFETY: all-zero is a valid value of these plain C structs.
                 scratch: UnsafeCell::new(unsafe { std::mem::zeroed() }),
@@ -94,9 +105,15 @@ impl Slots {
         self.live
     }
 
-    /// Stores `request` and returns its `user_data` and entry; if the table
-    /// is full, abandons the request and returns `None`.
-    pub(super) fn insert(&mut self, request: Request) -> Option<(u64, squeue::Entry)> {
+    /// Requests whose completions the ring owes.
+    pub(super) fn in_kernel(&self) -> usize {
+        self.in_kernel
+    }
+
+    /// Stores `request` and returns its `user_data`; if the table is full,
+    /// abandons the request and returns `None`. Nothing reaches the ring
+    /// until [`entry`](Self::entry) is asked for.
+    pub(super) fn insert(&mut self, request: Request) -> Option<u64> {
         let Some(index) = self.free.pop() else {
             request.abandon();
             return None;
@@ -106,12 +123,97 @@ impl Slots {
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1) & 0x7fff_ffff;
         slot.seq = seq;
+        slot.in_kernel = false;
+        slot.cancelled = false;
         let quiet = if request.quiet { QUIET_BIT } else { 0 };
         let user_data = quiet | (u64::from(slot.generation) << 32) | u64::from(index);
-        let request = slot.request.insert(request);
+        slot.request = Some(request);
         self.live += 1;
-        let entry = build(request, slot.scratch.get(), user_data);
-        Some((user_data, entry))
+        Some(user_data)
+    }
+
+    /// The request queue and kind of the request behind `user_data`.
+    pub(super) fn owner(&self, user_data: u64) -> Option<LaneRef> {
+        let slot = self.slots.get((user_data & 0xffff_ffff) as usize)?;
+        let generation = ((user_data >> 32) & 0x7fff_ffff) as u32;
+        let request = slot.request.as_ref()?;
+        (slot.generation == generation).then(|| (request.rq.clone(), request.kind))
+    }
+
+    /// The entry that starts the request behind `user_data` (linked to the
+    /// next entry if `link`), counted as in the kernel from now on; or, with
+    /// `cancel`, a NOP standing for it, whose completion ends it as
+    /// cancelled. `None` for a `user_data` that is no request waiting here.
+    pub(super) fn entry(
+        &mut self,
+        user_data: u64,
+        link: bool,
+        cancel: bool,
+    ) -> Option<squeue::Entry> {
+        let slot = self.slot(user_data)?;
+        if slot.in_kernel {
+            return None;
+        }
+        let entry = if cancel {
+            slot.cancelled = true;
+            opcode::Nop::new().build().user_data(user_data)
+        } else {
+            let scratch = slot.scratch.get();
+            let request = slot.request.as_ref()?;
+            let entry = build(request, scratch, user_data);
+            if link {
+                entry.flags(squeue::Flags::IO_LINK)
+            } else {
+                entry
+            }
+        };
+        slot.in_kernel = true;
+        self.in_kernel += 1;
+        Some(entry)
+    }
+
+    /// Undoes [`entry`](Self::entry) for an entry that could not be queued.
+    pub(super) fn not_queued(&mut self, user_data: u64) {
+        if let Some(slot) = self.slot(user_data) {
+            if std::mem::take(&mut slot.in_kernel) {
+                slot.cancelled = false;
+                self.in_kernel -= 1;
+            }
+        }
+    }
+
+    /// The completion of `user_data` (result `res`) was taken out of the
+    /// ring: the request's lane learns it, and lanes whose chain it ended
+    /// with requests to start go to `kick`. Returns whether the completion
+    /// is a result to hand over; `false` for a request the kernel cancelled
+    /// though no one asked (its submitting thread exited, or a request
+    /// before it in its chain failed), which goes back to its lane to be
+    /// started again, unless its queue is closing.
+    pub(super) fn taken(&mut self, user_data: u64, res: i32, kick: &mut Vec<LaneRef>) -> bool {
+        let Some(slot) = self.slot(user_data) else {
+            return true;
+        };
+        if !slot.in_kernel {
+            return true;
+        }
+        slot.in_kernel = false;
+        let (seq, cancelled) = (slot.seq, slot.cancelled);
+        let Some(request) = slot.request.as_ref() else {
+            return true;
+        };
+        let again = res == -libc::ECANCELED && !cancelled && !request.rq.is_closing();
+        {
+            let mut lane = request.rq.lane(request.kind).lock();
+            lane.in_kernel = lane.in_kernel.saturating_sub(1);
+            if again {
+                lane.again.push((seq, user_data));
+            }
+            if lane.startable() {
+                kick.push((request.rq.clone(), request.kind));
+            }
+        }
+        self.in_kernel -= 1;
+        !again
     }
 
     fn slot(&mut self, user_data: u64) -> Option<&mut Slot> {
@@ -131,41 +233,45 @@ impl Slots {
     ) -> Option<RioResult> {
         let slot = self.slot(user_data)?;
         let request = slot.request.take()?;
-        // SAFETY: the completion was reaped, so the kernel is done with the
-        // scratch (and the request's slices), and the table is held
-        // exclusively; for a RECVMSG the header is the one it filled.
-        let (status, bytes) = unsafe { request.outcome(res, Some(&(*slot.scratch.get()).msg)) };
+        let (status, bytes) = if std::mem::take(&mut slot.cancelled) {
+            (libc::ECANCELED, 0)
+        } else {
+            // SAFETY: the completion was reaped, so the kernel is done with
+            // the scratch (and the request's slices), and the table is held
+            // exclusively; for a RECVMSG the header is the one it filled.
+            unsafe { request.outcome(res, Some(&(*slot.scratch.get()).msg)) }
+        };
+        // Closing completes what it reaps without `taken`.
+        let was_in_kernel = std::mem::take(&mut slot.in_kernel);
         let result = request.result(status, bytes);
         request.end(claims);
         self.free.push((user_data & 0xffff_ffff) as u32);
         self.live -= 1;
+        self.in_kernel -= usize::from(was_in_kernel);
         Some(result)
     }
 
-    /// Takes back a request whose entry never reached the kernel.
-    pub(super) fn abandon(&mut self, user_data: u64) -> Option<Request> {
-        let slot = self.slot(user_data)?;
-        let request = slot.request.take()?;
-        self.free.push((user_data & 0xffff_ffff) as u32);
-        self.live -= 1;
-        Some(request)
-    }
-
-    /// Whether the request behind `user_data` should be started again after
-    /// the kernel cancelled it for a resize (not if its queue is closing),
-    /// and its place in submission order.
-    pub(super) fn resubmittable(&mut self, user_data: u64) -> Option<u64> {
-        let slot = self.slot(user_data)?;
-        let request = slot.request.as_ref()?;
-        (!request.rq.is_closing()).then_some(slot.seq)
-    }
-
-    /// A fresh entry for a request already in the table.
-    pub(super) fn rebuild(&mut self, user_data: u64) -> Option<squeue::Entry> {
-        let slot = self.slot(user_data)?;
-        let scratch = slot.scratch.get();
-        let request = slot.request.as_ref()?;
-        Some(build(request, scratch, user_data))
+    /// Ends every request that is not in the kernel (waiting in its lane,
+    /// or to be started again) as its completion queue closes: each lane
+    /// forgets its requests, whose slices are added to `claims`.
+    pub(super) fn end_waiting(&mut self, claims: &mut Vec<Claim>) {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.in_kernel {
+                continue;
+            }
+            let Some(request) = slot.request.take() else {
+                continue;
+            };
+            {
+                let mut lane = request.rq.lane(request.kind).lock();
+                lane.waiting.clear();
+                lane.again.clear();
+                lane.deferred = 0;
+            }
+            request.end(claims);
+            self.free.push(index as u32);
+            self.live -= 1;
+        }
     }
 }
 

@@ -1,0 +1,79 @@
+//! Posting order on io_uring: one lane per request queue and kind.
+//!
+//! io_uring keeps no order among requests that wait: receives (or sends)
+//! parked on one socket are woken newest first, so a stream's bytes would go
+//! to its pending receives backwards. A lane therefore lets the kernel hold
+//! one *chain* of its requests at a time, linked with `IOSQE_IO_LINK` so that
+//! each starts only when the one before it is over; requests posted while a
+//! chain runs wait here, in posting order, and go as the next chain when the
+//! engine takes the last completion of the current one out of the ring.
+//! Chaining, rather than one request at a time, keeps the cost where it was:
+//! a run of receives posted together still takes a run of datagrams with no
+//! system call between them.
+//!
+//! The kernel also ends, with `ECANCELED`, a request whose submitting thread
+//! has exited by the time it would run (and with it the rest of its chain).
+//! Such a request was not cancelled by anyone, so it goes back to the front
+//! of its lane (`again`) and is started again from a live thread.
+//!
+//! A lane is only touched under its completion queue's slot lock; its own
+//! mutex, never contended, is what lets it live in the request queue.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::super::request::RequestKind;
+use super::super::rq::RqShared;
+use crate::sync::lock;
+
+/// A lane to look at again: its chain has ended, or it was committed.
+pub(super) type LaneRef = (Arc<RqShared>, RequestKind);
+
+/// The order of one request queue's requests of one kind.
+#[derive(Default)]
+pub(in crate::rio) struct Lane(Mutex<LaneState>);
+
+impl Lane {
+    pub(super) fn lock(&self) -> MutexGuard<'_, LaneState> {
+        lock(&self.0)
+    }
+}
+
+#[derive(Default)]
+pub(super) struct LaneState {
+    /// Requests handed to the ring (the current chain) whose completions
+    /// have not been taken out of it.
+    pub(super) in_kernel: u32,
+    /// Requests waiting for the next chain (their `user_data`), oldest first.
+    pub(super) waiting: VecDeque<u64>,
+    /// How many at the back of `waiting` were made with `DEFER` and not yet
+    /// committed: the next chain stops before them.
+    pub(super) deferred: usize,
+    /// Requests of the current chain that the kernel cancelled unasked, with
+    /// their submission order, to go first in the next chain.
+    pub(super) again: Vec<(u64, u64)>,
+}
+
+impl LaneState {
+    /// Whether a new chain can start now and has something to take.
+    pub(super) fn startable(&self) -> bool {
+        self.in_kernel == 0 && (self.waiting.len() > self.deferred || !self.again.is_empty())
+    }
+
+    /// Puts the requests to start again before those waiting, in the order
+    /// they were first submitted.
+    pub(super) fn requeue_again(&mut self) {
+        if self.again.is_empty() {
+            return;
+        }
+        self.again.sort_unstable();
+        for (_, ud) in self.again.drain(..).rev() {
+            self.waiting.push_front(ud);
+        }
+    }
+
+    /// Requests that may go in the next chain (committed ones).
+    pub(super) fn ready(&self) -> usize {
+        self.waiting.len() - self.deferred
+    }
+}
