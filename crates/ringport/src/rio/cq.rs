@@ -23,10 +23,11 @@ use super::epoll::{EpollCq, Watched};
 use super::notify::Notify;
 use super::request::{Request, RequestKind};
 use super::rq::RqShared;
-use super::uring::{Ring, UringCq};
+use super::uring::{queue_ring, UringCq};
 use super::{RioError, RioResult};
 use crate::sync::lock;
 use crate::sys::op::Recheck;
+use crate::sys::{choose, Chosen};
 use crate::{Backend, Error};
 
 /// The largest completion queue (io_uring's largest CQ ring).
@@ -186,15 +187,9 @@ impl CompletionQueue {
         backend: Backend,
     ) -> Result<CompletionQueue, Error> {
         check_size(size)?;
-        let backend = Backend::from_env()?.unwrap_or(backend);
-        let ring = match backend {
-            Backend::IoUring => Some(Ring::new(size)?),
-            Backend::Epoll => None,
-            Backend::Auto => Ring::new(size).ok(),
-        };
-        let engine = match ring {
-            Some(ring) => Engine::Uring(UringCq::new(ring, notify)?),
-            None => Engine::Epoll(EpollCq::new(size, notify)?),
+        let engine = match choose(backend, || queue_ring(size), || Ok(()))? {
+            Chosen::Uring(ring) => Engine::Uring(UringCq::new(ring, notify)?),
+            Chosen::Epoll(()) => Engine::Epoll(EpollCq::new(size, notify)?),
         };
         Ok(CompletionQueue {
             shared: Arc::new(CqShared {

@@ -12,7 +12,7 @@ use crate::port::Packet;
 use crate::sys::epoll::EpollDriver;
 use crate::sys::fd::FdKind;
 use crate::sys::uring::driver::UringDriver;
-use crate::sys::uring::Ring;
+use crate::sys::uring::PortRing;
 use crate::sys::{choose, Backend, Chosen};
 use crate::Error;
 
@@ -39,7 +39,7 @@ impl<T> Driver<T> {
     /// `entries` submission slots on io_uring.
     pub(crate) fn open(asked: Backend, entries: u32) -> Result<Self, Error> {
         Ok(
-            match choose(asked, || Ring::new(entries), EpollDriver::new)? {
+            match choose(asked, || PortRing::new(entries), EpollDriver::new)? {
                 Chosen::Uring(ring) => Driver::Uring(UringDriver::new(ring)),
                 Chosen::Epoll(d) => Driver::Epoll(d),
             },

@@ -22,7 +22,6 @@
 //! capacity; the buffer registry's lock is taken last, alone or under slots.
 
 mod lane;
-mod ring;
 mod slots;
 
 use std::collections::VecDeque;
@@ -35,7 +34,6 @@ use io_uring::cqueue;
 
 pub(super) use self::lane::Lane;
 use self::lane::{LaneRef, LaneState};
-pub(super) use self::ring::Ring;
 use self::slots::{is_quiet, Slots, NOP};
 use super::buffer::{self, Claim};
 use super::cq::Common;
@@ -45,6 +43,7 @@ use super::rq::RqShared;
 use super::{RioError, RioResult};
 use crate::sync::lock;
 use crate::sys::op::Recheck;
+use crate::sys::uring::ring::{Purpose, Ring};
 use crate::Error;
 
 /// How long closing or resizing waits for the kernel to hand back requests
@@ -74,6 +73,23 @@ struct Consumer {
     fired: bool,
     /// Counts the rings the queue has had (a resize may move it to another).
     generation: u64,
+}
+
+/// Every opcode a completion queue's requests use.
+const QUEUE_OPS: Purpose = Purpose {
+    what: "a completion queue",
+    ops: &[
+        (io_uring::opcode::Nop::CODE, "NOP"),
+        (io_uring::opcode::Recv::CODE, "RECV"),
+        (io_uring::opcode::Send::CODE, "SEND"),
+        (io_uring::opcode::RecvMsg::CODE, "RECVMSG"),
+        (io_uring::opcode::SendMsg::CODE, "SENDMSG"),
+    ],
+};
+
+/// A ring for a completion queue of `size` results.
+pub(super) fn queue_ring(size: u32) -> std::io::Result<Ring> {
+    Ring::new(size, size, &QUEUE_OPS)
 }
 
 /// A completion queue on its own io_uring ring.
@@ -540,7 +556,7 @@ impl UringCq {
         if consumer.armed && !consumer.fired {
             return Err(RioError::Armed.into());
         }
-        let new = Ring::new(new_size)?;
+        let new = queue_ring(new_size)?;
         if let Notifier::Event(efd) = &self.notifier {
             new.register_eventfd(efd.as_raw_fd())?;
             // SAFETY: the new ring is not shared yet; we hold the consumer lock.
@@ -728,7 +744,9 @@ impl UringCq {
             if slots.in_kernel() == 0 || Instant::now() >= deadline {
                 break;
             }
-            old.wait(deadline.min(Instant::now() + Duration::from_millis(50)));
+            old.wait(Some(
+                deadline.min(Instant::now() + Duration::from_millis(50)),
+            ));
         }
         let in_kernel = slots.in_kernel();
         let target = if in_kernel == 0 { new } else { old };
@@ -792,7 +810,9 @@ impl UringCq {
             if slots.live() == 0 || Instant::now() >= deadline {
                 break;
             }
-            ring.wait(deadline.min(Instant::now() + Duration::from_millis(50)));
+            ring.wait(Some(
+                deadline.min(Instant::now() + Duration::from_millis(50)),
+            ));
         }
         buffer::release(&c.claims);
         c.claims.clear();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
-use super::Ring;
+use super::PortRing;
 use crate::port::core::Core;
 use crate::port::Buf;
 use crate::port::Packet;
@@ -25,7 +25,7 @@ use crate::Error;
 const CANCEL: u64 = u64::MAX - 1;
 
 pub(crate) struct UringDriver<T> {
-    ring: Ring,
+    ring: PortRing,
     table: Mutex<Table<T>>,
     /// Operations in flight, readable without the table's mutex.
     live: AtomicUsize,
@@ -241,7 +241,7 @@ impl<T> Table<T> {
 }
 
 impl<T> UringDriver<T> {
-    pub(crate) fn new(ring: Ring) -> Self {
+    pub(crate) fn new(ring: PortRing) -> Self {
         UringDriver {
             ring,
             table: Mutex::new(Table {

@@ -12,17 +12,41 @@
 use std::io;
 use std::time::Instant;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue};
 
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
 pub(crate) mod driver;
+pub(crate) mod ring;
+
+use self::ring::{Purpose, Ring};
 
 /// `user_data` of the NOPs that wake the kernel sleeper.
 pub(crate) const WAKE_NOP: u64 = u64::MAX;
 
-pub(crate) struct Ring {
-    ring: IoUring,
+/// Every opcode the port issues.
+const PORT_OPS: Purpose = Purpose {
+    what: "a completion port",
+    ops: &[
+        (opcode::Nop::CODE, "NOP"),
+        (opcode::Read::CODE, "READ"),
+        (opcode::Write::CODE, "WRITE"),
+        (opcode::Recv::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::Shutdown::CODE, "SHUTDOWN"),
+        (opcode::Timeout::CODE, "TIMEOUT"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ],
+};
+
+/// A port's ring, shared by every thread of the port.
+pub(crate) struct PortRing {
+    ring: Ring,
     sq: Mutex<()>,
     cq: Mutex<()>,
     /// A wake NOP is on its way to the kernel sleeper. Any thread may reap
@@ -31,56 +55,11 @@ pub(crate) struct Ring {
     wake_armed: AtomicBool,
 }
 
-impl Ring {
+impl PortRing {
     /// Sets up a ring with `entries` submission slots.
-    pub(crate) fn new(entries: u32) -> io::Result<Ring> {
-        let ring = IoUring::builder()
-            // Completions never get lost on overflow: the kernel keeps them.
-            .setup_clamp()
-            .build(entries)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOMEM) => io::Error::new(
-                    e.kind(),
-                    format!(
-                        "io_uring_setup({entries}) failed: {e} (the ring's memory is charged to \
-                         RLIMIT_MEMLOCK or the memory cgroup; raise `ulimit -l` or use fewer entries)"
-                    ),
-                ),
-                _ => io::Error::new(e.kind(), format!("io_uring_setup({entries}) failed: {e}")),
-            })?;
-        if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this kernel's io_uring lacks EXT_ARG or NODROP (Linux 5.11+ needed)",
-            ));
-        }
-        // Every opcode the port issues: a kernel (or a sandbox such as gVisor)
-        // that lacks one makes Auto fall back to epoll instead of failing later.
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        let needed = [
-            (opcode::Nop::CODE, "NOP"),
-            (opcode::Read::CODE, "READ"),
-            (opcode::Write::CODE, "WRITE"),
-            (opcode::Recv::CODE, "RECV"),
-            (opcode::Send::CODE, "SEND"),
-            (opcode::RecvMsg::CODE, "RECVMSG"),
-            (opcode::SendMsg::CODE, "SENDMSG"),
-            (opcode::Accept::CODE, "ACCEPT"),
-            (opcode::Connect::CODE, "CONNECT"),
-            (opcode::Shutdown::CODE, "SHUTDOWN"),
-            (opcode::Timeout::CODE, "TIMEOUT"),
-            (opcode::PollAdd::CODE, "POLL_ADD"),
-            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-        ];
-        if let Some((_, name)) = needed.iter().find(|(code, _)| !probe.is_supported(*code)) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("this kernel's io_uring lacks IORING_OP_{name}"),
-            ));
-        }
-        Ok(Ring {
-            ring,
+    pub(crate) fn new(entries: u32) -> io::Result<PortRing> {
+        Ok(PortRing {
+            ring: Ring::new(entries, entries.saturating_mul(2), &PORT_OPS)?,
             sq: Mutex::new(()),
             cq: Mutex::new(()),
             wake_armed: AtomicBool::new(false),
@@ -106,37 +85,11 @@ impl Ring {
     pub(crate) unsafe fn submit_all(&self, sqes: &[squeue::Entry]) -> io::Result<()> {
         let _guard = crate::sync::lock(&self.sq);
         for sqe in sqes {
-            loop {
-                // SAFETY: the SQ mutex makes this the only SubmissionQueue
-                // view alive; the entry's pointers are the caller's promise.
-                let pushed = unsafe {
-                    let mut sq = self.ring.submission_shared();
-                    let r = sq.push(sqe);
-                    sq.sync();
-                    r.is_ok()
-                };
-                if pushed {
-                    break;
-                }
-                // SQ full: hand what is there to the kernel and try again.
-                self.enter_submit()?;
-            }
+            // SAFETY: the SQ mutex is held; the entry's pointers are the
+            // caller's promise.
+            unsafe { self.ring.push(sqe)? };
         }
-        self.enter_submit()
-    }
-
-    fn enter_submit(&self) -> io::Result<()> {
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // The CQ is full of unreaped entries: they are kept (NODROP)
-                // and the SQE stays queued; the next reap frees room and the
-                // next enter submits it.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
+        self.ring.submit().map(drop)
     }
 
     /// Wakes the thread sleeping in [`wait`](Self::wait), if any.
@@ -150,17 +103,7 @@ impl Ring {
     /// Sleeps in the kernel until a completion is waiting or the deadline
     /// passes (or a signal interrupts). Only the port's kernel sleeper calls it.
     pub(crate) fn wait(&self, deadline: Option<Instant>) {
-        let r = match deadline {
-            None => self.ring.submitter().submit_and_wait(1),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                let ts = types::Timespec::from(left);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-        };
-        // ETIME (deadline), EINTR (signal), EBUSY: the caller re-checks everything.
-        let _ = r;
+        self.ring.wait(deadline);
         // Whatever woke us, the caller now re-checks its verdict, which any
         // waker set before waking: pending wakes are served.
         self.wake_armed.store(false, Ordering::Release);
@@ -178,7 +121,7 @@ impl Ring {
         let mut stolen = false;
         {
             // SAFETY: the CQ mutex makes this the only CompletionQueue view alive.
-            let mut cq = unsafe { self.ring.completion_shared() };
+            let mut cq = unsafe { self.ring.completions() };
             loop {
                 cq.sync();
                 if cq.is_empty() {

@@ -1,4 +1,6 @@
-//! A completion queue's own io_uring ring.
+//! The one io_uring ring wrapper: setup (with the checks that make `Auto`
+//! fall back to epoll instead of failing later), pushing and submitting
+//! entries, the CQ ring as shared memory, and waiting.
 //!
 //! The ring is set up without `DEFER_TASKRUN` or `COOP_TASKRUN`: the kernel
 //! then completes a request by interrupting its submitter wherever it runs
@@ -6,41 +8,54 @@
 //! a thread spins on it in user space, and reading them is a read of shared
 //! memory. `SUBMIT_ALL` makes one `io_uring_enter` take every queued entry.
 //!
-//! The wrapper adds no locking of its own: the completion queue holds its
-//! submission lock around [`push`](Ring::push) and [`submit`](Ring::submit),
-//! and its consumer lock around [`completions`](Ring::completions).
+//! The wrapper adds no locking of its own: its owner (the port's ring, a
+//! RIO completion queue) holds a submission lock around [`push`](Ring::push)
+//! and [`submit`](Ring::submit), and a consumer lock around
+//! [`completions`](Ring::completions).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{cqueue, squeue, types, IoUring, Probe};
 
 /// The most CQ entries io_uring gives one ring.
-pub(super) const MAX_ENTRIES: u32 = 65_536;
+pub(crate) const MAX_ENTRIES: u32 = 65_536;
 
-/// At most this many submission slots: a larger deferred batch is handed to
-/// the kernel in pieces of this size.
+/// At most this many submission slots: a larger batch is handed to the
+/// kernel in pieces of this size.
 const MAX_SQ: u32 = 4096;
 
-pub(in crate::rio) struct Ring {
+/// What a ring is for, so that a refusal says what failed and what to do.
+pub(crate) struct Purpose {
+    /// "a completion port", "a completion queue".
+    pub(crate) what: &'static str,
+    /// Every opcode its owner issues, with its name: a kernel (or a sandbox
+    /// such as gVisor) that lacks one is refused here.
+    pub(crate) ops: &'static [(u8, &'static str)],
+}
+
+pub(crate) struct Ring {
     ring: IoUring,
 }
 
 impl Ring {
-    /// A ring whose CQ holds at least `cq_entries` completions.
-    pub(in crate::rio) fn new(cq_entries: u32) -> io::Result<Ring> {
+    /// A ring whose CQ holds at least `cq_entries` completions, with at most
+    /// `sq_entries` submission slots (both rounded to what io_uring allows).
+    pub(crate) fn new(sq_entries: u32, cq_entries: u32, purpose: &Purpose) -> io::Result<Ring> {
         let cq = cq_entries.clamp(1, MAX_ENTRIES).next_power_of_two();
-        let sq = cq.min(MAX_SQ);
+        let sq = sq_entries.clamp(1, MAX_SQ).min(cq);
+        let what = purpose.what;
         let ring = IoUring::builder()
             .setup_cqsize(cq)
+            .setup_clamp()
             .setup_submit_all()
             .build(sq)
             .map_err(|e| {
                 let why = match e.raw_os_error() {
                     Some(libc::ENOMEM) => {
                         "the ring's memory is charged to RLIMIT_MEMLOCK or the memory cgroup; \
-                         raise `ulimit -l` or ask for a smaller queue"
+                         raise `ulimit -l` or ask for fewer entries"
                     }
                     Some(libc::EPERM) | Some(libc::ENOSYS) => {
                         "io_uring is switched off here (seccomp, kernel.io_uring_disabled); \
@@ -50,36 +65,30 @@ impl Ring {
                 };
                 io::Error::new(
                     e.kind(),
-                    format!("io_uring_setup(sq {sq}, cq {cq}) for a completion queue failed: {e}. {why}"),
+                    format!("io_uring_setup(sq {sq}, cq {cq}) for {what} failed: {e}. {why}"),
                 )
             })?;
-        if !ring.params().is_feature_nodrop() {
+        // NODROP: completions are never lost to a full CQ ring, the kernel
+        // keeps them. EXT_ARG: a wait with a timeout.
+        if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "this kernel's io_uring lacks NODROP (Linux 5.5+ needed)",
+                "this kernel's io_uring lacks NODROP or EXT_ARG (Linux 5.11+ needed)",
             ));
         }
         let mut probe = Probe::new();
-        let probed = ring.submitter().register_probe(&mut probe).is_ok();
-        let needed = [
-            opcode::Nop::CODE,
-            opcode::Recv::CODE,
-            opcode::Send::CODE,
-            opcode::RecvMsg::CODE,
-            opcode::SendMsg::CODE,
-        ];
-        if !probed || !needed.iter().all(|&op| probe.is_supported(op)) {
+        ring.submitter().register_probe(&mut probe)?;
+        if let Some((_, name)) = purpose.ops.iter().find(|(op, _)| !probe.is_supported(*op)) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "this kernel's io_uring lacks an operation registered I/O needs \
-                 (RECV, SEND, RECVMSG, SENDMSG: Linux 5.6+)",
+                format!("this kernel's io_uring lacks IORING_OP_{name}, which {what} needs"),
             ));
         }
         Ok(Ring { ring })
     }
 
     /// Completions the CQ ring holds.
-    pub(super) fn capacity(&self) -> u32 {
+    pub(crate) fn capacity(&self) -> u32 {
         self.ring.params().cq_entries()
     }
 
@@ -91,7 +100,7 @@ impl Ring {
     /// the only view of the SQ), and every pointer in `sqe` stays valid, and
     /// is not accessed in conflict with the kernel, until its completion has
     /// been reaped.
-    pub(super) unsafe fn push(&self, sqe: &squeue::Entry) -> io::Result<()> {
+    pub(crate) unsafe fn push(&self, sqe: &squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: the caller's lock makes this the only SQ view alive;
             // the entry's pointers are the caller's promise.
@@ -109,7 +118,7 @@ impl Ring {
     }
 
     /// Entries the SQ ring holds.
-    pub(super) fn sq_entries(&self) -> usize {
+    pub(crate) fn sq_entries(&self) -> usize {
         self.ring.params().sq_entries() as usize
     }
 
@@ -117,17 +126,20 @@ impl Ring {
     ///
     /// # Safety
     /// The caller holds the submission lock.
-    pub(super) unsafe fn queued(&self) -> usize {
+    pub(crate) unsafe fn queued(&self) -> usize {
         // SAFETY: the caller's lock makes this the only SQ view alive.
         unsafe { self.ring.submission_shared().len() }
     }
 
     /// Hands every queued entry to the kernel in one `io_uring_enter`.
-    /// The caller holds the submission lock.
-    pub(super) fn submit(&self) -> io::Result<usize> {
+    /// The caller holds the submission lock. `EBUSY` (the CQ is full of
+    /// unreaped entries, which NODROP keeps) leaves the entries queued for
+    /// the next enter, after a reap has made room.
+    pub(crate) fn submit(&self) -> io::Result<usize> {
         loop {
             match self.ring.submit() {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(0),
                 r => return r,
             }
         }
@@ -138,14 +150,14 @@ impl Ring {
     /// # Safety
     /// The caller holds the completion queue's consumer lock for as long as
     /// the view lives (it is the only CQ view).
-    pub(super) unsafe fn completions(&self) -> cqueue::CompletionQueue<'_> {
+    pub(crate) unsafe fn completions(&self) -> cqueue::CompletionQueue<'_> {
         // SAFETY: the caller's lock makes this the only CQ view alive.
         unsafe { self.ring.completion_shared() }
     }
 
     /// Registers `fd` as the eventfd the kernel signals on completions
     /// (while the CQ ring's `EVENTFD_DISABLED` flag is clear).
-    pub(super) fn register_eventfd(&self, fd: RawFd) -> io::Result<()> {
+    pub(crate) fn register_eventfd(&self, fd: RawFd) -> io::Result<()> {
         self.ring.submitter().register_eventfd(fd)
     }
 
@@ -154,7 +166,7 @@ impl Ring {
     ///
     /// # Safety
     /// The caller holds the consumer lock.
-    pub(super) unsafe fn set_eventfd(&self, enabled: bool) {
+    pub(crate) unsafe fn set_eventfd(&self, enabled: bool) {
         // SAFETY: the caller's lock makes this the only CQ view alive; the
         // view is dropped at once, rewriting the head it read (unchanged).
         let cq = unsafe { self.completions() };
@@ -165,19 +177,25 @@ impl Ring {
         }
     }
 
-    /// Waits in the kernel until a completion is waiting or `deadline`
-    /// passes; runs this thread's pending task work on the way.
-    pub(super) fn wait(&self, deadline: Instant) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ts = types::Timespec::from(left);
-        let args = types::SubmitArgs::new().timespec(&ts);
+    /// Submits what is queued and waits in the kernel until a completion is
+    /// waiting or `deadline` passes (or a signal interrupts); runs this
+    /// thread's pending task work on the way.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) {
         // ETIME, EINTR, EBUSY: the caller looks at the ring again either way.
-        let _ = self.ring.submitter().submit_with_args(1, &args);
+        let _ = match deadline {
+            None => self.ring.submitter().submit_and_wait(1),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let ts = types::Timespec::from(left);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
     }
 
     /// Cancels every request the kernel holds, waiting up to `until` for the
     /// cancellations to be issued (their completions come through the CQ).
-    pub(super) fn cancel_all(&self, until: Instant) -> io::Result<()> {
+    pub(crate) fn cancel_all(&self, until: Instant) -> io::Result<()> {
         let left = until.saturating_duration_since(Instant::now());
         let r = self.ring.submitter().register_sync_cancel(
             Some(types::Timespec::from(left)),
@@ -190,7 +208,7 @@ impl Ring {
     }
 
     /// Cancels every request on `fd` (synchronously, bounded by `until`).
-    pub(super) fn cancel_fd(&self, fd: RawFd, until: Instant) -> io::Result<()> {
+    pub(crate) fn cancel_fd(&self, fd: RawFd, until: Instant) -> io::Result<()> {
         let left = until.saturating_duration_since(Instant::now());
         let r = self.ring.submitter().register_sync_cancel(
             Some(types::Timespec::from(left)),
