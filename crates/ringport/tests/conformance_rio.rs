@@ -340,3 +340,26 @@ fn a_stream_send_outlives_the_thread_that_posted_it() {
     assert!(got[filled..].iter().all(|&b| b == 0x5A));
     assert_eq!((r.request_context, r.status, r.bytes), (9, 0, LEN), "{r:?}");
 }
+
+/// Moving a completion queue to a bigger ring (io_uring cancels its
+/// requests in flight and starts them again) keeps their posting order.
+#[test]
+fn resizing_the_completion_queue_keeps_posting_order() {
+    let (ours, mut peer) = tcp_pair();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(ours, 4, 0, &cq, &cq, 8).unwrap();
+    let id = rio::register_buffer(4 * 16).unwrap();
+    let slice = |i: u64| RioBuf::new(id, i as u32 * 16, 16);
+    rq.receive(slice(0), RioFlags::NONE, 0).unwrap();
+    rq.receive(slice(1), RioFlags::NONE, 1).unwrap();
+    thread::sleep(SETTLE);
+    cq.resize(100).unwrap();
+    assert!(cq.ring_capacity() >= 100);
+    rq.receive(slice(2), RioFlags::NONE, 2).unwrap();
+    rq.receive(slice(3), RioFlags::NONE, 3).unwrap();
+    thread::sleep(SETTLE);
+    let stream: Vec<u8> = (0..64u8).collect();
+    peer.write_all(&stream).unwrap();
+    let results = take(&cq, 4);
+    assert_slices_in_posting_order(&results, &stream, 16, slice);
+}

@@ -163,13 +163,14 @@ fn start_lane(
     }
     chain.clear();
     chain.extend(lane.waiting.drain(..n));
+    // Lanes hold only requests waiting here; should one not be, a link must
+    // still not dangle from the chain's last entry into another lane's.
+    chain.retain(|&ud| slots.is_waiting(ud));
     let mut queued = 0;
     while queued < chain.len() {
         let ud = chain[queued];
         let Some(entry) = slots.entry(ud, queued + 1 < chain.len(), false) else {
-            // Cannot happen (lanes hold only requests waiting here).
-            chain.remove(queued);
-            continue;
+            break;
         };
         // SAFETY: the submission lock is held. The entry points at
         // registered memory the request has claimed (released only once its

@@ -140,6 +140,13 @@ impl Slots {
         (slot.generation == generation).then(|| (request.rq.clone(), request.kind))
     }
 
+    /// Whether `user_data` is a request of this table that is not in the
+    /// kernel.
+    pub(super) fn is_waiting(&mut self, user_data: u64) -> bool {
+        self.slot(user_data)
+            .is_some_and(|s| !s.in_kernel && s.request.is_some())
+    }
+
     /// The entry that starts the request behind `user_data` (linked to the
     /// next entry if `link`), counted as in the kernel from now on; or, with
     /// `cancel`, a NOP standing for it, whose completion ends it as
