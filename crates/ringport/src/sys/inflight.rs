@@ -36,6 +36,8 @@ pub(crate) struct Operation<T> {
     /// How many times it was issued again from another thread after its
     /// issuer exited (io_uring ties a request to its submitting thread).
     pub(crate) reissues: u8,
+    /// The backend expects it to wait: arm its poll before trying it.
+    pub(crate) poll_first: bool,
 }
 
 impl<T> Operation<T> {
@@ -50,6 +52,7 @@ impl<T> Operation<T> {
             recheck: None,
             cancelled: false,
             reissues: 0,
+            poll_first: false,
         }
     }
 }

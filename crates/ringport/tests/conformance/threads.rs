@@ -79,3 +79,46 @@ fn a_timer_outlives_the_thread_that_started_it() {
     assert_eq!(p.result.unwrap(), 0, "the timer fired, not cancelled");
     assert_quiet(&port, "one packet per timer");
 }
+
+/// A thread issues a receive and then runs in user space without entering
+/// the kernel (a busy worker); the peer sends; another thread gets the
+/// packet while the issuer is still busy. (On io_uring the port's ring
+/// finishes the receive on its issuing thread, without interrupting it, the
+/// next time that thread enters the kernel — at the latest the scheduler
+/// tick: the packet must not wait for the busy thread's own next call.)
+///
+/// Windows has no such dependence: I/O completes to the port whatever its
+/// issuing thread is doing (the Vista rule of `test_WSARecv` above, for a
+/// thread alive but busy).
+#[test]
+fn a_receive_completes_while_its_issuing_thread_is_busy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let port = port();
+    let (ours, mut peer) = tcp_pair();
+    let h = port.associate(ours, 703).unwrap();
+    let issued = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            h.recv(vec![0u8; 64], 4).unwrap();
+            issued.store(true, Ordering::Release);
+            // Busy in user space, bounded: no system call until the packet
+            // was taken (or 10 s passed).
+            let start = std::time::Instant::now();
+            while !done.load(Ordering::Acquire) && start.elapsed() < Duration::from_secs(10) {
+                std::hint::spin_loop();
+            }
+        });
+        while !issued.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        peer.write_all(b"while busy").unwrap();
+        let got = port.get(Some(Duration::from_secs(5)));
+        done.store(true, Ordering::Release);
+        let mut p = got.expect("the packet, while its issuer is busy");
+        assert_eq!((p.key, p.token), (703, 4));
+        assert_eq!(data(&mut p), b"while busy");
+    });
+    assert_quiet(&port, "one packet per receive");
+}

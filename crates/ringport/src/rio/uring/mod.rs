@@ -85,6 +85,9 @@ const QUEUE_OPS: Purpose = Purpose {
         (io_uring::opcode::RecvMsg::CODE, "RECVMSG"),
         (io_uring::opcode::SendMsg::CODE, "SENDMSG"),
     ],
+    // A polled queue is read by a thread spinning in user space: results
+    // must land in the CQ ring without waiting for it to enter the kernel.
+    coop_taskrun: false,
 };
 
 /// A ring for a completion queue of `size` results.

@@ -38,7 +38,7 @@ struct Table<T> {
     /// issue order. Only the first of each is in the kernel: io_uring wakes
     /// the requests that wait on one socket newest first, so two pending
     /// receives would take a stream's bytes in reverse issue order.
-    lanes: HashMap<RawFd, [VecDeque<OpId>; 2]>,
+    lanes: HashMap<RawFd, Lanes>,
     /// Entries made while reaping (a lane's next operation, an operation
     /// issued again), submitted together once the reap is done.
     ready: Vec<squeue::Entry>,
@@ -50,6 +50,33 @@ struct Table<T> {
 /// `ECANCELED` is taken as final (a guard against a kernel that cancels it
 /// for another reason, which would otherwise be retried for ever).
 const MAX_REISSUES: u8 = 64;
+
+/// One ordered descriptor's operations, per direction.
+#[derive(Default)]
+struct Lanes {
+    queues: [VecDeque<OpId>; 2],
+    /// The last operation of that direction found the socket drained (a
+    /// short receive) or full (a short send): the next one arms its poll
+    /// first instead of trying at once a transfer that would fail
+    /// (`IORING_RECVSEND_POLL_FIRST`, as liburing advises).
+    exhausted: [bool; 2],
+}
+
+impl std::ops::Index<usize> for Lanes {
+    type Output = VecDeque<OpId>;
+    fn index(&self, i: usize) -> &VecDeque<OpId> {
+        &self.queues[i]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Lanes {
+    fn index_mut(&mut self, i: usize) -> &mut VecDeque<OpId> {
+        &mut self.queues[i]
+    }
+}
+
+/// `IORING_RECVSEND_POLL_FIRST` (the io-uring crate does not export it).
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 fn lane_index(d: Direction) -> usize {
     match d {
@@ -66,6 +93,7 @@ fn len32(n: usize) -> u32 {
 /// capacity) and its slot's scratch, both kept by the in-flight table.
 fn sqe<T>(p: &mut Operation<T>, s: &mut Scratch) -> squeue::Entry {
     let fd = types::Fd(p.fd);
+    let prio = if p.poll_first { RECVSEND_POLL_FIRST } else { 0 };
     let buf = &mut p.buf;
     let read = |b: &mut Option<Buf>| b.as_mut().map_or((std::ptr::null_mut(), 0), Buf::write_ptr);
     let write = |b: &Option<Buf>| {
@@ -100,17 +128,22 @@ fn sqe<T>(p: &mut Operation<T>, s: &mut Scratch) -> squeue::Entry {
             } else {
                 0
             };
-            opcode::Recv::new(fd, b, len32(n)).flags(flags).build()
+            opcode::Recv::new(fd, b, len32(n))
+                .flags(flags)
+                .ioprio(prio)
+                .build()
         }
         (Op::Send, _) => {
             let (b, n) = write(buf);
             opcode::Send::new(fd, b, len32(n))
                 .flags(libc::MSG_NOSIGNAL)
+                .ioprio(prio)
                 .build()
         }
-        (Op::RecvFrom, _) => opcode::RecvMsg::new(fd, &mut s.msg).build(),
+        (Op::RecvFrom, _) => opcode::RecvMsg::new(fd, &mut s.msg).ioprio(prio).build(),
         (Op::SendTo, _) => opcode::SendMsg::new(fd, &s.msg)
             .flags(libc::MSG_NOSIGNAL as u32)
+            .ioprio(prio)
             .build(),
         (Op::Accept, _) => opcode::Accept::new(
             fd,
@@ -192,6 +225,16 @@ impl<T> Table<T> {
         }
         let (p, s) = self.ops.complete(id)?;
         let lane = p.op.lane(p.kind).map(|d| (p.fd, d));
+        if let (Some((fd, d)), Op::Recv | Op::Send, FdKind::Stream) = (lane, p.op, p.kind) {
+            let asked = match d {
+                Direction::Read => p.buf.as_ref().map_or(0, Buf::capacity),
+                Direction::Write => p.buf.as_ref().map_or(0, Buf::len),
+            };
+            let exhausted = res >= 0 && (res as usize) < asked;
+            if let Some(l) = self.lanes.get_mut(&fd) {
+                l.exhausted[lane_index(d)] = exhausted;
+            }
+        }
         let finished = op::finish(p, res, s);
         if let Some((fd, d)) = lane {
             self.advance(fd, d, id);
@@ -219,7 +262,7 @@ impl<T> Table<T> {
     fn cancel_waiting(&mut self, fd: RawFd, which: impl Fn(OpId) -> bool) -> Vec<Finished<T>> {
         let mut ids = Vec::new();
         if let Some(lanes) = self.lanes.get_mut(&fd) {
-            for q in lanes.iter_mut() {
+            for q in lanes.queues.iter_mut() {
                 let mut i = 1;
                 while i < q.len() {
                     if which(q[i]) {
@@ -287,6 +330,10 @@ impl<T> UringDriver<T> {
             if res != -libc::EAGAIN {
                 return Ok(Started::Done(op::packet(pending, res, &scratch)));
             }
+            // It would block: the ring need not try again before it polls.
+            pending.poll_first = true;
+        } else if let Some(d) = lane.filter(|_| !behind) {
+            pending.poll_first = t.lanes.get(&fd).is_some_and(|l| l.exhausted[lane_index(d)]);
         }
         let (id, scratch, pending) = t.ops.insert(pending);
         self.live.fetch_add(1, Ordering::SeqCst);

@@ -42,6 +42,10 @@ const PORT_OPS: Purpose = Purpose {
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     ],
+    // The port's threads wait in the kernel (the sleeper in io_uring_enter,
+    // the others on a futex), where task work reaches them without an
+    // interrupt: 1.6-2x less server CPU per TCP echo message (BENCHMARKS.md).
+    coop_taskrun: true,
 };
 
 /// A port's ring, shared by every thread of the port.

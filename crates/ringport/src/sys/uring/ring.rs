@@ -2,11 +2,10 @@
 //! fall back to epoll instead of failing later), pushing and submitting
 //! entries, the CQ ring as shared memory, and waiting.
 //!
-//! The ring is set up without `DEFER_TASKRUN` or `COOP_TASKRUN`: the kernel
-//! then completes a request by interrupting its submitter wherever it runs
-//! (task work signalled like a signal), so results appear in the CQ ring while
-//! a thread spins on it in user space, and reading them is a read of shared
-//! memory. `SUBMIT_ALL` makes one `io_uring_enter` take every queued entry.
+//! The ring is set up without `DEFER_TASKRUN` (which would tie it to one
+//! thread), and with `COOP_TASKRUN` only where nobody spins on the CQ ring in
+//! user space (see [`Purpose::coop_taskrun`]). `SUBMIT_ALL` makes one
+//! `io_uring_enter` take every queued entry.
 //!
 //! The wrapper adds no locking of its own: its owner (the port's ring, a
 //! RIO completion queue) holds a submission lock around [`push`](Ring::push)
@@ -33,6 +32,15 @@ pub(crate) struct Purpose {
     /// Every opcode its owner issues, with its name: a kernel (or a sandbox
     /// such as gVisor) that lacks one is refused here.
     pub(crate) ops: &'static [(u8, &'static str)],
+    /// `IORING_SETUP_COOP_TASKRUN`: the kernel finishes a request's work
+    /// (task work) on its submitting thread when that thread next enters the
+    /// kernel (a system call, an interrupt such as the scheduler tick, or a
+    /// wait it is woken from) instead of interrupting it at once with an
+    /// inter-processor interrupt. For threads that wait in the kernel (the
+    /// port's) this costs no latency and saves the interrupt; for a thread
+    /// that spins on the CQ ring in user space (a polled RIO queue) it would
+    /// hold results back until the next tick.
+    pub(crate) coop_taskrun: bool,
 }
 
 pub(crate) struct Ring {
@@ -46,28 +54,28 @@ impl Ring {
         let cq = cq_entries.clamp(1, MAX_ENTRIES).next_power_of_two();
         let sq = sq_entries.clamp(1, MAX_SQ).min(cq);
         let what = purpose.what;
-        let ring = IoUring::builder()
-            .setup_cqsize(cq)
-            .setup_clamp()
-            .setup_submit_all()
-            .build(sq)
-            .map_err(|e| {
-                let why = match e.raw_os_error() {
-                    Some(libc::ENOMEM) => {
-                        "the ring's memory is charged to RLIMIT_MEMLOCK or the memory cgroup; \
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq).setup_clamp().setup_submit_all();
+        if purpose.coop_taskrun {
+            builder.setup_coop_taskrun();
+        }
+        let ring = builder.build(sq).map_err(|e| {
+            let why = match e.raw_os_error() {
+                Some(libc::ENOMEM) => {
+                    "the ring's memory is charged to RLIMIT_MEMLOCK or the memory cgroup; \
                          raise `ulimit -l` or ask for fewer entries"
-                    }
-                    Some(libc::EPERM) | Some(libc::ENOSYS) => {
-                        "io_uring is switched off here (seccomp, kernel.io_uring_disabled); \
+                }
+                Some(libc::EPERM) | Some(libc::ENOSYS) => {
+                    "io_uring is switched off here (seccomp, kernel.io_uring_disabled); \
                          use the epoll backend (RINGPORT_BACKEND=epoll or auto)"
-                    }
-                    _ => "",
-                };
-                io::Error::new(
-                    e.kind(),
-                    format!("io_uring_setup(sq {sq}, cq {cq}) for {what} failed: {e}. {why}"),
-                )
-            })?;
+                }
+                _ => "",
+            };
+            io::Error::new(
+                e.kind(),
+                format!("io_uring_setup(sq {sq}, cq {cq}) for {what} failed: {e}. {why}"),
+            )
+        })?;
         // NODROP: completions are never lost to a full CQ ring, the kernel
         // keeps them. EXT_ARG: a wait with a timeout.
         if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
