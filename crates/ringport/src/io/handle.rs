@@ -121,9 +121,25 @@ impl<T: Send + 'static> Handle<T> {
         self.start_with(Op::SendTo, Some(buf.into()), Some(to), token, true)
     }
 
+    /// [`read_at`](Self::read_at) with skip-on-success: a read the page cache
+    /// can serve at once comes back here, with no packet queued
+    /// (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`); otherwise it is pending and
+    /// completes to the port.
+    pub fn read_at_now(
+        &self,
+        buf: impl Into<Buf>,
+        offset: u64,
+        token: T,
+    ) -> Result<Started<T>, Error> {
+        self.start_with(Op::ReadAt(offset), Some(buf.into()), None, token, true)
+    }
+
     /// Reads into `buf` from byte `offset` of a file (`ReadFile` with an
     /// OVERLAPPED offset). The packet's result is the bytes read (0 at end of
-    /// file) and its payload the buffer.
+    /// file) and its payload the buffer. A read the page cache can serve
+    /// whole is done at once by the calling thread (`preadv2` with
+    /// `RWF_NOWAIT`), and its packet queued all the same, as Windows queues
+    /// the packet of a read that completed synchronously.
     pub fn read_at(&self, buf: impl Into<Buf>, offset: u64, token: T) -> Result<OpId, Error> {
         self.start(Op::ReadAt(offset), Some(buf.into()), None, token)
     }

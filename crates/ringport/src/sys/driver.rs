@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use super::inflight::{OpId, Operation};
+use super::inflight::{OpId, Operation, Scratch};
+use super::op::{self, Op};
+use super::syscalls;
 use crate::port::core::{Core, Kernel};
 use crate::port::Packet;
 use crate::sys::epoll::EpollDriver;
@@ -79,6 +81,29 @@ impl<T> Driver<T> {
         to: Option<SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
+        let mut pending = pending;
+        if pending.kind == FdKind::File && matches!(pending.op, Op::ReadAt(_)) {
+            // What the page cache can serve at once costs what pread costs:
+            // no ring, no helper thread. Its packet is queued at once (or
+            // handed back, with skip-on-success), as Windows queues the packet
+            // of a ReadFile that completed synchronously. A short read (only
+            // part of the range cached, or the end of the file) goes the
+            // backend's way, which reads the whole range as pread would.
+            let want = pending.buf.as_ref().map_or(0, crate::Buf::capacity);
+            let res = syscalls::file_nowait(pending.op, pending.fd, &mut pending.buf);
+            if res == want as i32 || (res < 0 && res != -libc::EAGAIN && res != -libc::EOPNOTSUPP) {
+                // SAFETY: all-zero is a valid value of these plain C structs;
+                // a file operation reads nothing from its scratch.
+                let scratch: Scratch = unsafe { std::mem::zeroed() };
+                let packet = op::packet(pending, res, &scratch);
+                if immediate {
+                    return Ok(Started::Done(packet));
+                }
+                core.enqueue(packet);
+                core.publish_completed(1, false);
+                return Ok(Started::Pending(OpId::DONE));
+            }
+        }
         let started = match self {
             Driver::Uring(d) => d.start(pending, to, immediate),
             Driver::Epoll(d) => d.start(core, pending, to, immediate),

@@ -18,6 +18,12 @@ use crate::sys::fd::FdKind;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OpId(pub(crate) u64);
 
+impl OpId {
+    /// The id of an operation that completed as it started (its packet is
+    /// already queued): never in flight, so cancelling it is refused.
+    pub(crate) const DONE: OpId = OpId(u64::MAX);
+}
+
 /// What an operation owns until its completion is reaped.
 pub(crate) struct Operation<T> {
     pub(crate) key: u64,

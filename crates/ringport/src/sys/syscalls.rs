@@ -165,3 +165,47 @@ pub(crate) fn perform(
         }
     }
 }
+
+/// Reads (or writes) a file at an offset if the page cache can serve it at
+/// once (`preadv2`/`pwritev2` with `RWF_NOWAIT`); `-EAGAIN` when it would
+/// block on the device, `-EOPNOTSUPP` where the file system cannot say.
+/// The buffer is the operation's own, held exclusively for the call.
+pub(crate) fn file_nowait(op: Op, fd: RawFd, buf: &mut Option<Buf>) -> i32 {
+    let Some(b) = buf.as_mut() else {
+        return -libc::EINVAL;
+    };
+    // SAFETY: the iovec names the operation's buffer (its capacity for a
+    // read, its data for a write), alive and unshared for the call.
+    unsafe {
+        match op {
+            Op::ReadAt(off) => {
+                let (p, n) = b.write_ptr();
+                let iov = libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: n,
+                };
+                res(libc::preadv2(
+                    fd,
+                    &iov,
+                    1,
+                    off as libc::off_t,
+                    libc::RWF_NOWAIT,
+                ))
+            }
+            Op::WriteAt(off) => {
+                let iov = libc::iovec {
+                    iov_base: b.read_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                };
+                res(libc::pwritev2(
+                    fd,
+                    &iov,
+                    1,
+                    off as libc::off_t,
+                    libc::RWF_NOWAIT,
+                ))
+            }
+            _ => -libc::EINVAL,
+        }
+    }
+}
