@@ -40,6 +40,7 @@ typedef uint32_t DWORD, ULONG, UINT;
 typedef DWORD *PDWORD, *LPDWORD;
 typedef ULONG *PULONG;
 typedef int32_t LONG, INT;
+typedef INT *PINT, *LPINT;
 typedef LONG *PLONG, *LPLONG;
 typedef int16_t SHORT;
 typedef char CHAR;

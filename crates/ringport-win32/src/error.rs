@@ -186,6 +186,12 @@ pub extern "C" fn WSASetLastError(code: i32) {
     set(code as u32)
 }
 
+/// The Winsock code for a Linux errno (the headers' socket wrappers use it).
+#[no_mangle]
+pub extern "C" fn ringport_win32_wsa_from_errno(errno: i32) -> i32 {
+    from_errno(errno) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

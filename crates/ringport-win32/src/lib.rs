@@ -31,6 +31,7 @@ pub mod ffi;
 pub mod handles;
 pub mod port;
 pub mod rio;
+pub mod rio_cq;
 pub mod sync;
 pub mod thread;
 pub mod winsock;

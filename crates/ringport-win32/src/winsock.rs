@@ -170,6 +170,10 @@ pub fn complete(mut packet: Packet<Token>) -> (u32, u32) {
     match &op.kind {
         Kind::Plain => {}
         Kind::Recv { bufs, from } => {
+            // The peer first: taking the buffer takes the whole payload.
+            if let (Some((addr, len)), Some(peer)) = (from, packet.peer()) {
+                write_sockaddr(*addr, *len, peer);
+            }
             if let Some(buf) = packet.take_buf() {
                 let data = buf.as_slice();
                 let n = match status {
@@ -179,9 +183,6 @@ pub fn complete(mut packet: Packet<Token>) -> (u32, u32) {
                 };
                 scatter(bufs, &data[..n]);
                 bytes = n;
-            }
-            if let (Some((addr, len)), Some(peer)) = (from, packet.peer()) {
-                write_sockaddr(*addr, *len, peer);
             }
         }
         Kind::Accept {
