@@ -26,9 +26,11 @@
 //! [`ffi::guard`], which turns one into a failure with
 //! `ERROR_INVALID_FUNCTION`.
 
+pub mod accept;
 pub mod error;
 pub mod ffi;
 pub mod handles;
+pub mod overlapped;
 pub mod port;
 pub mod rio;
 pub mod rio_cq;

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringport::{BlockingGuard, CompletionPort, Packet};
 
@@ -162,12 +162,20 @@ fn timeout(ms: u32) -> Option<Duration> {
 }
 
 /// What a packet says once its I/O is finished: key, OVERLAPPED, bytes and
-/// the Windows status (0 for success).
-fn finish(packet: Packet<Token>) -> (usize, usize, u32, u32) {
+/// the Windows status (0 for success); `None` for a packet that was a step
+/// of an operation still going on (nothing for the caller).
+fn finish(packet: Packet<Token>) -> Option<(usize, usize, u32, u32)> {
     let key = packet.key as usize;
     let ov = packet.token.ov;
-    let (bytes, status) = winsock::complete(packet);
-    (key, ov, bytes, status)
+    match winsock::complete(packet) {
+        winsock::Completion::Done(bytes, status) => Some((key, ov, bytes, status)),
+        winsock::Completion::Again => None,
+    }
+}
+
+/// What is left of a wait that started at `start`.
+fn remaining(timeout: Option<Duration>, start: Instant) -> Option<Duration> {
+    timeout.map(|t| t.saturating_sub(start.elapsed()))
 }
 
 /// `GetQueuedCompletionStatus`.
@@ -199,10 +207,19 @@ pub unsafe extern "C" fn GetQueuedCompletionStatus(
         let Some(p) = handles::port(port) else {
             return error::fail(code::ERROR_INVALID_HANDLE);
         };
-        match p.cp.get(timeout(ms)) {
-            Ok(packet) => {
+        let (t, start) = (timeout(ms), Instant::now());
+        let got = loop {
+            match p.cp.get(remaining(t, start)) {
+                Ok(packet) => match finish(packet) {
+                    Some(done) => break Ok(done),
+                    None => continue,
+                },
+                Err(e) => break Err(e),
+            }
+        };
+        match got {
+            Ok((k, ov, n, status)) => {
                 set_current(&p);
-                let (k, ov, n, status) = finish(packet);
                 // SAFETY: the caller's promise: writable.
                 unsafe {
                     bytes.write(n);
@@ -250,23 +267,31 @@ pub unsafe extern "C" fn GetQueuedCompletionStatusEx(
         };
         let mut batch = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
         batch.clear();
-        let got = p.cp.get_into(&mut batch, count as usize, timeout(ms));
+        let (t, start) = (timeout(ms), Instant::now());
+        let mut n = 0;
+        let mut got = Ok(0);
+        while n == 0 && got.is_ok() {
+            got =
+                p.cp.get_into(&mut batch, count as usize, remaining(t, start));
+            for packet in batch.drain(..) {
+                let Some((k, ov, bytes, status)) = finish(packet) else {
+                    continue;
+                };
+                let entry = OverlappedEntry {
+                    completion_key: k,
+                    overlapped: ov as *mut Overlapped,
+                    internal: status as usize,
+                    bytes,
+                };
+                // SAFETY: n < count entries, writable.
+                unsafe { entries.add(n).write(entry) };
+                n += 1;
+            }
+        }
         let r = match got {
             Ok(_) => {
                 set_current(&p);
-                let n = batch.len();
-                for (i, packet) in batch.drain(..).enumerate() {
-                    let (k, ov, bytes, status) = finish(packet);
-                    let entry = OverlappedEntry {
-                        completion_key: k,
-                        overlapped: ov as *mut Overlapped,
-                        internal: status as usize,
-                        bytes,
-                    };
-                    // SAFETY: i < n <= count entries, writable.
-                    unsafe { entries.add(i).write(entry) };
-                }
-                // SAFETY: as above.
+                // SAFETY: checked non-null, writable.
                 unsafe { removed.write(n as u32) };
                 1
             }

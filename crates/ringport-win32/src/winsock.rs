@@ -1,8 +1,8 @@
 //! Winsock with overlapped I/O on a completion port: sockets, association,
-//! `WSARecv`/`WSASend`/`WSARecvFrom`/`WSASendTo`, `CancelIoEx`,
-//! `SetFileCompletionNotificationModes`, `closesocket`, and what a packet
-//! copies back when it is taken. `AcceptEx`, `ConnectEx` and `WSAIoctl` are
-//! in [`crate::winsock_ext`].
+//! starting an operation, `CancelIoEx`, `SetFileCompletionNotificationModes`,
+//! `closesocket`, and what a packet copies back when it is taken. The calls
+//! themselves are in [`crate::overlapped`] (`WSARecv`...), [`crate::accept`]
+//! (`AcceptEx`) and [`crate::winsock_ext`] (`ConnectEx`, `WSAIoctl`...).
 //!
 //! A `SOCKET` is its Linux descriptor. Associating it with a port gives
 //! ringport a duplicate of it (same socket), so the caller's descriptor stays
@@ -67,7 +67,7 @@ fn find(fd: i32) -> Option<Arc<Sock>> {
         .cloned()
 }
 
-fn find_or_add(fd: i32) -> Arc<Sock> {
+pub(crate) fn find_or_add(fd: i32) -> Arc<Sock> {
     if let Some(s) = find(fd) {
         return s;
     }
@@ -80,7 +80,7 @@ fn find_or_add(fd: i32) -> Arc<Sock> {
 }
 
 impl Sock {
-    fn assoc(&self) -> Option<Arc<Assoc>> {
+    pub(crate) fn assoc(&self) -> Option<Arc<Assoc>> {
         self.assoc
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -118,6 +118,11 @@ pub(crate) enum Kind {
         local: u32,
         remote: u32,
     },
+    /// `AcceptEx`'s receive of the connection's first data.
+    AcceptData {
+        layout: crate::accept::Layout,
+        peer: Option<std::net::SocketAddr>,
+    },
 }
 
 /// Duplicates `fd` (close-on-exec) for ringport to own.
@@ -153,17 +158,25 @@ pub fn associate(fd: i32, port: &Arc<Port>, key: usize) -> Result<(), u32> {
     Ok(())
 }
 
+/// What taking a packet came to.
+pub enum Completion {
+    /// The packet for the caller: bytes and Windows status (0: success).
+    Done(u32, u32),
+    /// The packet was one step of an operation that goes on (`AcceptEx`
+    /// receiving its first data): nothing for the caller yet.
+    Again,
+}
+
 /// Finishes a packet for the C side: copies a receive's bytes into the
 /// caller's buffers (and the sender's address), puts an accepted connection
 /// on the accept socket, fills the OVERLAPPED's `Internal`/`InternalHigh`.
-/// Returns the bytes and the Windows status (0: success).
-pub fn complete(mut packet: Packet<Token>) -> (u32, u32) {
+pub fn complete(mut packet: Packet<Token>) -> Completion {
     let (mut bytes, mut status) = match &packet.result {
         Ok(n) => (*n, 0),
         Err(e) => (0, error::from_io(e)),
     };
     let Some(op) = packet.token.op.take() else {
-        return (bytes as u32, status);
+        return Completion::Done(bytes as u32, status);
     };
     let ov = packet.token.ov;
     op.sock.ops().remove(&ov);
@@ -193,11 +206,24 @@ pub fn complete(mut packet: Packet<Token>) -> (u32, u32) {
             remote,
         } => {
             if let Payload::Accepted(fd, peer) = std::mem::take(&mut packet.payload) {
-                status = crate::winsock_ext::finish_accept(
-                    fd, peer, *accept, *out, *data, *local, *remote,
-                );
+                let layout = crate::accept::Layout {
+                    accept: *accept,
+                    out: *out,
+                    data: *data,
+                    local: *local,
+                    remote: *remote,
+                };
+                match crate::accept::accepted(&op.sock, fd, peer, ov, layout) {
+                    Ok(true) => return Completion::Again,
+                    Ok(false) => {}
+                    Err(e) => status = e,
+                }
                 bytes = 0;
             }
+        }
+        Kind::AcceptData { layout, peer } => {
+            let n = crate::accept::first_data(&mut packet, layout, *peer, status);
+            bytes = n;
         }
     }
     if ov != 0 {
@@ -209,7 +235,7 @@ pub fn complete(mut packet: Packet<Token>) -> (u32, u32) {
             (*o).internal_high = bytes;
         }
     }
-    (bytes as u32, status)
+    Completion::Done(bytes as u32, status)
 }
 
 /// Copies `data` into the caller's buffers, in order.
@@ -248,31 +274,6 @@ pub(crate) fn write_sockaddr(addr: usize, len: usize, peer: std::net::SocketAddr
         // SAFETY: as above.
         unsafe { *(len as *mut i32) = n as i32 };
     }
-}
-
-/// Reads the caller's WSABUF array into (pointer, length) pairs.
-///
-/// # Safety
-/// `bufs` points to `count` WSABUFs.
-unsafe fn read_bufs(bufs: *const WsaBuf, count: u32) -> Vec<(usize, usize)> {
-    if bufs.is_null() {
-        return Vec::new();
-    }
-    // SAFETY: the caller's promise.
-    let s = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
-    s.iter().map(|b| (b.buf as usize, b.len as usize)).collect()
-}
-
-fn gather(bufs: &[(usize, usize)]) -> Vec<u8> {
-    let total = bufs.iter().map(|b| b.1).sum();
-    let mut v = Vec::with_capacity(total);
-    for &(ptr, len) in bufs {
-        if len > 0 {
-            // SAFETY: the caller's WSABUF names `len` readable bytes.
-            v.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) });
-        }
-    }
-    v
 }
 
 /// An overlapped operation as it is started on a handle.
@@ -336,7 +337,9 @@ pub(crate) fn start(fd: i32, ov: *mut Overlapped, what: Start, kind: Kind, done:
         }
         Ok(Started::Done(packet)) => {
             drop(ops);
-            let (n, status) = complete(packet);
+            let Completion::Done(n, status) = complete(packet) else {
+                return error::fail(code::WSA_IO_PENDING) - 1;
+            };
             if !done.is_null() {
                 // SAFETY: the caller's out pointer.
                 unsafe { done.write(n) };
@@ -349,184 +352,6 @@ pub(crate) fn start(fd: i32, ov: *mut Overlapped, what: Start, kind: Kind, done:
         }
         Err(e) => error::fail(error::from_ringport(&e)) - 1,
     }
-}
-
-fn total(bufs: &[(usize, usize)]) -> usize {
-    bufs.iter().map(|b| b.1).sum()
-}
-
-/// A synchronous `WSARecv`/`WSASend` (no OVERLAPPED): one `recvmsg`/`sendmsg`.
-fn sync_io(fd: i32, bufs: &[(usize, usize)], send: bool, done: *mut u32) -> i32 {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|&(p, l)| libc::iovec {
-            iov_base: p as *mut libc::c_void,
-            iov_len: l,
-        })
-        .collect();
-    // SAFETY: a zeroed msghdr is valid; we set the iovecs.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len();
-    let n = crate::port::blocking(|| {
-        // SAFETY: the iovecs name the caller's buffers, valid for the call.
-        unsafe {
-            if send {
-                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
-            } else {
-                libc::recvmsg(fd, &mut msg, 0)
-            }
-        }
-    });
-    if n < 0 {
-        return error::fail(error::from_errno(errno())) - 1;
-    }
-    if !done.is_null() {
-        // SAFETY: the caller's out pointer.
-        unsafe { done.write(n as u32) };
-    }
-    0
-}
-
-/// `WSARecv`. Completion routines are not supported (`WSAEOPNOTSUPP`).
-///
-/// # Safety
-/// The pointers are valid as Windows requires.
-#[no_mangle]
-pub unsafe extern "C" fn WSARecv(
-    s: usize,
-    bufs: *const WsaBuf,
-    count: u32,
-    received: *mut u32,
-    _flags: *mut u32,
-    ov: *mut Overlapped,
-    routine: *const libc::c_void,
-) -> i32 {
-    ffi::guard(SOCKET_ERROR, || {
-        if !routine.is_null() {
-            return error::fail(code::WSAEOPNOTSUPP) - 1;
-        }
-        // SAFETY: the caller's promise.
-        let bufs = unsafe { read_bufs(bufs, count) };
-        if ov.is_null() {
-            return sync_io(s as i32, &bufs, false, received);
-        }
-        let cap = total(&bufs);
-        start(
-            s as i32,
-            ov,
-            Start::Recv(cap),
-            Kind::Recv { bufs, from: None },
-            received,
-        )
-    })
-}
-
-/// `WSASend`: the caller's bytes are copied when it is called.
-///
-/// # Safety
-/// The pointers are valid as Windows requires.
-#[no_mangle]
-pub unsafe extern "C" fn WSASend(
-    s: usize,
-    bufs: *const WsaBuf,
-    count: u32,
-    sent: *mut u32,
-    _flags: u32,
-    ov: *mut Overlapped,
-    routine: *const libc::c_void,
-) -> i32 {
-    ffi::guard(SOCKET_ERROR, || {
-        if !routine.is_null() {
-            return error::fail(code::WSAEOPNOTSUPP) - 1;
-        }
-        // SAFETY: the caller's promise.
-        let bufs = unsafe { read_bufs(bufs, count) };
-        if ov.is_null() {
-            return sync_io(s as i32, &bufs, true, sent);
-        }
-        start(s as i32, ov, Start::Send(gather(&bufs)), Kind::Plain, sent)
-    })
-}
-
-/// `WSARecvFrom` (overlapped only). The sender's address is written to
-/// `from` (room in `*from_len`) when the packet is taken.
-///
-/// # Safety
-/// The pointers are valid as Windows requires.
-#[no_mangle]
-pub unsafe extern "C" fn WSARecvFrom(
-    s: usize,
-    bufs: *const WsaBuf,
-    count: u32,
-    received: *mut u32,
-    _flags: *mut u32,
-    from: *mut libc::sockaddr,
-    from_len: *mut i32,
-    ov: *mut Overlapped,
-    routine: *const libc::c_void,
-) -> i32 {
-    ffi::guard(SOCKET_ERROR, || {
-        if !routine.is_null() || ov.is_null() {
-            return error::fail(code::WSAEOPNOTSUPP) - 1;
-        }
-        // SAFETY: the caller's promise.
-        let bufs = unsafe { read_bufs(bufs, count) };
-        let cap = total(&bufs);
-        let from = (!from.is_null()).then_some((from as usize, from_len as usize));
-        start(
-            s as i32,
-            ov,
-            Start::RecvFrom(cap),
-            Kind::Recv { bufs, from },
-            received,
-        )
-    })
-}
-
-/// Reads a caller's `sockaddr`.
-pub(crate) fn read_sockaddr(addr: *const libc::sockaddr, len: i32) -> Option<std::net::SocketAddr> {
-    if addr.is_null() || len <= 0 {
-        return None;
-    }
-    // SAFETY: the caller's sockaddr of `len` bytes.
-    let b = unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) };
-    ringport::rio::read_addr(b)
-}
-
-/// `WSASendTo` (overlapped only): the bytes are copied when it is called.
-///
-/// # Safety
-/// The pointers are valid as Windows requires.
-#[no_mangle]
-pub unsafe extern "C" fn WSASendTo(
-    s: usize,
-    bufs: *const WsaBuf,
-    count: u32,
-    sent: *mut u32,
-    _flags: u32,
-    to: *const libc::sockaddr,
-    to_len: i32,
-    ov: *mut Overlapped,
-    routine: *const libc::c_void,
-) -> i32 {
-    ffi::guard(SOCKET_ERROR, || {
-        if !routine.is_null() || ov.is_null() {
-            return error::fail(code::WSAEOPNOTSUPP) - 1;
-        }
-        let Some(to) = read_sockaddr(to, to_len) else {
-            return error::fail(code::WSAEFAULT) - 1;
-        };
-        // SAFETY: the caller's promise.
-        let bufs = unsafe { read_bufs(bufs, count) };
-        start(
-            s as i32,
-            ov,
-            Start::SendTo(gather(&bufs), to),
-            Kind::Plain,
-            sent,
-        )
-    })
 }
 
 /// `CancelIoEx`: cancels one operation (by OVERLAPPED) or, with NULL, all

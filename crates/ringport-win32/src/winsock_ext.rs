@@ -1,9 +1,7 @@
 //! The rest of Winsock: start-up, `WSASocket`, the `bind`/`listen`/
-//! `connect` that set `WSAGetLastError`, `AcceptEx`,
-//! `GetAcceptExSockaddrs`, `ConnectEx`, `WSAIoctl` (which hands them out,
-//! and the RIO function table), `WSAGetOverlappedResult`.
-
-use std::os::fd::{AsRawFd, OwnedFd};
+//! `connect` that set `WSAGetLastError`, `ConnectEx`, `WSAIoctl` (which
+//! hands out `AcceptEx`, `GetAcceptExSockaddrs`, `ConnectEx` and the RIO
+//! function table), `WSAGetOverlappedResult`.
 
 use crate::error::{self, code};
 use crate::ffi;
@@ -169,132 +167,6 @@ pub unsafe extern "C" fn ringport_win32_connect(
     })
 }
 
-/// Puts the connection `fd` on the caller's accept socket and writes the
-/// local and remote addresses into `AcceptEx`'s output buffer (after
-/// `data` bytes, `local` and `remote` bytes of room). Returns the status.
-pub(crate) fn finish_accept(
-    fd: OwnedFd,
-    peer: Option<std::net::SocketAddr>,
-    accept: i32,
-    out: usize,
-    data: u32,
-    local: u32,
-    remote: u32,
-) -> u32 {
-    // SAFETY: dup2 takes no pointers; it replaces the caller's accept socket
-    // by the new connection, atomically.
-    if unsafe { libc::dup2(fd.as_raw_fd(), accept) } < 0 {
-        return error::from_errno(winsock::errno());
-    }
-    winsock::forget(accept);
-    drop(fd);
-    if out != 0 {
-        // SAFETY: zeroed sockaddr_storage is valid; getsockname fills it.
-        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut n = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: ss has n bytes of room.
-        unsafe { libc::getsockname(accept, &mut ss as *mut _ as *mut libc::sockaddr, &mut n) };
-        let room = (local as usize).min(n as usize);
-        // SAFETY: AcceptEx's output buffer has data + local + remote bytes,
-        // valid until the completion is reported (now).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                &ss as *const _ as *const u8,
-                (out + data as usize) as *mut u8,
-                room,
-            )
-        };
-        if let Some(peer) = peer {
-            let mut len = remote as i32;
-            winsock::write_sockaddr(
-                out + data as usize + local as usize,
-                &mut len as *mut i32 as usize,
-                peer,
-            );
-        }
-    }
-    0
-}
-
-/// `AcceptEx`: the accepted connection replaces `accept` (the socket the
-/// caller made for it) when the packet is taken. Receiving data with the
-/// connection (`receive_len` > 0) is not supported (`WSAEOPNOTSUPP`).
-///
-/// # Safety
-/// The pointers are valid as Windows requires.
-#[no_mangle]
-pub unsafe extern "C" fn AcceptEx(
-    listen: usize,
-    accept: usize,
-    out: *mut libc::c_void,
-    receive_len: u32,
-    local_len: u32,
-    remote_len: u32,
-    received: *mut u32,
-    ov: *mut Overlapped,
-) -> i32 {
-    ffi::guard(0, || {
-        if receive_len > 0 {
-            return error::fail(code::WSAEOPNOTSUPP);
-        }
-        if ov.is_null() {
-            return error::fail(code::WSAEINVAL);
-        }
-        let kind = Kind::Accept {
-            accept: accept as i32,
-            out: out as usize,
-            data: receive_len,
-            local: local_len,
-            remote: remote_len,
-        };
-        let r = winsock::start(listen as i32, ov, Start::Accept, kind, received);
-        i32::from(r == 0)
-    })
-}
-
-/// `GetAcceptExSockaddrs`: where `AcceptEx` put the two addresses.
-///
-/// # Safety
-/// The pointers are valid as Windows requires.
-#[no_mangle]
-pub unsafe extern "C" fn GetAcceptExSockaddrs(
-    out: *mut libc::c_void,
-    receive_len: u32,
-    local_len: u32,
-    _remote_len: u32,
-    local: *mut *mut libc::sockaddr,
-    local_size: *mut i32,
-    remote: *mut *mut libc::sockaddr,
-    remote_size: *mut i32,
-) {
-    ffi::guard((), || {
-        let base = out as usize + receive_len as usize;
-        let size = |p: usize| {
-            // SAFETY: the address AcceptEx wrote there starts with its family.
-            match unsafe { *(p as *const u16) } as i32 {
-                libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>() as i32,
-                _ => std::mem::size_of::<libc::sockaddr_in>() as i32,
-            }
-        };
-        let r = base + local_len as usize;
-        // SAFETY: the caller's out pointers.
-        unsafe {
-            if !local.is_null() {
-                local.write(base as *mut libc::sockaddr);
-            }
-            if !local_size.is_null() {
-                local_size.write(size(base));
-            }
-            if !remote.is_null() {
-                remote.write(r as *mut libc::sockaddr);
-            }
-            if !remote_size.is_null() {
-                remote_size.write(size(r));
-            }
-        }
-    })
-}
-
 /// `ConnectEx`: sending data with the connection is not supported
 /// (`WSAEOPNOTSUPP` when `send_len` > 0).
 ///
@@ -314,7 +186,7 @@ pub unsafe extern "C" fn ConnectEx(
         if send_len > 0 {
             return error::fail(code::WSAEOPNOTSUPP);
         }
-        let Some(to) = winsock::read_sockaddr(name, name_len) else {
+        let Some(to) = crate::overlapped::read_sockaddr(name, name_len) else {
             return error::fail(code::WSAEFAULT);
         };
         let r = winsock::start(s as i32, ov, Start::Connect(to), Kind::Plain, sent);
@@ -350,9 +222,9 @@ pub unsafe extern "C" fn WSAIoctl(
         let (src, len): (*const u8, usize) = match control {
             SIO_GET_EXTENSION_FUNCTION_POINTER => {
                 let f: usize = if id == WSAID_ACCEPTEX {
-                    AcceptEx as *const () as usize
+                    crate::accept::AcceptEx as *const () as usize
                 } else if id == WSAID_GETACCEPTEXSOCKADDRS {
-                    GetAcceptExSockaddrs as *const () as usize
+                    crate::accept::GetAcceptExSockaddrs as *const () as usize
                 } else if id == WSAID_CONNECTEX {
                     ConnectEx as *const () as usize
                 } else {

@@ -233,6 +233,30 @@ static void TcpAcceptEx() {
     closesocket(client);
     CHECK(GetQueuedCompletionStatus(port, &bytes, &key, &ov, 5000) && bytes == 0);
     closesocket(accepted);
+
+    // AcceptEx with a receive: the packet comes with the first data.
+    SOCKET second = WSASocket(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    char out2[64 + 2 * alen];
+    CHECK(!acceptEx(listener, second, out2, 64, alen, alen, &n, &aov));
+    CHECK(WSAGetLastError() == ERROR_IO_PENDING);
+    client = WSASocket(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0);
+    CHECK(connect(client, (SOCKADDR *)&addr, sizeof(addr)) == 0);
+    CHECK(!GetQueuedCompletionStatus(port, &bytes, &key, &ov, 200));
+    CHECK(GetLastError() == WAIT_TIMEOUT);
+    CHECK(send(client, "first", 5, 0) == 5);
+    CHECK(GetQueuedCompletionStatus(port, &bytes, &key, &ov, 5000));
+    CHECK(key == 1 && ov == &aov && bytes == 5 && memcmp(out2, "first", 5) == 0);
+    getAddrs(out2, 64, alen, alen, &local, &llen, &remote, &rlen);
+    getsockname(client, (SOCKADDR *)&cname, &clen);
+    CHECK(((SOCKADDR_IN *)local)->sin_port == addr.sin_port);
+    CHECK(((SOCKADDR_IN *)remote)->sin_port == cname.sin_port);
+    // The accept socket is the connection, and can be associated now.
+    CHECK(CreateIoCompletionPort((HANDLE)second, port, 3, 0) == port);
+    CHECK(WSASend(second, &reply, 1, &n, 0, &rov, NULL) == SOCKET_ERROR);
+    CHECK(GetQueuedCompletionStatus(port, &bytes, &key, &ov, 5000) && key == 3 && bytes == 4);
+    CHECK(recv(client, back, sizeof(back), 0) == 4 && memcmp(back, "pong", 4) == 0);
+    closesocket(client);
+    closesocket(second);
     closesocket(listener);
     CloseHandle(port);
 }
