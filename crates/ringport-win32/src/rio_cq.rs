@@ -272,3 +272,75 @@ pub(crate) extern "C" fn rio_close_completion_queue(cq_ptr: *const Cq) {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rio::{function_table, RioBufC};
+    use std::net::UdpSocket;
+    use std::os::fd::IntoRawFd;
+
+    type Register = extern "C" fn(*mut u8, u32) -> usize;
+    type CreateRq = extern "C" fn(usize, u32, u32, u32, u32, *const Cq, *const Cq, usize) -> usize;
+    type Receive = extern "C" fn(usize, *const RioBufC, u32, u32, usize) -> i32;
+
+    #[test]
+    fn polled_receive_lands_in_callers_memory() {
+        let t = function_table();
+        // SAFETY: the table's entries are these functions, in Windows' order.
+        let (register, create_rq, receive): (Register, CreateRq, Receive) = unsafe {
+            (
+                std::mem::transmute::<usize, Register>(t.fns[10]),
+                std::mem::transmute::<usize, CreateRq>(t.fns[6]),
+                std::mem::transmute::<usize, Receive>(t.fns[0]),
+            )
+        };
+        let mut memory = vec![0u8; 4096];
+        let id = register(memory.as_mut_ptr(), 4096);
+        assert_ne!(id, crate::rio::RIO_INVALID_BUFFERID);
+        let cq = rio_create_completion_queue(8, std::ptr::null()) as *const Cq;
+        assert!(!cq.is_null());
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let fd = server.into_raw_fd();
+        let rq = create_rq(fd as usize, 4, 1, 0, 1, cq, cq, 42);
+        assert_ne!(rq, 0);
+        let slice = RioBufC {
+            buffer_id: id,
+            offset: 100,
+            length: 64,
+        };
+        assert_eq!(receive(rq, &slice, 1, 0, 7), 1);
+        let outside = RioBufC {
+            buffer_id: id,
+            offset: 4090,
+            length: 64,
+        };
+        assert_eq!(receive(rq, &outside, 1, 0, 8), 0);
+        assert_eq!(error::get(), code::WSAEINVAL);
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(b"mirror", addr)
+            .unwrap();
+        let mut out = [RioResultC {
+            status: -1,
+            bytes: 0,
+            socket_context: 0,
+            request_context: 0,
+        }; 4];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut n = 0;
+        while n == 0 && std::time::Instant::now() < deadline {
+            n = rio_dequeue_completion(cq, out.as_mut_ptr(), 4);
+        }
+        assert_eq!(n, 1);
+        let r = out[0];
+        assert_eq!(
+            (r.status, r.bytes, r.socket_context, r.request_context),
+            (0, 6, 42, 7)
+        );
+        assert_eq!(&memory[100..106], b"mirror");
+        assert_eq!(crate::winsock::closesocket(fd as usize), 0);
+        rio_close_completion_queue(cq);
+    }
+}
