@@ -80,7 +80,9 @@ pub fn waitable(h: usize) -> Option<Arc<Waitable>> {
     }
 }
 
-/// Whether `h` could be a descriptor (a socket cast to `HANDLE`).
+/// Whether `h` could be a descriptor (a socket cast to `HANDLE`). NULL is
+/// not: it is the invalid handle of most Win32 calls (and descriptor 0 is
+/// standard input, never closed by `CloseHandle(NULL)`).
 pub fn is_fd(h: usize) -> bool {
-    h < BASE && h <= i32::MAX as usize
+    h != 0 && h < BASE && h <= i32::MAX as usize
 }

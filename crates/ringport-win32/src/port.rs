@@ -376,5 +376,7 @@ mod tests {
         let (r, _, _, ov, e) = waiter.join().unwrap();
         assert_eq!((r, ov, e), (0, 0, code::ERROR_ABANDONED_WAIT_0));
         assert_eq!(get(port, 0).4, code::ERROR_INVALID_HANDLE);
+        assert_eq!(CloseHandle(0), 0);
+        assert_eq!(error::get(), code::ERROR_INVALID_HANDLE);
     }
 }

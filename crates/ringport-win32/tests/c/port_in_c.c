@@ -32,7 +32,53 @@ static DWORD WINAPI Worker(LPVOID param) {
     }
 }
 
+/* A thread that sleeps while active gives its slot up: on a port of
+ * concurrency 1, a second thread runs while the first sleeps. */
+static HANDLE g_sleep_port;
+static volatile LONG g_sleeping = 0, g_overlap = 0;
+
+static DWORD WINAPI Sleeper(LPVOID param) {
+    (void)param;
+    for (;;) {
+        DWORD n;
+        ULONG_PTR key;
+        LPOVERLAPPED ov;
+        if (!GetQueuedCompletionStatus(g_sleep_port, &n, &key, &ov, INFINITE))
+            return 1;
+        if (key == 0)
+            return 0;
+        if (InterlockedIncrement(&g_sleeping) == 2)
+            InterlockedExchange(&g_overlap, 1);
+        Sleep(300);
+        InterlockedDecrement(&g_sleeping);
+    }
+}
+
+static int SleepFreesSlot(void) {
+    g_sleep_port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
+    HANDLE t[2];
+    for (int i = 0; i < 2; i++)
+        t[i] = CreateThread(NULL, 0, Sleeper, NULL, 0, NULL);
+    Sleep(50);
+    PostQueuedCompletionStatus(g_sleep_port, 0, 1, NULL);
+    PostQueuedCompletionStatus(g_sleep_port, 0, 1, NULL);
+    Sleep(100);
+    PostQueuedCompletionStatus(g_sleep_port, 0, 0, NULL);
+    PostQueuedCompletionStatus(g_sleep_port, 0, 0, NULL);
+    DWORD w = WaitForMultipleObjects(2, t, TRUE, 10000);
+    CloseHandle(t[0]);
+    CloseHandle(t[1]);
+    CloseHandle(g_sleep_port);
+    if (w != WAIT_OBJECT_0 || !g_overlap) {
+        printf("FAILED: a sleeping thread kept its slot (overlap %ld)\n", (long)g_overlap);
+        return 1;
+    }
+    return 0;
+}
+
 int main(void) {
+    if (SleepFreesSlot())
+        return 1;
     /* Concurrency 1: however many threads wait, one runs at a time. */
     g_port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
     g_event = CreateEvent(NULL, TRUE, FALSE, NULL);
