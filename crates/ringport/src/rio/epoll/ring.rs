@@ -30,8 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use super::super::request::Request;
-use super::super::RioResult;
+use super::super::request::{Request, RioResult};
 
 /// A finished request: its result, and the request itself, ended (its
 /// slices released, its count dropped) when the result is dequeued.

@@ -17,17 +17,12 @@
 //! of its lane (`again`) and is started again from a live thread.
 //!
 //! A lane is only touched under its completion queue's slot lock; its own
-//! mutex, never contended, is what lets it live in the request queue.
+//! mutex, never contended, is what lets the request queue hold it too.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-use super::super::request::RequestKind;
-use super::super::rq::RqShared;
 use crate::sync::lock;
-
-/// A lane to look at again: its chain has ended, or it was committed.
-pub(super) type LaneRef = (Arc<RqShared>, RequestKind);
 
 /// The order of one request queue's requests of one kind.
 #[derive(Default)]

@@ -33,14 +33,14 @@ use std::time::{Duration, Instant};
 use io_uring::cqueue;
 
 pub(super) use self::lane::Lane;
-use self::lane::{LaneRef, LaneState};
+use self::lane::LaneState;
 use self::slots::{is_quiet, Slots, NOP};
 use super::buffer::{self, Claim};
-use super::cq::Common;
+use super::charge::CqCommon;
+use super::error::RioError;
 use super::notify::{wait_slice, Notifier, Notify, PortTarget};
-use super::request::{Request, RequestKind};
-use super::rq::RqShared;
-use super::{RioError, RioResult};
+use super::request::{Request, RioResult};
+use super::rq_shared::RqShared;
 use crate::sync::lock;
 use crate::sys::op::Recheck;
 use crate::sys::uring::ring::{Purpose, Ring};
@@ -54,9 +54,9 @@ const KERNEL_WAIT: Duration = Duration::from_secs(2);
 struct Submission {
     ring: Option<Arc<Ring>>,
     /// Lanes holding requests made with `DEFER`, for the next commit.
-    deferred: Vec<LaneRef>,
+    deferred: Vec<Arc<Lane>>,
     /// Lanes to start, and the chain being started (kept for their memory).
-    kick: Vec<LaneRef>,
+    kick: Vec<Arc<Lane>>,
     chain: Vec<u64>,
 }
 
@@ -68,7 +68,7 @@ struct Consumer {
     /// Slices to release after a dequeue (kept to reuse its memory).
     claims: Vec<Claim>,
     /// Lanes whose chain ended in what was taken out of the ring.
-    kick: Vec<LaneRef>,
+    kick: Vec<Arc<Lane>>,
     armed: bool,
     fired: bool,
     /// Counts the rings the queue has had (a resize may move it to another).
@@ -103,15 +103,15 @@ pub(super) struct UringCq {
 
 /// Commits the deferred requests of every lane in `deferred`: they may go in
 /// the next chain; lanes that can start now go to `kick`.
-fn commit_lanes(deferred: &mut Vec<LaneRef>, kick: &mut Vec<LaneRef>) {
-    for (rq, kind) in deferred.drain(..) {
+fn commit_lanes(deferred: &mut Vec<Arc<Lane>>, kick: &mut Vec<Arc<Lane>>) {
+    for lane in deferred.drain(..) {
         let startable = {
-            let mut lane = rq.lane(kind).lock();
-            lane.deferred = 0;
-            lane.startable()
+            let mut state = lane.lock();
+            state.deferred = 0;
+            state.startable()
         };
         if startable {
-            kick.push((rq, kind));
+            kick.push(lane);
         }
     }
 }
@@ -124,14 +124,13 @@ fn start_lanes(
     slots: &mut Slots,
     ring: &Ring,
     chain: &mut Vec<u64>,
-    kick: &mut Vec<LaneRef>,
+    kick: &mut Vec<Arc<Lane>>,
 ) -> std::io::Result<bool> {
     let mut queued = false;
     let mut result = Ok(());
-    for (rq, kind) in kick.drain(..) {
+    for lane in kick.drain(..) {
         if result.is_ok() {
-            let mut lane = rq.lane(kind).lock();
-            match start_lane(slots, ring, chain, &mut lane) {
+            match start_lane(slots, ring, chain, &mut lane.lock()) {
                 Ok(q) => queued |= q,
                 // The lane stays idle with its requests waiting; its next
                 // request or commit starts it.
@@ -201,6 +200,12 @@ unsafe fn waiting(ring: &Ring, carry: &VecDeque<cqueue::Entry>) -> bool {
 }
 
 impl UringCq {
+    /// A lane for a request queue's requests of one kind that complete
+    /// here.
+    pub(super) fn attach(&self) -> Arc<Lane> {
+        Arc::new(Lane::default())
+    }
+
     /// A queue on `ring`, notified as `notify` says.
     pub(super) fn new(ring: Ring, notify: Notify) -> Result<UringCq, Error> {
         let notifier = Notifier::new(notify)?;
@@ -248,7 +253,7 @@ impl UringCq {
         &self,
         ring: &Ring,
         carry: &mut VecDeque<cqueue::Entry>,
-        kick: &mut Vec<LaneRef>,
+        kick: &mut Vec<Arc<Lane>>,
     ) -> bool {
         // SAFETY: the caller holds the consumer lock.
         let cq = unsafe { ring.completions() };
@@ -268,7 +273,7 @@ impl UringCq {
     /// at once, say) starts its next one now rather than at the next
     /// dequeue; its lane goes to `kick`. The caller holds the submission
     /// lock, which comes after the consumer lock: hence only a try.
-    fn catch_up(&self, kick: &mut Vec<LaneRef>) {
+    fn catch_up(&self, kick: &mut Vec<Arc<Lane>>) {
         let Ok(mut guard) = self.consumer.try_lock() else {
             return;
         };
@@ -281,7 +286,7 @@ impl UringCq {
 
     /// Starts the next chain of the lanes in `kick`, in one `io_uring_enter`.
     /// On failure the entries queued stay in the SQ for the next submission.
-    fn restart(&self, common: &Common, kick: &mut Vec<LaneRef>) -> Result<(), Error> {
+    fn restart(&self, common: &CqCommon, kick: &mut Vec<Arc<Lane>>) -> Result<(), Error> {
         if kick.is_empty() {
             return Ok(());
         }
@@ -301,7 +306,7 @@ impl UringCq {
     }
 
     /// See [`CompletionQueue::dequeue`](super::CompletionQueue::dequeue).
-    pub(super) fn dequeue(&self, common: &Common, out: &mut [RioResult]) -> Result<usize, Error> {
+    pub(super) fn dequeue(&self, common: &CqCommon, out: &mut [RioResult]) -> Result<usize, Error> {
         let mut guard = lock(&self.consumer);
         let Consumer {
             ring,
@@ -361,7 +366,7 @@ impl UringCq {
     /// that says no.
     pub(super) fn notify(
         &self,
-        common: &Common,
+        common: &CqCommon,
         recheck: impl FnOnce() -> Recheck,
     ) -> Result<(), Error> {
         let mut guard = lock(&self.consumer);
@@ -386,7 +391,7 @@ impl UringCq {
                 // SAFETY: the consumer lock is held.
                 if unsafe { waiting(&ring, &c.carry) } {
                     c.fired = true;
-                    efd.signal();
+                    efd.wake();
                     return Ok(());
                 }
                 // SAFETY: the consumer lock is held.
@@ -400,7 +405,7 @@ impl UringCq {
                     // SAFETY: the consumer lock is held.
                     unsafe { ring.set_eventfd(false) };
                     c.fired = true;
-                    efd.signal();
+                    efd.wake();
                 }
                 Ok(())
             }
@@ -454,7 +459,7 @@ impl UringCq {
     /// alone do not make it due; they move to carry, so that the next poll
     /// waits for a new completion. A closed queue is always due (closing
     /// makes the poll fire so that it lets go of the ring).
-    pub(super) fn poll_fired(&self, common: &Common) -> bool {
+    pub(super) fn poll_fired(&self, common: &CqCommon) -> bool {
         let mut guard = lock(&self.consumer);
         let c = &mut *guard;
         let Some(ring) = c.ring.clone() else {
@@ -482,7 +487,7 @@ impl UringCq {
     }
 
     /// See [`CompletionQueue::wait`](super::CompletionQueue::wait).
-    pub(super) fn wait(&self, common: &Common, timeout: Option<Duration>) -> Result<(), Error> {
+    pub(super) fn wait(&self, common: &CqCommon, timeout: Option<Duration>) -> Result<(), Error> {
         let Notifier::Event(efd) = &self.notifier else {
             return Err(RioError::WrongNotification.into());
         };
@@ -503,7 +508,7 @@ impl UringCq {
                 if c.fired {
                     // SAFETY: the consumer lock is held.
                     unsafe { ring.set_eventfd(false) };
-                    efd.drain();
+                    efd.reset();
                     c.armed = false;
                     c.fired = false;
                     return Ok(());
@@ -511,7 +516,7 @@ impl UringCq {
             }
             let slice = wait_slice(deadline)?;
             if efd.wait(slice) {
-                efd.drain();
+                efd.reset();
             }
         }
     }
@@ -536,12 +541,12 @@ impl UringCq {
     }
 
     /// See [`CompletionQueue::resize`](super::CompletionQueue::resize).
-    pub(super) fn resize(&self, common: &Common, new_size: u32) -> Result<(), Error> {
+    pub(super) fn resize(&self, common: &CqCommon, new_size: u32) -> Result<(), Error> {
         let mut consumer = lock(&self.consumer);
         let mut submission = lock(&self.submission);
         let old = submission.ring.clone().ok_or(RioError::QueueClosed)?;
         {
-            let mut cap = lock(&common.capacity);
+            let mut cap = common.capacity.lock();
             if new_size < cap.charged {
                 return Err(RioError::BelowOutstanding {
                     in_use: cap.charged,
@@ -569,7 +574,7 @@ impl UringCq {
         submission.ring = Some(new.clone());
         consumer.ring = Some(new);
         consumer.generation += 1;
-        lock(&common.capacity).size = new_size;
+        common.capacity.lock().size = new_size;
         Ok(())
     }
 
@@ -581,8 +586,9 @@ impl UringCq {
     /// the request stays queued, as if deferred: the next submission takes it.
     pub(super) fn submit(
         &self,
-        common: &Common,
+        common: &CqCommon,
         request: Request,
+        lane: &Arc<Lane>,
         defer: bool,
     ) -> Result<(), Error> {
         let mut guard = lock(&self.submission);
@@ -597,36 +603,25 @@ impl UringCq {
             return Err(RioError::QueueClosed.into());
         };
         let mut slots = lock(&self.slots);
-        let owner = slots
-            .insert(request)
-            .and_then(|ud| Some((ud, slots.owner(ud)?)));
-        let Some((user_data, (rq, kind))) = owner else {
+        let Some(user_data) = slots.insert(request, lane) else {
             drop(slots);
-            // Cannot happen while charges are honoured; refuse rather
-            // than overflow.
-            let cap = lock(&common.capacity);
-            return Err(RioError::QueueTooSmall {
-                size: cap.size,
-                charged: cap.charged,
-                asked: 1,
-            }
-            .into());
+            return Err(common.capacity.full());
         };
         let (first_deferred, busy) = {
-            let mut lane = rq.lane(kind).lock();
-            lane.waiting.push_back(user_data);
-            lane.deferred += usize::from(defer);
-            (defer && lane.deferred == 1, lane.in_kernel > 0)
+            let mut state = lane.lock();
+            state.waiting.push_back(user_data);
+            state.deferred += usize::from(defer);
+            (defer && state.deferred == 1, state.in_kernel > 0)
         };
         common.counters.requests.fetch_add(1, Ordering::Relaxed);
         if defer {
             if first_deferred {
-                deferred.push((rq, kind));
+                deferred.push(lane.clone());
             }
             return Ok(());
         }
         commit_lanes(deferred, kick);
-        kick.push((rq, kind));
+        kick.push(lane.clone());
         if busy {
             drop(slots);
             self.catch_up(kick);
@@ -645,7 +640,7 @@ impl UringCq {
 
     /// Commits every deferred request and submits, in one `io_uring_enter`,
     /// those whose lanes are idle (the rest go when their chains end).
-    pub(super) fn commit(&self, common: &Common) -> Result<(), Error> {
+    pub(super) fn commit(&self, common: &CqCommon) -> Result<(), Error> {
         let mut guard = lock(&self.submission);
         let Submission {
             ring,
@@ -666,23 +661,21 @@ impl UringCq {
         Ok(())
     }
 
-    /// Cancels every request of `rq` whose kind is marked in `kinds` (a
-    /// request queue being dropped). Those waiting in a lane go to the ring
-    /// as NOPs that complete them as cancelled (they must not start now,
-    /// out of order); those in the kernel are cancelled there.
-    pub(super) fn cancel(&self, rq: &RqShared, kinds: [bool; 2]) {
+    /// Cancels every request of `rq` in `lanes` (its lanes of the kinds
+    /// that complete here; a request queue being dropped). Those waiting in
+    /// a lane go to the ring as NOPs that complete them as cancelled (they
+    /// must not start now, out of order); those in the kernel are cancelled
+    /// there.
+    pub(super) fn cancel(&self, rq: &RqShared, lanes: [Option<&Arc<Lane>>; 2]) {
         let mut guard = lock(&self.submission);
         let Submission { ring, deferred, .. } = &mut *guard;
         let Some(ring) = ring.as_ref() else {
             return;
         };
-        deferred.retain(|(r, _)| !std::ptr::eq(&**r, rq));
+        deferred.retain(|d| !lanes.iter().flatten().any(|l| Arc::ptr_eq(d, l)));
         let mut slots = lock(&self.slots);
-        for kind in [RequestKind::Receive, RequestKind::Send] {
-            if !kinds[kind.index()] {
-                continue;
-            }
-            let mut lane = rq.lane(kind).lock();
+        for lane in lanes.into_iter().flatten() {
+            let mut lane = lane.lock();
             lane.deferred = 0;
             lane.requeue_again();
             while let Some(ud) = lane.waiting.pop_front() {
@@ -828,7 +821,7 @@ impl UringCq {
         drop(submission);
         drop(consumer);
         if let Notifier::Event(efd) = &self.notifier {
-            efd.signal();
+            efd.wake();
         }
         if outstanding > 0 {
             return Err(RioError::KernelBusy { outstanding }.into());

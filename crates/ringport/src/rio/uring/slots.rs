@@ -13,11 +13,12 @@ use std::cell::UnsafeCell;
 
 use io_uring::{opcode, squeue, types};
 
+use std::sync::Arc;
+
 use super::super::addr::{self, Control};
 use super::super::buffer::Claim;
-use super::super::request::{Op, Request};
-use super::super::RioResult;
-use super::lane::LaneRef;
+use super::super::request::{Op, Request, RioResult};
+use super::lane::Lane;
 
 /// `user_data` of the NOPs a completion queue submits to make its ring
 /// readable; dequeue skips them. Its top bit marks it as not notifying.
@@ -48,6 +49,8 @@ struct Slot {
     /// its completion means `ECANCELED`.
     cancelled: bool,
     request: Option<Request>,
+    /// The lane of its request queue and kind (set with `request`).
+    lane: Option<Arc<Lane>>,
     scratch: UnsafeCell<Scratch>,
 }
 
@@ -91,6 +94,7 @@ impl Slots {
                 in_kernel: false,
                 cancelled: false,
                 request: None,
+                lane: None,
                 // SAFETY: all-zero is a valid value of these plain C structs.
                 scratch: UnsafeCell::new(unsafe { std::mem::zeroed() }),
             }));
@@ -110,10 +114,11 @@ impl Slots {
         self.in_kernel
     }
 
-    /// Stores `request` and returns its `user_data`; if the table is full,
+    /// Stores `request`, which waits its turn in `lane`, and returns its
+    /// `user_data`; if the table is full,
     /// abandons the request and returns `None`. Nothing reaches the ring
     /// until [`entry`](Self::entry) is asked for.
-    pub(super) fn insert(&mut self, request: Request) -> Option<u64> {
+    pub(super) fn insert(&mut self, request: Request, lane: &Arc<Lane>) -> Option<u64> {
         let Some(index) = self.free.pop() else {
             request.abandon();
             return None;
@@ -128,16 +133,9 @@ impl Slots {
         let quiet = if request.quiet { QUIET_BIT } else { 0 };
         let user_data = quiet | (u64::from(slot.generation) << 32) | u64::from(index);
         slot.request = Some(request);
+        slot.lane = Some(lane.clone());
         self.live += 1;
         Some(user_data)
-    }
-
-    /// The request queue and kind of the request behind `user_data`.
-    pub(super) fn owner(&self, user_data: u64) -> Option<LaneRef> {
-        let slot = self.slots.get((user_data & 0xffff_ffff) as usize)?;
-        let generation = ((user_data >> 32) & 0x7fff_ffff) as u32;
-        let request = slot.request.as_ref()?;
-        (slot.generation == generation).then(|| (request.rq.clone(), request.kind))
     }
 
     /// Whether `user_data` is a request of this table that is not in the
@@ -196,7 +194,7 @@ impl Slots {
     /// though no one asked (its submitting thread exited, or a request
     /// before it in its chain failed), which goes back to its lane to be
     /// started again, unless its queue is closing.
-    pub(super) fn taken(&mut self, user_data: u64, res: i32, kick: &mut Vec<LaneRef>) -> bool {
+    pub(super) fn taken(&mut self, user_data: u64, res: i32, kick: &mut Vec<Arc<Lane>>) -> bool {
         let Some(slot) = self.slot(user_data) else {
             return true;
         };
@@ -205,18 +203,18 @@ impl Slots {
         }
         slot.in_kernel = false;
         let (seq, cancelled) = (slot.seq, slot.cancelled);
-        let Some(request) = slot.request.as_ref() else {
+        let (Some(request), Some(lane)) = (slot.request.as_ref(), slot.lane.as_ref()) else {
             return true;
         };
         let again = res == -libc::ECANCELED && !cancelled && !request.rq.is_closing();
         {
-            let mut lane = request.rq.lane(request.kind).lock();
-            lane.in_kernel = lane.in_kernel.saturating_sub(1);
+            let mut state = lane.lock();
+            state.in_kernel = state.in_kernel.saturating_sub(1);
             if again {
-                lane.again.push((seq, user_data));
+                state.again.push((seq, user_data));
             }
-            if lane.startable() {
-                kick.push((request.rq.clone(), request.kind));
+            if state.startable() {
+                kick.push(lane.clone());
             }
         }
         self.in_kernel -= 1;
@@ -240,6 +238,7 @@ impl Slots {
     ) -> Option<RioResult> {
         let slot = self.slot(user_data)?;
         let request = slot.request.take()?;
+        slot.lane = None;
         let (status, bytes) = if std::mem::take(&mut slot.cancelled) {
             (libc::ECANCELED, 0)
         } else {
@@ -269,11 +268,11 @@ impl Slots {
             let Some(request) = slot.request.take() else {
                 continue;
             };
-            {
-                let mut lane = request.rq.lane(request.kind).lock();
-                lane.waiting.clear();
-                lane.again.clear();
-                lane.deferred = 0;
+            if let Some(lane) = slot.lane.take() {
+                let mut state = lane.lock();
+                state.waiting.clear();
+                state.again.clear();
+                state.deferred = 0;
             }
             request.end(claims);
             self.free.push(index as u32);
