@@ -82,12 +82,9 @@
 //!   pointers. Fixed buffers belong to one ring, so every completion queue
 //!   would have to register every buffer, pinning it once per ring against
 //!   `RLIMIT_MEMLOCK` (8 MiB for a normal user); `RECVMSG`/`SENDMSG`, which
-//!   carry addresses, cannot use them; and on a socket they are slower:
-//!   draining a UDP socket with batches of 64, `READ_FIXED` into a fixed
-//!   buffer cost 940–1,060 ns of CPU per datagram against 815–915 ns for
-//!   `RECV` into plain memory (64- and 1024-byte datagrams, median of 5
-//!   interleaved runs, Linux 6.18), since socket data is copied either way
-//!   and the read path costs more than the socket path. The registry still
+//!   carry addresses, cannot use them; and on a socket they are slower,
+//!   since socket data is copied either way and the read path costs more
+//!   than the socket path (see BENCHMARKS.md, RIO). The registry still
 //!   gives what registration gives on Windows: memory that cannot be freed
 //!   while the kernel uses it, and bounds checked when a request is made.
 //!

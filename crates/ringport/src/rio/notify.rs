@@ -53,7 +53,7 @@ impl Notifier {
 }
 
 /// A port target's token, and the ring descriptor the port watches.
-struct Watch<T: Send + 'static> {
+struct PortWatch<T: Send + 'static> {
     token: T,
     /// The generation of the ring it duplicates, and the duplicate,
     /// associated with the port (shared with polls being armed).
@@ -75,7 +75,7 @@ impl Notify {
     /// itself.
     pub fn port<T: Clone + Send + 'static>(port: &CompletionPort<T>, key: u64, token: T) -> Notify {
         let port = port.clone();
-        let watch = Arc::new(Mutex::new(Watch { token, ring: None }));
+        let watch = Arc::new(Mutex::new(PortWatch { token, ring: None }));
         let (post_port, post_watch) = (port.clone(), watch.clone());
         Notify::Port(PortTarget {
             post: Box::new(move || {

@@ -8,7 +8,7 @@
 //! local address of a `receive_ex`). When its result is dequeued (or dropped
 //! by a close), [`end`](Request::end) gives back its slices and its place in
 //! the request queue's count. Between the two the result waits in the
-//! completion queue: the io_uring engine keeps the request in a slot table
+//! completion queue: the io_uring engine keeps the request in its request table
 //! and the kernel's completion in the CQ ring; the epoll engine keeps both in
 //! its result ring.
 //!

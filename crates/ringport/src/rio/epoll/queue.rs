@@ -13,7 +13,7 @@ use super::super::notify::Notifier;
 use super::super::request::Request;
 use super::io::{self, WaitingRequest};
 use super::poller::{SocketPoller, Watched};
-use super::ring::{Done, ResultRing};
+use super::ring::{FinishedRequest, ResultRing};
 use crate::sync::lock;
 use crate::Error;
 
@@ -74,7 +74,8 @@ impl EpollQueue {
                 Some(ring) => {
                     // SAFETY: the producer lock is held: this is the only
                     // producer.
-                    unsafe { ring.push(Done { result, request }) }.map_err(|done| done.request)
+                    unsafe { ring.push(FinishedRequest { result, request }) }
+                        .map_err(|done| done.request)
                 }
                 None => Err(request),
             };

@@ -16,7 +16,7 @@
 //! Such a request was not cancelled by anyone, so it goes back to the front
 //! of its lane (`again`) and is started again from a live thread.
 //!
-//! A lane is only touched under its completion queue's slot lock; its own
+//! A lane is only touched under its completion queue's request table lock; its own
 //! mutex, never contended, is what lets the request queue hold it too.
 
 use std::collections::VecDeque;

@@ -3,7 +3,7 @@
 //! Each queue owns an io_uring ring. Request queues submit to it (under the
 //! submission lock), the owner reads its CQ ring (under the consumer lock,
 //! uncontended when one thread dequeues, so a dequeue is a few loads and
-//! stores on shared memory), and a slot table keeps each request and its
+//! stores on shared memory), and a request table keeps each request and its
 //! kernel-visible memory until its result is dequeued.
 //!
 //! Results the queue has taken out of the ring but not yet handed over (when
@@ -18,11 +18,11 @@
 //! lanes that one look at the ring restarted; a dequeue that restarts
 //! nothing makes no system call.
 //!
-//! Lock order: consumer, then submission, then slots, then a lane, then
-//! capacity; the buffer registry's lock is taken last, alone or under slots.
+//! Lock order: consumer, then submission, then the request table, then a lane, then
+//! capacity; the buffer registry's lock is taken last, alone or under the request table.
 
 mod lane;
-mod slots;
+mod request_table;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
@@ -34,7 +34,7 @@ use io_uring::cqueue;
 
 pub(super) use self::lane::Lane;
 use self::lane::LaneState;
-use self::slots::{is_quiet, Slots, NOP};
+use self::request_table::{is_quiet, RequestTable, NOP};
 use super::buffer::{self, Claim};
 use super::charge::CqCommon;
 use super::error::RioError;
@@ -96,7 +96,7 @@ pub(super) fn queue_ring(size: u32) -> std::io::Result<Ring> {
 pub(super) struct UringCq {
     submission: Mutex<Submission>,
     consumer: Mutex<Consumer>,
-    slots: Mutex<Slots>,
+    table: Mutex<RequestTable>,
     notifier: Notifier,
     closed: AtomicBool,
 }
@@ -121,7 +121,7 @@ fn commit_lanes(deferred: &mut Vec<Arc<Lane>>, kick: &mut Vec<Arc<Lane>>) {
 /// over. Returns whether any entry was queued; the caller submits. The
 /// caller holds the submission lock (it owns `ring`'s SQ).
 fn start_lanes(
-    slots: &mut Slots,
+    table: &mut RequestTable,
     ring: &Ring,
     chain: &mut Vec<u64>,
     kick: &mut Vec<Arc<Lane>>,
@@ -130,7 +130,7 @@ fn start_lanes(
     let mut result = Ok(());
     for lane in kick.drain(..) {
         if result.is_ok() {
-            match start_lane(slots, ring, chain, &mut lane.lock()) {
+            match start_lane(table, ring, chain, &mut lane.lock()) {
                 Ok(q) => queued |= q,
                 // The lane stays idle with its requests waiting; its next
                 // request or commit starts it.
@@ -142,7 +142,7 @@ fn start_lanes(
 }
 
 fn start_lane(
-    slots: &mut Slots,
+    table: &mut RequestTable,
     ring: &Ring,
     chain: &mut Vec<u64>,
     lane: &mut LaneState,
@@ -164,11 +164,11 @@ fn start_lane(
     chain.extend(lane.waiting.drain(..n));
     // Lanes hold only requests waiting here; should one not be, a link must
     // still not dangle from the chain's last entry into another lane's.
-    chain.retain(|&ud| slots.is_waiting(ud));
+    chain.retain(|&ud| table.is_waiting(ud));
     let mut queued = 0;
     while queued < chain.len() {
         let ud = chain[queued];
-        let Some(entry) = slots.entry(ud, queued + 1 < chain.len(), false) else {
+        let Some(entry) = table.entry(ud, queued + 1 < chain.len(), false) else {
             break;
         };
         // SAFETY: the submission lock is held. The entry points at
@@ -177,7 +177,7 @@ fn start_lane(
         // as long as the table, which outlives every reaped completion).
         if let Err(e) = unsafe { ring.push(&entry) } {
             // Only when the SQ was full, which the room made above rules out.
-            slots.not_queued(ud);
+            table.not_queued(ud);
             for &ud in chain[queued..].iter().rev() {
                 lane.waiting.push_front(ud);
             }
@@ -233,7 +233,7 @@ impl UringCq {
                 fired: false,
                 generation: 0,
             }),
-            slots: Mutex::new(Slots::new(cap)),
+            table: Mutex::new(RequestTable::new(cap)),
             notifier,
             closed: AtomicBool::new(false),
         })
@@ -258,9 +258,9 @@ impl UringCq {
         // SAFETY: the caller holds the consumer lock.
         let cq = unsafe { ring.completions() };
         if !cq.is_empty() {
-            let mut slots = lock(&self.slots);
+            let mut table = lock(&self.table);
             for e in cq {
-                if e.user_data() != NOP && slots.taken(e.user_data(), e.result(), kick) {
+                if e.user_data() != NOP && table.taken(e.user_data(), e.result(), kick) {
                     carry.push_back(e);
                 }
             }
@@ -297,7 +297,7 @@ impl UringCq {
             kick.clear();
             return Ok(());
         };
-        let queued = start_lanes(&mut lock(&self.slots), ring, chain, kick)?;
+        let queued = start_lanes(&mut lock(&self.table), ring, chain, kick)?;
         if queued {
             common.counters.submits.fetch_add(1, Ordering::Relaxed);
             ring.submit()?;
@@ -324,14 +324,14 @@ impl UringCq {
         if out.is_empty() || (carry.is_empty() && cq.is_empty()) {
             return Ok(0);
         }
-        let mut slots = lock(&self.slots);
+        let mut table = lock(&self.table);
         let mut n = 0;
         while n < out.len() {
             let e = match carry.pop_front() {
                 Some(e) => e,
                 None => match cq.next() {
                     Some(e) if e.user_data() == NOP => continue,
-                    Some(e) if !slots.taken(e.user_data(), e.result(), kick) => continue,
+                    Some(e) if !table.taken(e.user_data(), e.result(), kick) => continue,
                     Some(e) => e,
                     None => break,
                 },
@@ -341,13 +341,13 @@ impl UringCq {
                 // The armed notification has fired (or is firing) for this.
                 *fired = true;
             }
-            if let Some(r) = slots.complete(ud, e.result(), claims) {
+            if let Some(r) = table.complete(ud, e.result(), claims) {
                 out[n] = r;
                 n += 1;
             }
         }
         drop(cq);
-        drop(slots);
+        drop(table);
         buffer::release(claims);
         claims.clear();
         common
@@ -602,9 +602,9 @@ impl UringCq {
             request.abandon();
             return Err(RioError::QueueClosed.into());
         };
-        let mut slots = lock(&self.slots);
-        let Some(user_data) = slots.insert(request, lane) else {
-            drop(slots);
+        let mut table = lock(&self.table);
+        let Some(user_data) = table.insert(request, lane) else {
+            drop(table);
             return Err(common.capacity.full());
         };
         let (first_deferred, busy) = {
@@ -623,12 +623,12 @@ impl UringCq {
         commit_lanes(deferred, kick);
         kick.push(lane.clone());
         if busy {
-            drop(slots);
+            drop(table);
             self.catch_up(kick);
-            slots = lock(&self.slots);
+            table = lock(&self.table);
         }
-        let started = start_lanes(&mut slots, ring, chain, kick);
-        drop(slots);
+        let started = start_lanes(&mut table, ring, chain, kick);
+        drop(table);
         // SAFETY: the submission lock is held.
         if unsafe { ring.queued() } > 0 {
             common.counters.submits.fetch_add(1, Ordering::Relaxed);
@@ -651,7 +651,7 @@ impl UringCq {
         let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
         commit_lanes(deferred, kick);
         self.catch_up(kick);
-        let started = start_lanes(&mut lock(&self.slots), ring, chain, kick);
+        let started = start_lanes(&mut lock(&self.table), ring, chain, kick);
         // SAFETY: the submission lock is held.
         if unsafe { ring.queued() } > 0 {
             common.counters.submits.fetch_add(1, Ordering::Relaxed);
@@ -673,25 +673,25 @@ impl UringCq {
             return;
         };
         deferred.retain(|d| !lanes.iter().flatten().any(|l| Arc::ptr_eq(d, l)));
-        let mut slots = lock(&self.slots);
+        let mut table = lock(&self.table);
         for lane in lanes.into_iter().flatten() {
             let mut lane = lane.lock();
             lane.deferred = 0;
             lane.requeue_again();
             while let Some(ud) = lane.waiting.pop_front() {
-                let Some(nop) = slots.entry(ud, false, true) else {
+                let Some(nop) = table.entry(ud, false, true) else {
                     continue;
                 };
                 // SAFETY: the submission lock is held; a NOP points at no memory.
                 if unsafe { ring.push(&nop) }.is_err() {
-                    slots.not_queued(ud);
+                    table.not_queued(ud);
                     lane.waiting.push_front(ud);
                     break;
                 }
                 lane.in_kernel += 1;
             }
         }
-        drop(slots);
+        drop(table);
         let _ = ring.submit();
         let _ = ring.cancel_fd(rq.raw_fd(), Instant::now() + KERNEL_WAIT);
     }
@@ -723,32 +723,32 @@ impl UringCq {
         let mut kick = Vec::new();
         // SAFETY: the caller holds the consumer lock.
         unsafe { self.absorb(old, carry, &mut kick) };
-        let mut slots = lock(&self.slots);
+        let mut table = lock(&self.table);
         let deadline = Instant::now() + KERNEL_WAIT;
-        if slots.in_kernel() > 0 {
+        if table.in_kernel() > 0 {
             let _ = old.cancel_all(deadline);
         }
-        while slots.in_kernel() > 0 {
+        while table.in_kernel() > 0 {
             // SAFETY: the caller holds the consumer lock.
             for e in unsafe { old.completions() } {
-                if e.user_data() != NOP && slots.taken(e.user_data(), e.result(), &mut kick) {
+                if e.user_data() != NOP && table.taken(e.user_data(), e.result(), &mut kick) {
                     carry.push_back(e);
                 }
             }
-            if slots.in_kernel() == 0 || Instant::now() >= deadline {
+            if table.in_kernel() == 0 || Instant::now() >= deadline {
                 break;
             }
             old.wait(Some(
                 deadline.min(Instant::now() + Duration::from_millis(50)),
             ));
         }
-        let in_kernel = slots.in_kernel();
+        let in_kernel = table.in_kernel();
         let target = if in_kernel == 0 { new } else { old };
         if in_kernel == 0 {
-            slots.grow(new.capacity());
+            table.grow(new.capacity());
             carry.reserve(new.capacity() as usize);
         }
-        start_lanes(&mut slots, target, chain, &mut kick)?;
+        start_lanes(&mut table, target, chain, &mut kick)?;
         target.submit()?;
         if in_kernel > 0 {
             return Err(RioError::KernelBusy {
@@ -784,24 +784,24 @@ impl UringCq {
         }
         let deadline = Instant::now() + KERNEL_WAIT;
         let _ = ring.cancel_all(deadline);
-        let mut slots = lock(&self.slots);
+        let mut table = lock(&self.table);
         let c = &mut *consumer;
         // Results are dropped: completing them ends their requests.
         for e in c.carry.drain(..) {
-            slots.complete(e.user_data(), e.result(), &mut c.claims);
+            table.complete(e.user_data(), e.result(), &mut c.claims);
         }
         // Requests that never reached the kernel end here; it owes nothing
         // for them.
-        slots.end_waiting(&mut c.claims);
+        table.end_waiting(&mut c.claims);
         submission.deferred.clear();
         submission.kick.clear();
         c.kick.clear();
         loop {
             // SAFETY: the consumer lock is held.
             for e in unsafe { ring.completions() } {
-                slots.complete(e.user_data(), e.result(), &mut c.claims);
+                table.complete(e.user_data(), e.result(), &mut c.claims);
             }
-            if slots.live() == 0 || Instant::now() >= deadline {
+            if table.live() == 0 || Instant::now() >= deadline {
                 break;
             }
             ring.wait(Some(
@@ -810,14 +810,14 @@ impl UringCq {
         }
         buffer::release(&c.claims);
         c.claims.clear();
-        let outstanding = slots.live();
+        let outstanding = table.live();
         if outstanding > 0 {
             // The kernel may still write through pointers in these requests:
             // keep their memory (and the ring) forever rather than free it.
-            std::mem::forget(std::mem::replace(&mut *slots, Slots::new(0)));
+            std::mem::forget(std::mem::replace(&mut *table, RequestTable::new(0)));
             std::mem::forget(ring);
         }
-        drop(slots);
+        drop(table);
         drop(submission);
         drop(consumer);
         if let Notifier::Event(efd) = &self.notifier {

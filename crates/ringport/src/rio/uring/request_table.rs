@@ -1,4 +1,4 @@
-//! The io_uring engine's slot table: each request in flight in a boxed slot
+//! The io_uring engine's request table: each request in flight in a boxed slot
 //! that keeps it (and the `msghdr` the kernel reads and writes) at a fixed
 //! address, how it becomes a submission entry, and how its completion
 //! becomes a [`RioResult`].
@@ -38,7 +38,7 @@ pub(super) struct Scratch {
     control: Control,
 }
 
-struct Slot {
+struct RequestSlot {
     generation: u32,
     /// Posting order, to start requests again in the same order.
     seq: u64,
@@ -56,24 +56,24 @@ struct Slot {
 
 // SAFETY: the scratch holds pointers into the slot itself and into
 // registered memory the request has claimed; the table is only used under
-// its completion queue's slot lock.
-unsafe impl Send for Slot {}
+// its completion queue's request table lock.
+unsafe impl Send for RequestSlot {}
 
 /// The requests a completion queue has in flight, each in a boxed slot whose
 /// address never changes while the kernel may use it.
-pub(super) struct Slots {
+pub(super) struct RequestTable {
     // Boxed so that a slot's scratch keeps its address when the table grows.
     #[allow(clippy::vec_box)]
-    slots: Vec<Box<Slot>>,
+    slots: Vec<Box<RequestSlot>>,
     free: Vec<u32>,
     live: usize,
     in_kernel: usize,
     next_seq: u64,
 }
 
-impl Slots {
-    pub(super) fn new(n: u32) -> Slots {
-        let mut s = Slots {
+impl RequestTable {
+    pub(super) fn new(n: u32) -> RequestTable {
+        let mut s = RequestTable {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -88,7 +88,7 @@ impl Slots {
     pub(super) fn grow(&mut self, n: u32) {
         let old = self.slots.len() as u32;
         for index in (old..n).rev() {
-            self.slots.push(Box::new(Slot {
+            self.slots.push(Box::new(RequestSlot {
                 generation: 0,
                 seq: 0,
                 in_kernel: false,
@@ -221,7 +221,7 @@ impl Slots {
         !again
     }
 
-    fn slot(&mut self, user_data: u64) -> Option<&mut Slot> {
+    fn slot(&mut self, user_data: u64) -> Option<&mut RequestSlot> {
         let index = (user_data & 0xffff_ffff) as usize;
         let generation = ((user_data >> 32) & 0x7fff_ffff) as u32;
         let slot = self.slots.get_mut(index)?;
