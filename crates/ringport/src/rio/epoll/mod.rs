@@ -147,7 +147,7 @@ impl EpollCq {
         }
     }
 
-    /// See [`CompletionQueue::dequeue`](super::CompletionQueue::dequeue).
+    /// See [`CompletionQueue::dequeue`](crate::rio::CompletionQueue::dequeue).
     pub(super) fn dequeue(&self, common: &CqCommon, out: &mut [RioResult]) -> Result<usize, Error> {
         let mut guard = lock(&self.inner.consumer);
         let Consumer { ring, claims } = &mut *guard;
@@ -260,7 +260,7 @@ impl EpollCq {
         r
     }
 
-    /// See [`CompletionQueue::notify`](super::CompletionQueue::notify).
+    /// See [`CompletionQueue::notify`](crate::rio::CompletionQueue::notify).
     pub(super) fn notify(&self, common: &CqCommon) -> Result<(), Error> {
         let inner = &*self.inner;
         let fired = {
@@ -297,7 +297,7 @@ impl EpollCq {
         Ok(())
     }
 
-    /// See [`CompletionQueue::wait`](super::CompletionQueue::wait).
+    /// See [`CompletionQueue::wait`](crate::rio::CompletionQueue::wait).
     pub(super) fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
         let inner = &*self.inner;
         let Notifier::Event(efd) = &inner.notifier else {
@@ -350,7 +350,7 @@ impl EpollCq {
             .map_or(0, |r| r.capacity() as u32)
     }
 
-    /// See [`CompletionQueue::resize`](super::CompletionQueue::resize):
+    /// See [`CompletionQueue::resize`](crate::rio::CompletionQueue::resize):
     /// beyond the ring's capacity, waiting results move to a bigger ring;
     /// requests waiting for readiness are not touched.
     pub(super) fn resize(&self, common: &CqCommon, new_size: u32) -> Result<(), Error> {
@@ -392,7 +392,7 @@ impl EpollCq {
         Ok(())
     }
 
-    /// See [`CompletionQueue::close`](super::CompletionQueue::close).
+    /// See [`CompletionQueue::close`](crate::rio::CompletionQueue::close).
     pub(super) fn close(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         if inner.closed.swap(true, Ordering::SeqCst) {
