@@ -1,3 +1,17 @@
+// Layers of rio/ (each imports only from the layers below it; no cycle):
+//
+//   front     mod.rs (the public names) · cq.rs CompletionQueue · rq.rs RequestQueue
+//                 │  names no engine: only CqShared and Attachment
+//   dispatch  engine.rs: CqShared { CqEngine::Uring | CqEngine::Epoll },
+//                 │  Attachment (a socket to one queue's engine); the one file naming both
+//   engines   uring/  mod → queue → {notification, resize} → chain → request_table → lane
+//             epoll/  mod → {thread → queue → poller → io, ring}
+//                 │  each names only the bottom, never the other engine
+//   bottom    request (Op, Request, RioResult) → rq_shared → charge (CqCapacity,
+//             CqCounters) · notify · buffer → error → flags, slice · addr
+//   below     crate::sys: backend choice, the io_uring ring, eventfd, sockaddr codec
+//
+
 //! Registered I/O (Windows RIO) on io_uring, or on epoll where io_uring is
 //! switched off.
 //!
