@@ -66,6 +66,27 @@ impl CqCapacity {
         cap.charged = cap.charged.saturating_sub(n);
     }
 
+    /// The first step of a resize to `new_size` on a ring that holds
+    /// `ring_capacity` results: refused below the entries charged; within
+    /// the ring, the size changes and `true` says that is all; beyond it,
+    /// `false`: the engine must move the queue to a bigger ring (and then
+    /// set the size).
+    pub(super) fn resize_within(&self, new_size: u32, ring_capacity: usize) -> Result<bool, Error> {
+        let mut cap = self.lock();
+        if new_size < cap.charged {
+            return Err(RioError::BelowOutstanding {
+                in_use: cap.charged,
+                asked: new_size,
+            }
+            .into());
+        }
+        if new_size as usize <= ring_capacity {
+            cap.size = new_size;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// The refusal of a request the queue has no room for: cannot happen
     /// while charges are honoured, but an engine refuses rather than
     /// overflow.

@@ -357,19 +357,8 @@ impl EpollCq {
         let inner = &*self.inner;
         let mut consumer = lock(&inner.consumer);
         let old = consumer.ring.clone().ok_or(RioError::QueueClosed)?;
-        {
-            let mut cap = common.capacity.lock();
-            if new_size < cap.charged {
-                return Err(RioError::BelowOutstanding {
-                    in_use: cap.charged,
-                    asked: new_size,
-                }
-                .into());
-            }
-            if new_size as usize <= old.capacity() {
-                cap.size = new_size;
-                return Ok(());
-            }
+        if common.capacity.resize_within(new_size, old.capacity())? {
+            return Ok(());
         }
         if inner.state.load(Ordering::SeqCst) == ARMED {
             return Err(RioError::Armed.into());

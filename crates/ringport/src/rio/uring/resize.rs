@@ -32,19 +32,11 @@ impl UringCq {
         let mut consumer = lock(&self.consumer);
         let mut submission = lock(&self.submission);
         let old = submission.ring.clone().ok_or(RioError::QueueClosed)?;
+        if common
+            .capacity
+            .resize_within(new_size, old.capacity() as usize)?
         {
-            let mut cap = common.capacity.lock();
-            if new_size < cap.charged {
-                return Err(RioError::BelowOutstanding {
-                    in_use: cap.charged,
-                    asked: new_size,
-                }
-                .into());
-            }
-            if new_size <= old.capacity() {
-                cap.size = new_size;
-                return Ok(());
-            }
+            return Ok(());
         }
         if consumer.armed && !consumer.fired {
             return Err(RioError::Armed.into());
