@@ -11,6 +11,9 @@
 //             CqCounters) · notify · buffer → error → flags, slice · addr
 //   below     crate::sys: backend choice, the io_uring ring, eventfd, sockaddr codec
 //
+// layers.rs checks this on the source: no cycle, no engine named from above
+// the dispatch module or from below it, no engine naming the other.
+//
 
 //! Registered I/O (Windows RIO) on io_uring, or on epoll where io_uring is
 //! switched off.
@@ -155,6 +158,8 @@ mod engine;
 mod epoll;
 mod error;
 mod flags;
+#[cfg(test)]
+mod layers;
 mod notify;
 mod request;
 mod rq;
