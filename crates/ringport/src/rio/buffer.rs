@@ -152,7 +152,7 @@ pub(super) struct Claim {
 
 /// Registers a new buffer of `len` bytes (`RIORegisterBuffer`): page-aligned,
 /// zeroed memory that the registry owns until
-/// [`deregister_buffer`](deregister_buffer).
+/// [`deregister_buffer`].
 ///
 /// The memory is ordinary: it is not pinned, so it counts against no
 /// `RLIMIT_MEMLOCK` (see the module docs for why). Fails with

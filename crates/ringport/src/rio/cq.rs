@@ -141,7 +141,7 @@ impl CompletionQueue {
     /// Each result ends its request: the slices it used are free again (a
     /// receive buffer can now be [borrowed](super::borrow)) and it no longer
     /// counts against its request queue. Fails with
-    /// [`RioError::QueueClosed`] once the queue is closed.
+    /// [`RioError::QueueClosed`](super::RioError::QueueClosed) once the queue is closed.
     pub fn dequeue(&self, out: &mut [RioResult]) -> Result<usize, Error> {
         self.shared.dequeue(out)
     }
@@ -151,9 +151,9 @@ impl CompletionQueue {
     /// with [`Notify::port`], one packet is queued on the port then. Fires
     /// at once if results are waiting now.
     ///
-    /// Errors: [`RioError::AlreadyArmed`] while an armed notification has
-    /// not fired, [`RioError::WrongNotification`] on a polled queue,
-    /// [`RioError::QueueClosed`], and the port's error if it is closed.
+    /// Errors: [`RioError::AlreadyArmed`](super::RioError::AlreadyArmed) while an armed notification has
+    /// not fired, [`RioError::WrongNotification`](super::RioError::WrongNotification) on a polled queue,
+    /// [`RioError::QueueClosed`](super::RioError::QueueClosed), and the port's error if it is closed.
     pub fn notify(&self) -> Result<(), Error> {
         self.shared.notify()
     }
@@ -164,8 +164,8 @@ impl CompletionQueue {
     /// Returns once a result is waiting that came from a request without
     /// `DONT_NOTIFY`, or at once if results were waiting when
     /// [`notify`](Self::notify) was called. Errors: [`Error::Timeout`],
-    /// [`RioError::NotArmed`], [`RioError::WrongNotification`] on a queue
-    /// without event notification, [`RioError::QueueClosed`] (also for a
+    /// [`RioError::NotArmed`](super::RioError::NotArmed), [`RioError::WrongNotification`](super::RioError::WrongNotification) on a queue
+    /// without event notification, [`RioError::QueueClosed`](super::RioError::QueueClosed) (also for a
     /// thread waiting when the queue closes).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
         self.shared.wait(timeout)
@@ -221,14 +221,14 @@ impl CompletionQueue {
     /// Changes the queue's size (`RIOResizeCompletionQueue`), keeping every
     /// result waiting and every request in flight.
     ///
-    /// Fails with [`RioError::BelowOutstanding`] below the entries charged to
+    /// Fails with [`RioError::BelowOutstanding`](super::RioError::BelowOutstanding) below the entries charged to
     /// it. Up to [`ring_capacity`](Self::ring_capacity) only the number
     /// changes. Beyond it the queue moves to a bigger ring, which is refused
-    /// with [`RioError::Armed`] while a notification is armed and has not
+    /// with [`RioError::Armed`](super::RioError::Armed) while a notification is armed and has not
     /// fired. Waiting results are kept in order. On io_uring, requests in
     /// flight are cancelled and started again on the new ring in posting order
     /// (a stream receive cancelled half-filled completes with what it has),
-    /// and the move may fail with [`RioError::KernelBusy`] (nothing lost:
+    /// and the move may fail with [`RioError::KernelBusy`](super::RioError::KernelBusy) (nothing lost:
     /// the queue stays on its old ring); on epoll, requests in flight are
     /// not touched.
     pub fn resize(&self, new_size: u32) -> Result<(), Error> {
@@ -239,7 +239,7 @@ impl CompletionQueue {
     /// Closes the queue (`RIOCloseCompletionQueue`): requests in flight are
     /// cancelled, waiting results dropped, and every later call on it, and
     /// every request on a request queue using it, fails with
-    /// [`RioError::QueueClosed`]. A thread in [`wait`](Self::wait) returns
+    /// [`RioError::QueueClosed`](super::RioError::QueueClosed). A thread in [`wait`](Self::wait) returns
     /// that error; an armed port notification fires (its packet's handler
     /// then finds the queue closed). Closing twice is harmless.
     ///
@@ -248,7 +248,7 @@ impl CompletionQueue {
     /// deregistered). On io_uring that means waiting (up to 2 s) until the
     /// kernel has handed back every request; if it does not let go in time,
     /// the ring and the requests' memory are leaked on purpose and
-    /// [`RioError::KernelBusy`] is returned. On epoll it means waiting for
+    /// [`RioError::KernelBusy`](super::RioError::KernelBusy) is returned. On epoll it means waiting for
     /// the system call in progress on the queue's requests, if any, and for
     /// the queue's engine thread to end.
     pub fn close(&self) -> Result<(), Error> {

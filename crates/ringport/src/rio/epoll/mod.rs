@@ -10,7 +10,7 @@
 //!   deferred is attempted at once by the thread making it (as `RIOReceive`
 //!   makes a system call) if its socket has nothing waiting, and its result
 //!   queued at once if it could be done; otherwise it waits in its socket's
-//!   queue ([`Watched`]) for the queue's engine thread ([`engine`]), which
+//!   queue ([`Watched`]) for the queue's engine thread ([`thread`]), which
 //!   sleeps in `epoll_wait` and carries out the socket's waiting requests in
 //!   order when it is ready. One socket's calls, and the queueing of their
 //!   results, happen under its queue's lock: results come in the order the
