@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use self::poller::SocketPoller;
 pub(super) use self::poller::Watched;
-use self::queue::{Batch, Consumer, EpollQueue, Producer, ARMED, FIRED, IDLE};
+use self::queue::{Consumer, EpollQueue, Leftovers, Producer, ARMED, FIRED, IDLE};
 use self::ring::ResultRing;
 use super::buffer;
 use super::charge::CqCommon;
@@ -111,7 +111,7 @@ impl EpollCq {
         if !inner.poller.unwatch(w) {
             return;
         }
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         {
             let mut queues = lock(&w.queues);
             for queue in queues.iter_mut() {
@@ -128,7 +128,7 @@ impl EpollCq {
     /// `watched`: deferred ones and waiting ones complete with `ECANCELED`.
     pub(super) fn cancel(&self, rq: &RqShared, watched: [Option<&Arc<Watched>>; 2]) {
         let inner = &*self.inner;
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         {
             let mut deferred = lock(&inner.deferred);
             let mut i = 0;
@@ -191,7 +191,7 @@ impl EpollCq {
             return Err(common.capacity.full());
         }
         common.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         let r = if defer {
             let mut deferred = lock(&inner.deferred);
             // Checked under the lock: `close` sets `closed`, then empties
@@ -230,7 +230,7 @@ impl EpollCq {
         if self.is_closed() {
             return Err(RioError::QueueClosed.into());
         }
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         let mut r = Ok(());
         {
             let mut deferred = lock(&inner.deferred);

@@ -55,7 +55,7 @@ pub(super) struct EpollQueue {
 
 /// What a run of attempts leaves to do once every lock is released.
 #[derive(Default)]
-pub(super) struct Batch {
+pub(super) struct Leftovers {
     /// An armed notification moved to fired: signal it.
     pub(super) fire: bool,
     /// Requests that ended without a result (the queue closed).
@@ -65,7 +65,13 @@ pub(super) struct Batch {
 impl EpollQueue {
     /// Queues the result of `request`, or ends the request if the queue is
     /// closed; notes in `batch` whether an armed notification must fire.
-    pub(super) fn complete(&self, request: Request, status: i32, bytes: u32, batch: &mut Batch) {
+    pub(super) fn complete(
+        &self,
+        request: Request,
+        status: i32,
+        bytes: u32,
+        batch: &mut Leftovers,
+    ) {
         let result = request.result(status, bytes);
         let quiet = request.quiet;
         {
@@ -102,7 +108,7 @@ impl EpollQueue {
 
     /// Carries out the requests at the head of `queue` until one must wait.
     /// The caller holds the queue's lock.
-    pub(super) fn run(&self, queue: &mut VecDeque<WaitingRequest>, batch: &mut Batch) {
+    pub(super) fn run(&self, queue: &mut VecDeque<WaitingRequest>, batch: &mut Leftovers) {
         // Datagram receives go in batches: one recvmmsg for up to 64.
         let mut outcomes = [(0, 0); io::BATCH];
         while let Some(n) = io::receive_many(queue, &mut outcomes) {
@@ -127,7 +133,7 @@ impl EpollQueue {
 
     /// Runs one of `w`'s queues (0: receives, 1: sends): the engine thread's
     /// answer to readiness.
-    pub(super) fn run_queue(&self, w: &Watched, kind: usize, batch: &mut Batch) {
+    pub(super) fn run_queue(&self, w: &Watched, kind: usize, batch: &mut Leftovers) {
         let mut queues = lock(&w.queues);
         self.run(&mut queues[kind], batch);
     }
@@ -138,7 +144,7 @@ impl EpollQueue {
         &self,
         request: Request,
         w: &Arc<Watched>,
-        batch: &mut Batch,
+        batch: &mut Leftovers,
     ) -> Result<(), Error> {
         self.enqueue(request, w, batch, true).map(drop)
     }
@@ -152,7 +158,7 @@ impl EpollQueue {
         &self,
         request: Request,
         w: &Arc<Watched>,
-        batch: &mut Batch,
+        batch: &mut Leftovers,
         run: bool,
     ) -> Result<Option<(Arc<Watched>, usize)>, Error> {
         let kind = request.kind.index();
@@ -178,7 +184,7 @@ impl EpollQueue {
 
     /// Ends the requests that ended without a result and fires the
     /// notification if it is due. Called with no lock held.
-    pub(super) fn finish(&self, batch: &mut Batch) {
+    pub(super) fn finish(&self, batch: &mut Leftovers) {
         if !batch.ended.is_empty() {
             self.live.fetch_sub(batch.ended.len(), Ordering::SeqCst);
             for r in batch.ended.drain(..) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use super::poller::{Watched, STOP_EVENT};
-use super::queue::{Batch, EpollQueue};
+use super::queue::{EpollQueue, Leftovers};
 use crate::sync::lock;
 
 /// Starts the engine thread of `inner`.
@@ -26,7 +26,7 @@ fn run(inner: &EpollQueue) {
     let poller = &inner.poller;
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
     let mut ready: Vec<(Arc<Watched>, u32)> = Vec::with_capacity(events.len());
-    let mut batch = Batch::default();
+    let mut batch = Leftovers::default();
     loop {
         // SAFETY: the buffer holds 64 events; the epoll fd lives as long as
         // `inner`.

@@ -11,15 +11,21 @@
 //! ring) wait in `carry`, which is always read before the ring.
 //!
 //! Requests reach the ring through their request queue's [`Lane`] of their
-//! kind, one linked chain at a time, so that they complete in posting order
+//! kind (held by the request queue and, beside each request, by the table), one linked chain at a time, so that they complete in posting order
 //! (see [`lane`]). Wherever a completion is taken out of the ring (dequeue,
 //! a notification's check, wait, resize), the lane learns of it, and a chain
 //! that has ended lets the next one go, in one `io_uring_enter` for all the
 //! lanes that one look at the ring restarted; a dequeue that restarts
 //! nothing makes no system call.
 //!
-//! Lock order: consumer, then submission, then the request table, then a lane, then
-//! capacity; the buffer registry's lock is taken last, alone or under the request table.
+//! The files: [`queue`] (the queue, its submission and consumer sides,
+//! taking requests in, handing results over, cancelling, closing),
+//! [`notification`], [`resize`], [`chain`] (starting lanes' chains),
+//! [`request_table`], [`lane`].
+//!
+//! Lock order: consumer, then submission, then the request table, then a
+//! lane, then capacity; the buffer registry's lock is taken last, alone or
+//! under the request table.
 
 mod chain;
 mod lane;
