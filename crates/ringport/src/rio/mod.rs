@@ -4,8 +4,8 @@
 //                 │  names no engine: only CqShared and Attachment
 //   dispatch  engine.rs: CqShared { CqEngine::Uring | CqEngine::Epoll },
 //                 │  Attachment (a socket to one queue's engine); the one file naming both
-//   engines   uring/  mod → queue → {notification, resize} → chain → request_table → lane
-//             epoll/  mod → {thread → queue → poller → io, ring}
+//   engines   uring/  {notification, resize} → queue → chain → request_table → lane
+//             epoll/  mod → thread → queue → {poller → io, ring}
 //                 │  each names only the bottom, never the other engine
 //   bottom    request (Op, Request, RioResult) → rq_shared → charge (CqCapacity,
 //             CqCounters) · notify · buffer → error → flags, slice · addr
