@@ -1,13 +1,15 @@
 //! Socket addresses in registered buffers, and the `IP_PKTINFO` control
-//! messages that carry a datagram's local address.
+//! messages that carry a datagram's local address. The `sockaddr` codec
+//! itself is [`sys::addr`](crate::sys::addr)'s.
 //!
 //! An address slice holds a `sockaddr_in` or `sockaddr_in6` as the kernel
 //! lays them out (what Windows calls `SOCKADDR_INET`); slices may sit at any
 //! offset, so every access here copies bytes rather than casting pointers.
 
 use std::mem::{size_of, MaybeUninit};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
+use crate::sys::addr as codec;
 use crate::Error;
 
 /// The least length of a slice that holds a socket address: an IPv6
@@ -18,7 +20,7 @@ pub const ADDRESS_LEN: u32 = size_of::<libc::sockaddr_in6>() as u32;
 /// [`send_ex`](super::RequestQueue::send_ex) remote or local address slice.
 /// Returns the bytes written; fails if `out` is shorter than that.
 pub fn write_addr(out: &mut [u8], addr: SocketAddr) -> Result<usize, Error> {
-    let (storage, len) = to_storage(&addr);
+    let (storage, len) = codec::to_storage(&addr);
     let len = len as usize;
     if out.len() < len {
         return Err(Error::InvalidArgument(
@@ -42,7 +44,7 @@ pub fn read_addr(buf: &[u8]) -> Option<SocketAddr> {
         std::ptr::copy_nonoverlapping(buf.as_ptr(), storage.as_mut_ptr() as *mut u8, n);
         storage.assume_init()
     };
-    from_storage(&storage, n)
+    codec::read(&storage, n as libc::socklen_t)
 }
 
 /// The family's `sockaddr` length for an address at `ptr` (its first two
@@ -53,61 +55,7 @@ pub fn read_addr(buf: &[u8]) -> Option<SocketAddr> {
 pub(super) unsafe fn len_at(ptr: *const u8) -> libc::socklen_t {
     // SAFETY: the caller's promise; sa_family_t is u16, read unaligned.
     let family = unsafe { std::ptr::read_unaligned(ptr as *const libc::sa_family_t) };
-    match family as libc::c_int {
-        libc::AF_INET => size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        libc::AF_INET6 => size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        _ => 0,
-    }
-}
-
-fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
-            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above, for a sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn from_storage(storage: &libc::sockaddr_storage, len: usize) -> Option<SocketAddr> {
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
+    codec::family_len(family)
 }
 
 /// Writes `addr` at `ptr` (any alignment).
@@ -116,7 +64,7 @@ fn from_storage(storage: &libc::sockaddr_storage, len: usize) -> Option<SocketAd
 /// `ptr` must be writable for [`ADDRESS_LEN`] bytes that nothing else reads
 /// or writes meanwhile.
 pub(super) unsafe fn write_at(ptr: *mut u8, addr: &SocketAddr) {
-    let (storage, len) = to_storage(addr);
+    let (storage, len) = codec::to_storage(addr);
     // SAFETY: len <= ADDRESS_LEN, the caller's promise covers the target.
     unsafe { std::ptr::copy_nonoverlapping(&storage as *const _ as *const u8, ptr, len as usize) }
 }

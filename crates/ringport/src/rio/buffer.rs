@@ -16,110 +16,16 @@
 //! search and a step or two.
 
 use std::alloc::{self, Layout};
-use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-use super::RioError;
+use super::error::RioError;
+use super::slice::{BufferId, RioBuf, SliceUse};
 use crate::sync::{lock, Mutex};
 use crate::Error;
 
 /// Alignment (and rounding) of registered memory: one page.
 const PAGE: usize = 4096;
-
-/// Names a registered buffer. A deregistered buffer's id stays invalid even
-/// when its slot in the registry is taken again (ids repeat only after one
-/// slot has been reused 2³² times).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BufferId(u64);
-
-impl BufferId {
-    fn new(index: u32, generation: u32) -> Self {
-        BufferId((u64::from(generation) << 32) | u64::from(index))
-    }
-
-    fn index(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
-    }
-
-    fn generation(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-
-    /// The id as a number (for logs, or to carry in a request context).
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    /// The id a number from [`as_u64`](Self::as_u64) stood for. An id that
-    /// was never handed out is simply unknown to the registry.
-    pub fn from_u64(raw: u64) -> Self {
-        BufferId(raw)
-    }
-}
-
-impl fmt::Display for BufferId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}.{}", self.index(), self.generation())
-    }
-}
-
-/// A slice of a registered buffer: `len` bytes from `offset` (`RIO_BUF`).
-///
-/// Nothing is checked when a `RioBuf` is made; a slice that runs past its
-/// buffer, or names a buffer that is not registered, is refused when a
-/// request or a borrow uses it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RioBuf {
-    /// The buffer.
-    pub id: BufferId,
-    /// Where the slice starts, in bytes from the start of the buffer.
-    pub offset: u32,
-    /// The slice's length in bytes.
-    pub len: u32,
-}
-
-impl RioBuf {
-    /// The slice of `len` bytes at `offset` in buffer `id`.
-    pub const fn new(id: BufferId, offset: u32, len: u32) -> Self {
-        RioBuf { id, offset, len }
-    }
-
-    /// One past the slice's last byte (may exceed `u32::MAX`).
-    pub fn end(&self) -> u64 {
-        u64::from(self.offset) + u64::from(self.len)
-    }
-}
-
-/// What a slice of a registered buffer is being used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SliceUse {
-    /// A receive in flight: the kernel may write the bytes.
-    Receive,
-    /// A send in flight: the kernel may read the bytes.
-    Send,
-    /// A [`borrow`]: Rust code reads the bytes.
-    Borrow,
-    /// A [`borrow_mut`]: Rust code writes the bytes.
-    BorrowMut,
-}
-
-impl SliceUse {
-    fn writes(self) -> bool {
-        matches!(self, SliceUse::Receive | SliceUse::BorrowMut)
-    }
-}
-
-impl fmt::Display for SliceUse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SliceUse::Receive => "a receive in flight writes into",
-            SliceUse::Send => "a send in flight reads",
-            SliceUse::Borrow => "borrowed",
-            SliceUse::BorrowMut => "borrowed mutably",
-        })
-    }
-}
 
 /// Memory the registry owns: page-aligned, zeroed, freed on drop.
 struct Region {
@@ -246,7 +152,7 @@ pub(super) struct Claim {
 
 /// Registers a new buffer of `len` bytes (`RIORegisterBuffer`): page-aligned,
 /// zeroed memory that the registry owns until
-/// [`deregister_buffer`](deregister_buffer).
+/// [`deregister_buffer`].
 ///
 /// The memory is ordinary: it is not pinned, so it counts against no
 /// `RLIMIT_MEMLOCK` (see the module docs for why). Fails with

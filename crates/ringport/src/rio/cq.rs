@@ -1,37 +1,21 @@
 //! [`CompletionQueue`]: where requests' results arrive, read without a
 //! system call, with polled, event or port notification.
 //!
-//! The public type keeps what every queue has, whatever runs it (its size
-//! and the entries request queues charged to it, its counters), and hands
-//! everything else to its engine:
-//! - [`uring`](super::uring): the queue owns an io_uring ring; requests are
-//!   submitted to it and `dequeue` reads its CQ ring.
-//! - [`epoll`](super::epoll): the queue owns a ring of results in user
-//!   memory, filled by whichever thread finishes a request (the requesting
-//!   thread when it can be done at once, else the queue's engine thread,
-//!   woken by epoll), and `dequeue` reads it.
-//!
-//! Which one a queue gets is the port's rule ([`Backend`]): io_uring if a
-//! ring can be set up, else epoll; `RINGPORT_BACKEND` forces one.
+//! The public type checks what it is given and hands the rest to the
+//! queue's engine through [`engine`](super::engine), which picks it by the
+//! port's rule ([`Backend`]): io_uring if a ring can be set up, else epoll;
+//! `RINGPORT_BACKEND` forces one.
 
-use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::epoll::{EpollCq, Watched};
+use super::charge::MAX_SIZE;
+use super::engine::CqShared;
 use super::notify::Notify;
-use super::request::{Request, RequestKind};
-use super::rq::RqShared;
-use super::uring::{queue_ring, UringCq};
-use super::{RioError, RioResult};
-use crate::sync::lock;
-use crate::sys::op::Recheck;
-use crate::sys::{choose, Chosen};
+use super::request::RioResult;
 use crate::{Backend, Error};
-
-/// The largest completion queue (io_uring's largest CQ ring).
-pub(super) const MAX_SIZE: u32 = 65_536;
 
 /// A completion queue (`RIO_CQ`): requests' results, read with
 /// [`dequeue`](Self::dequeue) with no system call: from the shared memory of
@@ -98,58 +82,6 @@ pub struct CqStats {
     pub notifies: u64,
 }
 
-/// The counters behind [`CqStats`], updated by the engines.
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) requests: AtomicU64,
-    pub(super) submits: AtomicU64,
-    pub(super) dequeues: AtomicU64,
-    pub(super) results: AtomicU64,
-    pub(super) notifies: AtomicU64,
-}
-
-/// A queue's size, and the entries request queues have charged to it.
-pub(super) struct Capacity {
-    pub(super) size: u32,
-    pub(super) charged: u32,
-}
-
-/// What every completion queue has, whatever engine runs it.
-pub(super) struct Common {
-    pub(super) capacity: Mutex<Capacity>,
-    pub(super) counters: Counters,
-}
-
-// One per queue, inside its Arc: the size is paid once, and boxing the big
-// variant would add a pointer to follow on every dequeue.
-#[allow(clippy::large_enum_variant)]
-enum Engine {
-    Uring(UringCq),
-    Epoll(EpollCq),
-}
-
-pub(super) struct CqShared {
-    common: Common,
-    engine: Engine,
-}
-
-/// The recheck of a port notification's poll on an io_uring queue: the
-/// packet is due if the queue says so; if not, the queue polls again (and a
-/// packet goes out after all if it cannot). A dropped queue is always due.
-fn port_recheck(cq: Weak<CqShared>) -> Recheck {
-    Arc::new(move || {
-        let Some(s) = cq.upgrade() else {
-            return true;
-        };
-        match &s.engine {
-            Engine::Uring(e) => {
-                e.poll_fired(&s.common) || e.rearm(port_recheck(cq.clone())).is_err()
-            }
-            Engine::Epoll(_) => true,
-        }
-    })
-}
-
 fn check_size(size: u32) -> Result<(), Error> {
     if size == 0 || size > MAX_SIZE {
         return Err(Error::InvalidArgument(
@@ -187,18 +119,8 @@ impl CompletionQueue {
         backend: Backend,
     ) -> Result<CompletionQueue, Error> {
         check_size(size)?;
-        let engine = match choose(backend, || queue_ring(size), || Ok(()))? {
-            Chosen::Uring(ring) => Engine::Uring(UringCq::new(ring, notify)?),
-            Chosen::Epoll(()) => Engine::Epoll(EpollCq::new(size, notify)?),
-        };
         Ok(CompletionQueue {
-            shared: Arc::new(CqShared {
-                common: Common {
-                    capacity: Mutex::new(Capacity { size, charged: 0 }),
-                    counters: Counters::default(),
-                },
-                engine,
-            }),
+            shared: Arc::new(CqShared::new(size, notify, backend)?),
         })
     }
 
@@ -209,10 +131,7 @@ impl CompletionQueue {
     /// The backend the queue runs on: [`Backend::IoUring`] or
     /// [`Backend::Epoll`], never `Auto`.
     pub fn backend(&self) -> Backend {
-        match self.shared.engine {
-            Engine::Uring(_) => Backend::IoUring,
-            Engine::Epoll(_) => Backend::Epoll,
-        }
+        self.shared.backend()
     }
 
     /// Takes up to `out.len()` results, oldest first (`RIODequeueCompletion`),
@@ -222,13 +141,9 @@ impl CompletionQueue {
     /// Each result ends its request: the slices it used are free again (a
     /// receive buffer can now be [borrowed](super::borrow)) and it no longer
     /// counts against its request queue. Fails with
-    /// [`RioError::QueueClosed`] once the queue is closed.
+    /// [`RioError::QueueClosed`](super::RioError::QueueClosed) once the queue is closed.
     pub fn dequeue(&self, out: &mut [RioResult]) -> Result<usize, Error> {
-        let s = &*self.shared;
-        match &s.engine {
-            Engine::Uring(e) => e.dequeue(&s.common, out),
-            Engine::Epoll(e) => e.dequeue(&s.common, out),
-        }
+        self.shared.dequeue(out)
     }
 
     /// Arms one notification (`RIONotify`): with [`Notify::Event`], the next
@@ -236,15 +151,11 @@ impl CompletionQueue {
     /// with [`Notify::port`], one packet is queued on the port then. Fires
     /// at once if results are waiting now.
     ///
-    /// Errors: [`RioError::AlreadyArmed`] while an armed notification has
-    /// not fired, [`RioError::WrongNotification`] on a polled queue,
-    /// [`RioError::QueueClosed`], and the port's error if it is closed.
+    /// Errors: [`RioError::AlreadyArmed`](super::RioError::AlreadyArmed) while an armed notification has
+    /// not fired, [`RioError::WrongNotification`](super::RioError::WrongNotification) on a polled queue,
+    /// [`RioError::QueueClosed`](super::RioError::QueueClosed), and the port's error if it is closed.
     pub fn notify(&self) -> Result<(), Error> {
-        let s = &*self.shared;
-        match &s.engine {
-            Engine::Uring(e) => e.notify(&s.common, || port_recheck(Arc::downgrade(&self.shared))),
-            Engine::Epoll(e) => e.notify(&s.common),
-        }
+        self.shared.notify()
     }
 
     /// Waits for the armed event notification to fire, at most `timeout`
@@ -253,23 +164,17 @@ impl CompletionQueue {
     /// Returns once a result is waiting that came from a request without
     /// `DONT_NOTIFY`, or at once if results were waiting when
     /// [`notify`](Self::notify) was called. Errors: [`Error::Timeout`],
-    /// [`RioError::NotArmed`], [`RioError::WrongNotification`] on a queue
-    /// without event notification, [`RioError::QueueClosed`] (also for a
+    /// [`RioError::NotArmed`](super::RioError::NotArmed), [`RioError::WrongNotification`](super::RioError::WrongNotification) on a queue
+    /// without event notification, [`RioError::QueueClosed`](super::RioError::QueueClosed) (also for a
     /// thread waiting when the queue closes).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        match &self.shared.engine {
-            Engine::Uring(e) => e.wait(&self.shared.common, timeout),
-            Engine::Epoll(e) => e.wait(timeout),
-        }
+        self.shared.wait(timeout)
     }
 
     /// Whether a notification is armed and has not fired (as far as the
     /// queue has seen).
     pub fn is_armed(&self) -> bool {
-        match &self.shared.engine {
-            Engine::Uring(e) => e.is_armed(),
-            Engine::Epoll(e) => e.is_armed(),
-        }
+        self.shared.is_armed()
     }
 
     /// The eventfd of an event-notified queue, to watch with another poller.
@@ -278,10 +183,7 @@ impl CompletionQueue {
     /// close); [`wait`](Self::wait) sorts these out, so call it when the fd
     /// is readable.
     pub fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        let fd: RawFd = match &self.shared.engine {
-            Engine::Uring(e) => e.event_fd()?,
-            Engine::Epoll(e) => e.event_fd()?,
-        };
+        let fd = self.shared.event_fd()?;
         // SAFETY: the eventfd lives as long as the queue's shared state,
         // which outlives the borrow of `self`.
         Some(unsafe { BorrowedFd::borrow_raw(fd) })
@@ -290,21 +192,18 @@ impl CompletionQueue {
     /// The queue's size: the most results request queues may have
     /// outstanding on it.
     pub fn size(&self) -> u32 {
-        lock(&self.shared.common.capacity).size
+        self.shared.common.capacity.lock().size
     }
 
     /// Entries charged to it by request queues now.
     pub fn charged(&self) -> u32 {
-        lock(&self.shared.common.capacity).charged
+        self.shared.common.capacity.lock().charged
     }
 
     /// Results the ring can hold (the size rounded up to a power of two);
     /// resizing up to this is free. 0 once the queue is closed.
     pub fn ring_capacity(&self) -> u32 {
-        match &self.shared.engine {
-            Engine::Uring(e) => e.ring_capacity(),
-            Engine::Epoll(e) => e.ring_capacity(),
-        }
+        self.shared.ring_capacity()
     }
 
     /// The queue's counters.
@@ -322,29 +221,25 @@ impl CompletionQueue {
     /// Changes the queue's size (`RIOResizeCompletionQueue`), keeping every
     /// result waiting and every request in flight.
     ///
-    /// Fails with [`RioError::BelowOutstanding`] below the entries charged to
+    /// Fails with [`RioError::BelowOutstanding`](super::RioError::BelowOutstanding) below the entries charged to
     /// it. Up to [`ring_capacity`](Self::ring_capacity) only the number
     /// changes. Beyond it the queue moves to a bigger ring, which is refused
-    /// with [`RioError::Armed`] while a notification is armed and has not
+    /// with [`RioError::Armed`](super::RioError::Armed) while a notification is armed and has not
     /// fired. Waiting results are kept in order. On io_uring, requests in
     /// flight are cancelled and started again on the new ring in posting order
     /// (a stream receive cancelled half-filled completes with what it has),
-    /// and the move may fail with [`RioError::KernelBusy`] (nothing lost:
+    /// and the move may fail with [`RioError::KernelBusy`](super::RioError::KernelBusy) (nothing lost:
     /// the queue stays on its old ring); on epoll, requests in flight are
     /// not touched.
     pub fn resize(&self, new_size: u32) -> Result<(), Error> {
         check_size(new_size)?;
-        let s = &*self.shared;
-        match &s.engine {
-            Engine::Uring(e) => e.resize(&s.common, new_size),
-            Engine::Epoll(e) => e.resize(&s.common, new_size),
-        }
+        self.shared.resize(new_size)
     }
 
     /// Closes the queue (`RIOCloseCompletionQueue`): requests in flight are
     /// cancelled, waiting results dropped, and every later call on it, and
     /// every request on a request queue using it, fails with
-    /// [`RioError::QueueClosed`]. A thread in [`wait`](Self::wait) returns
+    /// [`RioError::QueueClosed`](super::RioError::QueueClosed). A thread in [`wait`](Self::wait) returns
     /// that error; an armed port notification fires (its packet's handler
     /// then finds the queue closed). Closing twice is harmless.
     ///
@@ -353,101 +248,11 @@ impl CompletionQueue {
     /// deregistered). On io_uring that means waiting (up to 2 s) until the
     /// kernel has handed back every request; if it does not let go in time,
     /// the ring and the requests' memory are leaked on purpose and
-    /// [`RioError::KernelBusy`] is returned. On epoll it means waiting for
+    /// [`RioError::KernelBusy`](super::RioError::KernelBusy) is returned. On epoll it means waiting for
     /// the system call in progress on the queue's requests, if any, and for
     /// the queue's engine thread to end.
     pub fn close(&self) -> Result<(), Error> {
         self.shared.close()
-    }
-}
-
-impl CqShared {
-    fn is_closed(&self) -> bool {
-        match &self.engine {
-            Engine::Uring(e) => e.is_closed(),
-            Engine::Epoll(e) => e.is_closed(),
-        }
-    }
-
-    /// Charges `n` more outstanding requests to the queue.
-    pub(super) fn charge(&self, n: u32) -> Result<(), Error> {
-        let mut cap = lock(&self.common.capacity);
-        if self.is_closed() {
-            return Err(RioError::QueueClosed.into());
-        }
-        if u64::from(cap.charged) + u64::from(n) > u64::from(cap.size) {
-            return Err(RioError::QueueTooSmall {
-                size: cap.size,
-                charged: cap.charged,
-                asked: n,
-            }
-            .into());
-        }
-        cap.charged += n;
-        Ok(())
-    }
-
-    pub(super) fn uncharge(&self, n: u32) {
-        let mut cap = lock(&self.common.capacity);
-        cap.charged = cap.charged.saturating_sub(n);
-    }
-
-    /// Prepares the queue for a request queue's socket `fd`, whose requests
-    /// of the kinds marked in `kinds` (receives, sends) complete here. The
-    /// epoll engine watches the socket and returns where its waiting
-    /// requests queue up; io_uring needs nothing.
-    pub(super) fn attach(
-        &self,
-        fd: RawFd,
-        kinds: [bool; 2],
-    ) -> Result<Option<Arc<Watched>>, Error> {
-        match &self.engine {
-            Engine::Uring(_) => Ok(None),
-            Engine::Epoll(e) => e.attach(fd, kinds).map(Some),
-        }
-    }
-
-    /// Undoes [`attach`](Self::attach) (a request queue that could not be
-    /// made).
-    pub(super) fn detach(&self, w: &Arc<Watched>) {
-        if let Engine::Epoll(e) = &self.engine {
-            e.detach(w);
-        }
-    }
-
-    /// Starts `request`, or with `defer` queues it for the next submission.
-    pub(super) fn submit(&self, request: Request, defer: bool) -> Result<(), Error> {
-        match &self.engine {
-            Engine::Uring(e) => e.submit(&self.common, request, defer),
-            Engine::Epoll(e) => e.submit(&self.common, request, defer),
-        }
-    }
-
-    /// Starts every deferred request (one system call on io_uring).
-    pub(super) fn commit(&self) -> Result<(), Error> {
-        match &self.engine {
-            Engine::Uring(e) => e.commit(&self.common),
-            Engine::Epoll(e) => e.commit(&self.common),
-        }
-    }
-
-    /// Cancels every request of `rq` (a request queue being dropped): they
-    /// complete with `ECANCELED`.
-    pub(super) fn cancel(&self, rq: &RqShared) {
-        match &self.engine {
-            Engine::Uring(e) => e.cancel(
-                rq,
-                [RequestKind::Receive, RequestKind::Send].map(|k| std::ptr::eq(&**rq.cq(k), self)),
-            ),
-            Engine::Epoll(e) => e.cancel(rq),
-        }
-    }
-
-    fn close(&self) -> Result<(), Error> {
-        match &self.engine {
-            Engine::Uring(e) => e.close(),
-            Engine::Epoll(e) => e.close(),
-        }
     }
 }
 

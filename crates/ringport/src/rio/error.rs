@@ -3,7 +3,8 @@
 use std::fmt;
 use std::io;
 
-use super::{BufferId, RequestKind, RioBuf, SliceUse};
+use super::flags::RequestKind;
+use super::slice::{BufferId, RioBuf, SliceUse};
 
 /// A registered I/O rule was broken. Every RIO call reports these through
 /// [`Error::Io`](crate::Error::Io), an `io::Error` of the rule's

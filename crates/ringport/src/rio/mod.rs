@@ -1,3 +1,20 @@
+// Layers of rio/ (each imports only from the layers below it; no cycle):
+//
+//   front     mod.rs (the public names) · cq.rs CompletionQueue · rq.rs RequestQueue
+//                 │  names no engine: only CqShared and Attachment
+//   dispatch  engine.rs: CqShared { CqEngine::Uring | CqEngine::Epoll },
+//                 │  Attachment (a socket to one queue's engine); the one file naming both
+//   engines   uring/  {notification, resize} → queue → chain → request_table → lane
+//             epoll/  mod → thread → queue → {poller → io, ring}
+//                 │  each names only the bottom, never the other engine
+//   bottom    request (Op, Request, RioResult) → rq_shared → charge (CqCapacity,
+//             CqCounters) · notify · buffer → error → flags, slice · addr
+//   below     crate::sys: backend choice, the io_uring ring, eventfd, sockaddr codec
+//
+// layers.rs checks this on the source: no cycle, no engine named from above
+// the dispatch module or from below it, no engine naming the other.
+//
+
 //! Registered I/O (Windows RIO) on io_uring, or on epoll where io_uring is
 //! switched off.
 //!
@@ -82,12 +99,9 @@
 //!   pointers. Fixed buffers belong to one ring, so every completion queue
 //!   would have to register every buffer, pinning it once per ring against
 //!   `RLIMIT_MEMLOCK` (8 MiB for a normal user); `RECVMSG`/`SENDMSG`, which
-//!   carry addresses, cannot use them; and on a socket they are slower:
-//!   draining a UDP socket with batches of 64, `READ_FIXED` into a fixed
-//!   buffer cost 940–1,060 ns of CPU per datagram against 815–915 ns for
-//!   `RECV` into plain memory (64- and 1024-byte datagrams, median of 5
-//!   interleaved runs, Linux 6.18), since socket data is copied either way
-//!   and the read path costs more than the socket path. The registry still
+//!   carry addresses, cannot use them; and on a socket they are slower,
+//!   since socket data is copied either way and the read path costs more
+//!   than the socket path (see BENCHMARKS.md, RIO). The registry still
 //!   gives what registration gives on Windows: memory that cannot be freed
 //!   while the kernel uses it, and bounds checked when a request is made.
 //!
@@ -138,93 +152,29 @@
 
 mod addr;
 mod buffer;
+mod charge;
 mod cq;
+mod engine;
 mod epoll;
 mod error;
+mod flags;
+#[cfg(test)]
+mod layers;
 mod notify;
 mod request;
 mod rq;
+mod rq_shared;
+mod slice;
 mod uring;
-
-use std::io;
-use std::ops::{BitOr, BitOrAssign};
 
 pub use addr::{read_addr, write_addr, ADDRESS_LEN};
 pub use buffer::{
-    borrow, borrow_mut, buffer_len, deregister_buffer, register_buffer, BufMut, BufRef, BufferId,
-    RioBuf, SliceUse,
+    borrow, borrow_mut, buffer_len, deregister_buffer, register_buffer, BufMut, BufRef,
 };
 pub use cq::{CompletionQueue, CqStats};
 pub use error::RioError;
+pub use flags::{RequestKind, RioFlags};
 pub use notify::{Notify, PortTarget};
-pub use request::RequestKind;
+pub use request::RioResult;
 pub use rq::RequestQueue;
-
-/// Flags of a request (`RIO_MSG_*`); combine them with `|`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RioFlags(u32);
-
-impl RioFlags {
-    /// No flag.
-    pub const NONE: RioFlags = RioFlags(0);
-    /// Queue the request without handing it to the kernel; the next request
-    /// without `DEFER` on the same completion queue, or
-    /// [`RequestQueue::commit`], submits it with the others in one system
-    /// call (`RIO_MSG_DEFER`).
-    pub const DEFER: RioFlags = RioFlags(1);
-    /// The request's result does not fire an armed notification, event or
-    /// port (`RIO_MSG_DONT_NOTIFY`); the next result without it does.
-    pub const DONT_NOTIFY: RioFlags = RioFlags(2);
-    /// A stream receive completes only when its buffer is full (or the
-    /// connection ends or fails) (`RIO_MSG_WAITALL`, `MSG_WAITALL`).
-    /// Refused on datagram sockets.
-    pub const WAITALL: RioFlags = RioFlags(4);
-    /// Only submit what was deferred (`RIO_MSG_COMMIT_ONLY`): that is
-    /// [`RequestQueue::commit`]; a request given this flag is refused.
-    pub const COMMIT_ONLY: RioFlags = RioFlags(8);
-
-    /// Whether every flag in `other` is set in `self`.
-    pub fn contains(self, other: RioFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl BitOr for RioFlags {
-    type Output = RioFlags;
-    fn bitor(self, rhs: RioFlags) -> RioFlags {
-        RioFlags(self.0 | rhs.0)
-    }
-}
-
-impl BitOrAssign for RioFlags {
-    fn bitor_assign(&mut self, rhs: RioFlags) {
-        self.0 |= rhs.0;
-    }
-}
-
-/// The result of one request (`RIORESULT`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RioResult {
-    /// 0 on success, else the error number (`errno`) it failed with:
-    /// `ECANCELED` for a request cancelled by closing, `EMSGSIZE` for a
-    /// datagram longer than the receive buffer (`bytes` then says how much
-    /// of it was kept).
-    pub status: i32,
-    /// Bytes received or sent.
-    pub bytes: u32,
-    /// The request queue's context, given when it was created.
-    pub socket_context: u64,
-    /// The request's context, given when it was made.
-    pub request_context: u64,
-}
-
-impl RioResult {
-    /// The outcome as a `Result`: bytes transferred, or the error.
-    pub fn result(&self) -> io::Result<u32> {
-        if self.status == 0 {
-            Ok(self.bytes)
-        } else {
-            Err(io::Error::from_raw_os_error(self.status))
-        }
-    }
-}
+pub use slice::{BufferId, RioBuf, SliceUse};

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::sync::lock;
+use crate::sys::eventfd::EventFd;
 use crate::sys::op::Recheck;
 use crate::{CompletionPort, Error, Handle};
 
@@ -52,7 +53,7 @@ impl Notifier {
 }
 
 /// A port target's token, and the ring descriptor the port watches.
-struct Watch<T: Send + 'static> {
+struct PortWatch<T: Send + 'static> {
     token: T,
     /// The generation of the ring it duplicates, and the duplicate,
     /// associated with the port (shared with polls being armed).
@@ -74,7 +75,7 @@ impl Notify {
     /// itself.
     pub fn port<T: Clone + Send + 'static>(port: &CompletionPort<T>, key: u64, token: T) -> Notify {
         let port = port.clone();
-        let watch = Arc::new(Mutex::new(Watch { token, ring: None }));
+        let watch = Arc::new(Mutex::new(PortWatch { token, ring: None }));
         let (post_port, post_watch) = (port.clone(), watch.clone());
         Notify::Port(PortTarget {
             post: Box::new(move || {
@@ -155,54 +156,5 @@ pub(super) fn wait_slice(deadline: Option<Instant>) -> Result<Duration, Error> {
             left if left.is_zero() => Err(Error::Timeout),
             left => Ok(left.min(WAIT_SLICE)),
         },
-    }
-}
-
-/// A non-blocking eventfd.
-pub(super) struct EventFd(OwnedFd);
-
-impl EventFd {
-    pub(super) fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd takes no pointers.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just created and is owned by nothing else.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Adds one to the counter (makes the fd readable).
-    pub(super) fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: write reads 8 bytes from &one. It only fails when the
-        // counter is at its maximum, which leaves the fd readable anyway.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    /// Resets the counter to zero.
-    pub(super) fn drain(&self) {
-        let mut n: u64 = 0;
-        // SAFETY: read writes 8 bytes into &mut n. EAGAIN means it was zero.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
-    }
-
-    /// Waits until the fd is readable or `timeout` passes; true if readable.
-    pub(super) fn wait(&self, timeout: Duration) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        // SAFETY: poll reads and writes one pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        r > 0 && pfd.revents & libc::POLLIN != 0
-    }
-}
-
-impl AsRawFd for EventFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
     }
 }

@@ -8,48 +8,20 @@
 //! local address of a `receive_ex`). When its result is dequeued (or dropped
 //! by a close), [`end`](Request::end) gives back its slices and its place in
 //! the request queue's count. Between the two the result waits in the
-//! completion queue: the io_uring engine keeps the request in a slot table
+//! completion queue: the io_uring engine keeps the request in its request table
 //! and the kernel's completion in the CQ ring; the epoll engine keeps both in
 //! its result ring.
 //!
 //! [`outcome`]: Request::outcome
 
-use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::addr;
 use super::buffer::{self, Claim};
-use super::rq::RqShared;
-use super::RioResult;
-
-/// Which of a request queue's two limits a request counts against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RequestKind {
-    /// `receive`, `receive_ex`.
-    Receive,
-    /// `send`, `send_ex`.
-    Send,
-}
-
-impl RequestKind {
-    /// Its index in per-kind arrays: receives 0, sends 1.
-    pub(super) fn index(self) -> usize {
-        match self {
-            RequestKind::Receive => 0,
-            RequestKind::Send => 1,
-        }
-    }
-}
-
-impl fmt::Display for RequestKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RequestKind::Receive => "receive",
-            RequestKind::Send => "send",
-        })
-    }
-}
+use super::flags::RequestKind;
+use super::rq_shared::RqShared;
 
 /// The kernel operation a request performs, with the registered memory it
 /// was given (resolved from its slices when it was made).
@@ -171,6 +143,33 @@ impl Request {
             bytes,
             socket_context: self.rq.socket_context,
             request_context: self.context,
+        }
+    }
+}
+
+/// The result of one request (`RIORESULT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RioResult {
+    /// 0 on success, else the error number (`errno`) it failed with:
+    /// `ECANCELED` for a request cancelled by closing, `EMSGSIZE` for a
+    /// datagram longer than the receive buffer (`bytes` then says how much
+    /// of it was kept).
+    pub status: i32,
+    /// Bytes received or sent.
+    pub bytes: u32,
+    /// The request queue's context, given when it was created.
+    pub socket_context: u64,
+    /// The request's context, given when it was made.
+    pub request_context: u64,
+}
+
+impl RioResult {
+    /// The outcome as a `Result`: bytes transferred, or the error.
+    pub fn result(&self) -> io::Result<u32> {
+        if self.status == 0 {
+            Ok(self.bytes)
+        } else {
+            Err(io::Error::from_raw_os_error(self.status))
         }
     }
 }

@@ -1,18 +1,19 @@
 //! [`RequestQueue`]: a socket's receives and sends, each charged to a
 //! completion queue.
 
-use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 
 use super::addr::{self, ADDRESS_LEN};
-use super::buffer::{self, Claim, SliceUse};
-use super::cq::CqShared;
-use super::epoll::Watched;
-use super::request::{Op, Request, RequestKind};
-use super::uring::Lane;
-use super::{CompletionQueue, RioBuf, RioError, RioFlags};
+use super::buffer::{self, Claim};
+use super::cq::CompletionQueue;
+use super::engine::{Attachment, CqShared};
+use super::error::RioError;
+use super::flags::{RequestKind, RioFlags};
+use super::request::{Op, Request};
+use super::rq_shared::RqShared;
+use super::slice::{RioBuf, SliceUse};
 use crate::sync::lock;
 use crate::Error;
 
@@ -66,162 +67,11 @@ use crate::Error;
 /// ```
 pub struct RequestQueue {
     shared: Arc<RqShared>,
-}
-
-/// What a request queue's requests share with it: the socket, the limits
-/// and counts, and the completion queues.
-pub(super) struct RqShared {
-    fd: OwnedFd,
-    pub(super) socket_context: u64,
-    datagram: bool,
-    domain: i32,
-    receive_cq: Arc<CqShared>,
-    send_cq: Arc<CqShared>,
-    max: [AtomicU32; 2],
-    outstanding: [AtomicU32; 2],
-    /// Where the socket's waiting receives and sends queue up, for
-    /// completion queues on the epoll backend (`None` on io_uring).
-    watched: [Option<Arc<Watched>>; 2],
-    closing: AtomicBool,
-    /// The order of its receives and sends on io_uring completion queues.
-    lanes: [Lane; 2],
-    /// The socket's port, once `IP_PKTINFO` is on (for local addresses).
-    local_port: Mutex<Option<u16>>,
+    /// The receive and the send completion queue (maybe the same).
+    cqs: [Arc<CqShared>; 2],
+    /// The socket as each of them knows it, for receives and for sends.
+    attached: [Attachment; 2],
     resizing: Mutex<()>,
-}
-
-fn slot(kind: RequestKind) -> usize {
-    kind.index()
-}
-
-impl RqShared {
-    pub(super) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// A request of this kind has ended (completed, or never started).
-    pub(super) fn done(&self, kind: RequestKind) {
-        self.outstanding[slot(kind)].fetch_sub(1, SeqCst);
-    }
-
-    /// Whether the queue was dropped (its requests are being cancelled).
-    pub(super) fn is_closing(&self) -> bool {
-        self.closing.load(SeqCst)
-    }
-
-    /// The socket's entry with the epoll engine of the completion queue
-    /// that requests of this kind complete to, if it runs on epoll.
-    pub(super) fn watched(&self, kind: RequestKind) -> Option<&Arc<Watched>> {
-        self.watched[slot(kind)].as_ref()
-    }
-
-    /// Where its requests of `kind` wait their turn on io_uring.
-    pub(super) fn lane(&self, kind: RequestKind) -> &Lane {
-        &self.lanes[slot(kind)]
-    }
-
-    pub(super) fn cq(&self, kind: RequestKind) -> &Arc<CqShared> {
-        match kind {
-            RequestKind::Receive => &self.receive_cq,
-            RequestKind::Send => &self.send_cq,
-        }
-    }
-
-    /// Counts one more outstanding request, or fails if at the maximum.
-    fn reserve(&self, kind: RequestKind) -> Result<(), Error> {
-        let k = slot(kind);
-        let before = self.outstanding[k].fetch_add(1, SeqCst);
-        let max = self.max[k].load(SeqCst);
-        if before >= max {
-            self.outstanding[k].fetch_sub(1, SeqCst);
-            return Err(RioError::TooManyRequests { kind, max }.into());
-        }
-        Ok(())
-    }
-
-    /// Changes one limit, charging or uncharging its completion queue.
-    fn set_max(&self, kind: RequestKind, new: u32) -> Result<(), Error> {
-        let k = slot(kind);
-        let old = self.max[k].load(SeqCst);
-        if new > old {
-            self.cq(kind).charge(new - old)?;
-            self.max[k].store(new, SeqCst);
-        } else if new < old {
-            // Lower the limit first, then look: a request counted before
-            // this store is seen below; one after it sees the new limit.
-            self.max[k].store(new, SeqCst);
-            let in_use = self.outstanding[k].load(SeqCst);
-            if in_use > new {
-                self.max[k].store(old, SeqCst);
-                return Err(RioError::BelowOutstanding { in_use, asked: new }.into());
-            }
-            self.cq(kind).uncharge(old - new);
-        }
-        Ok(())
-    }
-
-    /// Turns on local-address reporting and returns the socket's port.
-    fn local_port(&self) -> Result<u16, Error> {
-        let mut port = lock(&self.local_port);
-        if let Some(p) = *port {
-            return Ok(p);
-        }
-        addr::enable_pktinfo(self.raw_fd(), self.domain)?;
-        // SAFETY: all-zero is a valid sockaddr_storage.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: getsockname writes at most `len` bytes into storage.
-        let r = unsafe {
-            libc::getsockname(
-                self.raw_fd(),
-                &mut storage as *mut _ as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let len = (len as usize).min(size_of::<libc::sockaddr_storage>());
-        // SAFETY: the kernel wrote `len` bytes of storage (at most its size).
-        let bytes = unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, len) };
-        let p = addr::read_addr(bytes).map_or(0, |a| a.port());
-        *port = Some(p);
-        Ok(p)
-    }
-}
-
-impl Drop for RqShared {
-    fn drop(&mut self) {
-        // The last request has been dequeued: the charges can go.
-        let r = self.max[0].load(SeqCst);
-        let s = self.max[1].load(SeqCst);
-        if Arc::ptr_eq(&self.receive_cq, &self.send_cq) {
-            self.receive_cq.uncharge(r.saturating_add(s));
-        } else {
-            self.receive_cq.uncharge(r);
-            self.send_cq.uncharge(s);
-        }
-    }
-}
-
-fn sockopt(fd: RawFd, name: libc::c_int) -> std::io::Result<libc::c_int> {
-    let mut v: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into v.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 {
-        Ok(v)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Slices a request uses, claimed together (all or none).
@@ -297,9 +147,9 @@ impl RequestQueue {
         socket_context: u64,
     ) -> Result<RequestQueue, Error> {
         let fd: OwnedFd = socket.into();
-        let kind = sockopt(fd.as_raw_fd(), libc::SO_TYPE)?;
-        let domain = sockopt(fd.as_raw_fd(), libc::SO_DOMAIN)?;
         let (rcq, scq) = (receive_cq.shared().clone(), send_cq.shared().clone());
+        let capacities = [&rcq, &scq].map(|cq| cq.common.capacity.clone());
+        let shared = RqShared::new(fd, socket_context, capacities)?;
         let same = Arc::ptr_eq(&rcq, &scq);
         if same {
             rcq.charge(
@@ -314,58 +164,30 @@ impl RequestQueue {
                 return Err(e);
             }
         }
-        let uncharge = || {
-            if same {
-                rcq.uncharge(max_receives.saturating_add(max_sends));
-            } else {
-                rcq.uncharge(max_receives);
-                scq.uncharge(max_sends);
+        // Charged: dropping `shared` gives the charges back from now on.
+        shared.set_limits([max_receives, max_sends]);
+        // Epoll-backed queues watch the socket from now on.
+        let fd = shared.raw_fd();
+        let attached = if same {
+            rcq.attach(fd, [true, true])?
+        } else {
+            let [r, _] = rcq.attach(fd, [true, false])?;
+            match scq.attach(fd, [false, true]) {
+                Ok([_, s]) => [r, s],
+                Err(e) => {
+                    rcq.detach(&[r, None]);
+                    return Err(e);
+                }
             }
         };
-        // Epoll-backed queues watch the socket from now on.
-        let watched = if same {
-            match rcq.attach(fd.as_raw_fd(), [true, true]) {
-                Ok(w) => [w.clone(), w],
-                Err(e) => {
-                    uncharge();
-                    return Err(e);
-                }
-            }
-        } else {
-            let r = match rcq.attach(fd.as_raw_fd(), [true, false]) {
-                Ok(w) => w,
-                Err(e) => {
-                    uncharge();
-                    return Err(e);
-                }
-            };
-            match scq.attach(fd.as_raw_fd(), [false, true]) {
-                Ok(s) => [r, s],
-                Err(e) => {
-                    if let Some(r) = &r {
-                        rcq.detach(r);
-                    }
-                    uncharge();
-                    return Err(e);
-                }
-            }
+        let [Some(r), Some(s)] = attached else {
+            return Err(RioError::QueueClosed.into());
         };
         Ok(RequestQueue {
-            shared: Arc::new(RqShared {
-                fd,
-                socket_context,
-                datagram: kind == libc::SOCK_DGRAM,
-                domain,
-                receive_cq: rcq,
-                send_cq: scq,
-                max: [AtomicU32::new(max_receives), AtomicU32::new(max_sends)],
-                outstanding: [AtomicU32::new(0), AtomicU32::new(0)],
-                watched,
-                lanes: Default::default(),
-                closing: AtomicBool::new(false),
-                local_port: Mutex::new(None),
-                resizing: Mutex::new(()),
-            }),
+            shared: Arc::new(shared),
+            cqs: [rcq, scq],
+            attached: [r, s],
+            resizing: Mutex::new(()),
         })
     }
 
@@ -414,9 +236,11 @@ impl RequestQueue {
             op,
             claims: claims.claims,
         };
-        self.shared
-            .cq(kind)
-            .submit(request, flags.contains(RioFlags::DEFER))
+        self.cqs[kind.index()].submit(
+            request,
+            &self.attached[kind.index()],
+            flags.contains(RioFlags::DEFER),
+        )
     }
 
     /// Takes a place for a request of `kind` in the queue and in its
@@ -582,9 +406,10 @@ impl RequestQueue {
     /// (or left waiting for readiness) in order. Deferred requests of other
     /// request queues on the same completion queues go too.
     pub fn commit(&self) -> Result<(), Error> {
-        self.shared.receive_cq.commit()?;
-        if !Arc::ptr_eq(&self.shared.receive_cq, &self.shared.send_cq) {
-            self.shared.send_cq.commit()?;
+        let [rcq, scq] = &self.cqs;
+        rcq.commit()?;
+        if !Arc::ptr_eq(rcq, scq) {
+            scq.commit()?;
         }
         Ok(())
     }
@@ -595,12 +420,34 @@ impl RequestQueue {
     /// below what is outstanding now fails with
     /// [`RioError::BelowOutstanding`]. On failure nothing changes.
     pub fn resize(&self, max_receives: u32, max_sends: u32) -> Result<(), Error> {
-        let _one_at_a_time = lock(&self.shared.resizing);
+        let _one_at_a_time = lock(&self.resizing);
         let (old_r, _) = self.limits();
-        self.shared.set_max(RequestKind::Receive, max_receives)?;
-        if let Err(e) = self.shared.set_max(RequestKind::Send, max_sends) {
-            let _ = self.shared.set_max(RequestKind::Receive, old_r);
+        self.set_max(RequestKind::Receive, max_receives)?;
+        if let Err(e) = self.set_max(RequestKind::Send, max_sends) {
+            let _ = self.set_max(RequestKind::Receive, old_r);
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Changes one limit, charging or uncharging its completion queue.
+    fn set_max(&self, kind: RequestKind, new: u32) -> Result<(), Error> {
+        let (k, cq) = (kind.index(), &self.cqs[kind.index()]);
+        let (max, outstanding) = (&self.shared.max[k], &self.shared.outstanding[k]);
+        let old = max.load(SeqCst);
+        if new > old {
+            cq.charge(new - old)?;
+            max.store(new, SeqCst);
+        } else if new < old {
+            // Lower the limit first, then look: a request counted before
+            // this store is seen below; one after it sees the new limit.
+            max.store(new, SeqCst);
+            let in_use = outstanding.load(SeqCst);
+            if in_use > new {
+                max.store(old, SeqCst);
+                return Err(RioError::BelowOutstanding { in_use, asked: new }.into());
+            }
+            cq.uncharge(old - new);
         }
         Ok(())
     }
@@ -620,10 +467,14 @@ impl AsRawFd for RequestQueue {
 
 impl Drop for RequestQueue {
     fn drop(&mut self) {
-        self.shared.closing.store(true, SeqCst);
-        self.shared.receive_cq.cancel(&self.shared);
-        if !Arc::ptr_eq(&self.shared.receive_cq, &self.shared.send_cq) {
-            self.shared.send_cq.cancel(&self.shared);
+        self.shared.set_closing();
+        let [rcq, scq] = &self.cqs;
+        let [r, s] = self.attached.clone().map(Some);
+        if Arc::ptr_eq(rcq, scq) {
+            rcq.cancel(&self.shared, &[r, s]);
+        } else {
+            rcq.cancel(&self.shared, &[r, None]);
+            scq.cancel(&self.shared, &[None, s]);
         }
     }
 }

@@ -32,6 +32,23 @@ pub(crate) fn write(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> 
     }
 }
 
+/// `addr` as a `sockaddr_storage`, and its length.
+pub(crate) fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = write(addr, &mut storage);
+    (storage, len)
+}
+
+/// The `sockaddr` length of an address of `family`, or 0 if it is not IP.
+pub(crate) fn family_len(family: libc::sa_family_t) -> libc::socklen_t {
+    match family as libc::c_int {
+        libc::AF_INET => size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        libc::AF_INET6 => size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        _ => 0,
+    }
+}
+
 /// Reads an address the kernel wrote; `None` for families other than IP.
 pub(crate) fn read(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
     match storage.ss_family as libc::c_int {

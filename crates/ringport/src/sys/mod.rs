@@ -7,6 +7,7 @@ pub(crate) mod addr;
 mod backend;
 pub(crate) mod driver;
 pub(crate) mod epoll;
+pub(crate) mod eventfd;
 pub(crate) mod fd;
 pub(crate) mod inflight;
 pub(crate) mod op;

@@ -16,14 +16,14 @@ use super::super::request::{Op, Request};
 
 /// A request waiting in its socket's queue, with what it has moved so far
 /// (for `WAITALL`).
-pub(super) struct Pending {
+pub(super) struct WaitingRequest {
     pub(super) request: Request,
     done: u32,
 }
 
-impl Pending {
-    pub(super) fn new(request: Request) -> Pending {
-        Pending { request, done: 0 }
+impl WaitingRequest {
+    pub(super) fn new(request: Request) -> WaitingRequest {
+        WaitingRequest { request, done: 0 }
     }
 }
 
@@ -64,7 +64,7 @@ fn failed() -> Call {
 ///
 /// The caller holds the socket's queue lock, so calls for one socket are
 /// made (and their results queued) one at a time, in queue order.
-pub(super) fn attempt(p: &mut Pending) -> Option<(i32, u32)> {
+pub(super) fn attempt(p: &mut WaitingRequest) -> Option<(i32, u32)> {
     let fd = p.request.rq.raw_fd();
     let (len, waitall) = match p.request.op {
         Op::Recv { len, flags, .. } | Op::Send { len, flags, .. } => {
@@ -99,7 +99,7 @@ pub(super) const BATCH: usize = 64;
 
 /// Whether `p` is a receive [`receive_many`] can carry out: one datagram
 /// into one slice (no `WAITALL`, nothing moved yet).
-fn batchable(p: &Pending) -> bool {
+fn batchable(p: &WaitingRequest) -> bool {
     matches!(p.request.op, Op::Recv { flags, .. }
         if flags & libc::MSG_TRUNC != 0 && flags & libc::MSG_WAITALL == 0)
         && p.done == 0
@@ -113,7 +113,7 @@ fn batchable(p: &Pending) -> bool {
 ///
 /// The caller holds the socket's queue lock, as for [`attempt`].
 pub(super) fn receive_many(
-    queue: &std::collections::VecDeque<Pending>,
+    queue: &std::collections::VecDeque<WaitingRequest>,
     out: &mut [(i32, u32); BATCH],
 ) -> Option<usize> {
     let k = queue

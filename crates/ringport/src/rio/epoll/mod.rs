@@ -10,7 +10,7 @@
 //!   deferred is attempted at once by the thread making it (as `RIOReceive`
 //!   makes a system call) if its socket has nothing waiting, and its result
 //!   queued at once if it could be done; otherwise it waits in its socket's
-//!   queue ([`Watched`]) for the queue's engine thread ([`engine`]), which
+//!   queue ([`Watched`]) for the queue's engine thread ([`thread`]), which
 //!   sleeps in `epoll_wait` and carries out the socket's waiting requests in
 //!   order when it is ready. One socket's calls, and the queueing of their
 //!   results, happen under its queue's lock: results come in the order the
@@ -31,230 +31,36 @@
 //! producer, then the capacity; the engine's table alone; the buffer
 //! registry's lock last.
 
-mod engine;
 mod io;
+mod poller;
+mod queue;
 mod ring;
+mod thread;
 
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::engine::Poller;
-pub(super) use self::engine::Watched;
-use self::io::Pending;
-use self::ring::{Done, ResultRing};
-use super::buffer::{self, Claim};
-use super::cq::Common;
+use self::poller::SocketPoller;
+pub(super) use self::poller::Watched;
+use self::queue::{Consumer, EpollQueue, Leftovers, Producer, ARMED, FIRED, IDLE};
+use self::ring::ResultRing;
+use super::buffer;
+use super::charge::CqCommon;
+use super::error::RioError;
 use super::notify::{wait_slice, Notifier, Notify};
-use super::request::{Request, RequestKind};
-use super::rq::RqShared;
-use super::{RioError, RioResult};
+use super::request::{Request, RioResult};
+use super::rq_shared::RqShared;
 use crate::sync::lock;
 use crate::Error;
 
-/// Notification states.
-const IDLE: u8 = 0;
-const ARMED: u8 = 1;
-const FIRED: u8 = 2;
-
 /// A completion queue run by an epoll engine thread.
 pub(super) struct EpollCq {
-    inner: Arc<Inner>,
+    inner: Arc<EpollQueue>,
     /// The engine thread, joined when the queue closes.
     thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-struct Consumer {
-    /// `None` once the queue is closed.
-    ring: Option<Arc<ResultRing>>,
-    /// Slices to release after a dequeue (kept to reuse its memory).
-    claims: Vec<Claim>,
-}
-
-struct Producer {
-    /// `None` once the queue is closed.
-    ring: Option<Arc<ResultRing>>,
-}
-
-/// What the queue shares with its engine thread.
-struct Inner {
-    consumer: Mutex<Consumer>,
-    producer: Mutex<Producer>,
-    /// Requests made with `DEFER`, in order, not yet started.
-    deferred: Mutex<Vec<Request>>,
-    /// Requests made and not yet ended (waiting, or their result in the
-    /// ring): never more than the ring holds.
-    live: AtomicUsize,
-    /// The ring's capacity (it only grows).
-    capacity: AtomicUsize,
-    /// IDLE, ARMED or FIRED.
-    state: AtomicU8,
-    notifier: Notifier,
-    closed: AtomicBool,
-    poller: Poller,
-}
-
-/// What a run of attempts leaves to do once every lock is released.
-#[derive(Default)]
-struct Batch {
-    /// An armed notification moved to fired: signal it.
-    fire: bool,
-    /// Requests that ended without a result (the queue closed).
-    ended: Vec<Request>,
-}
-
-impl Inner {
-    /// Queues the result of `request`, or ends the request if the queue is
-    /// closed; notes in `batch` whether an armed notification must fire.
-    fn complete(&self, request: Request, status: i32, bytes: u32, batch: &mut Batch) {
-        let result = request.result(status, bytes);
-        let quiet = request.quiet;
-        {
-            let p = lock(&self.producer);
-            let pushed = match &p.ring {
-                Some(ring) => {
-                    // SAFETY: the producer lock is held: this is the only
-                    // producer.
-                    unsafe { ring.push(Done { result, request }) }.map_err(|done| done.request)
-                }
-                None => Err(request),
-            };
-            if let Err(request) = pushed {
-                // Closed (the ring cannot be full: `live` is bounded by it).
-                batch.ended.push(request);
-                return;
-            }
-        }
-        if !quiet {
-            // Pairs with the fence in `notify`: either `notify` sees this
-            // result in the ring, or this sees its ARMED.
-            fence(Ordering::SeqCst);
-            if self.state.load(Ordering::Relaxed) == ARMED
-                && self
-                    .state
-                    .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                batch.fire = true;
-            }
-        }
-    }
-
-    /// Carries out the requests at the head of `queue` until one must wait.
-    /// The caller holds the queue's lock.
-    fn run(&self, queue: &mut VecDeque<Pending>, batch: &mut Batch) {
-        // Datagram receives go in batches: one recvmmsg for up to 64.
-        let mut outcomes = [(0, 0); io::BATCH];
-        while let Some(n) = io::receive_many(queue, &mut outcomes) {
-            for &(status, bytes) in &outcomes[..n] {
-                if let Some(p) = queue.pop_front() {
-                    self.complete(p.request, status, bytes, batch);
-                }
-            }
-            if n == 0 {
-                return;
-            }
-        }
-        while let Some(p) = queue.front_mut() {
-            let Some((status, bytes)) = io::attempt(p) else {
-                return;
-            };
-            if let Some(p) = queue.pop_front() {
-                self.complete(p.request, status, bytes, batch);
-            }
-        }
-    }
-
-    /// Runs one of `w`'s queues (0: receives, 1: sends): the engine thread's
-    /// answer to readiness.
-    fn run_queue(&self, w: &Watched, kind: usize, batch: &mut Batch) {
-        let mut queues = lock(&w.queues);
-        self.run(&mut queues[kind], batch);
-    }
-
-    /// Puts `request` in its socket's queue, and attempts it at once if
-    /// nothing waits before it.
-    fn start(&self, request: Request, batch: &mut Batch) -> Result<(), Error> {
-        self.enqueue(request, batch, true).map(drop)
-    }
-
-    /// Puts `request` in its socket's queue. A queue that was empty must be
-    /// run (its socket's edge may have been spent while nothing waited):
-    /// with `run` that happens here, else the socket and queue are returned
-    /// for the caller to run once it has queued more (so that a run of
-    /// datagram receives goes out in one `recvmmsg`).
-    fn enqueue(
-        &self,
-        request: Request,
-        batch: &mut Batch,
-        run: bool,
-    ) -> Result<Option<(Arc<Watched>, usize)>, Error> {
-        let kind = request.kind.index();
-        let Some(w) = request.rq.watched(request.kind).cloned() else {
-            // Not watched by this queue: cannot happen for a request queue
-            // made on it.
-            batch.ended.push(request);
-            return Err(RioError::QueueClosed.into());
-        };
-        let mut queues = lock(&w.queues);
-        // Checked under the socket's lock: `close` sets `closed` before it
-        // empties every socket's queue under that lock.
-        if self.closed.load(Ordering::SeqCst) {
-            batch.ended.push(request);
-            return Err(RioError::QueueClosed.into());
-        }
-        let queue = &mut queues[kind];
-        queue.push_back(Pending::new(request));
-        if queue.len() > 1 {
-            return Ok(None);
-        }
-        if run {
-            self.run(queue, batch);
-            return Ok(None);
-        }
-        drop(queues);
-        Ok(Some((w, kind)))
-    }
-
-    /// Ends the requests that ended without a result and fires the
-    /// notification if it is due. Called with no lock held.
-    fn finish(&self, batch: &mut Batch) {
-        if !batch.ended.is_empty() {
-            self.live.fetch_sub(batch.ended.len(), Ordering::SeqCst);
-            for r in batch.ended.drain(..) {
-                r.abandon();
-            }
-        }
-        if std::mem::take(&mut batch.fire) {
-            self.fire();
-        }
-    }
-
-    /// Delivers a notification that has just moved to FIRED.
-    fn fire(&self) {
-        match &self.notifier {
-            Notifier::Polled => {}
-            Notifier::Event(efd) => efd.signal(),
-            // A closed port refuses the packet: no one is left to take it.
-            Notifier::Port(target) => {
-                let _ = target.post();
-            }
-        }
-    }
-
-    /// Counts one more live request, unless the ring could not hold its
-    /// result.
-    fn reserve(&self) -> bool {
-        let before = self.live.fetch_add(1, Ordering::SeqCst);
-        if before >= self.capacity.load(Ordering::SeqCst) {
-            self.live.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
-        true
-    }
 }
 
 impl EpollCq {
@@ -263,7 +69,7 @@ impl EpollCq {
     pub(super) fn new(size: u32, notify: Notify) -> Result<EpollCq, Error> {
         let notifier = Notifier::new(notify)?;
         let ring = Arc::new(ResultRing::new(size));
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(EpollQueue {
             capacity: AtomicUsize::new(ring.capacity()),
             consumer: Mutex::new(Consumer {
                 ring: Some(ring.clone()),
@@ -275,9 +81,9 @@ impl EpollCq {
             state: AtomicU8::new(IDLE),
             notifier,
             closed: AtomicBool::new(false),
-            poller: Poller::new()?,
+            poller: SocketPoller::new()?,
         });
-        let thread = engine::spawn(inner.clone())?;
+        let thread = thread::spawn(inner.clone())?;
         Ok(EpollCq {
             inner,
             thread: Mutex::new(Some(thread)),
@@ -305,7 +111,7 @@ impl EpollCq {
         if !inner.poller.unwatch(w) {
             return;
         }
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         {
             let mut queues = lock(&w.queues);
             for queue in queues.iter_mut() {
@@ -317,17 +123,18 @@ impl EpollCq {
         inner.finish(&mut batch);
     }
 
-    /// Cancels every request of `rq` (its request queue is being dropped):
-    /// deferred ones and waiting ones complete with `ECANCELED`.
-    pub(super) fn cancel(&self, rq: &RqShared) {
+    /// Cancels every request of `rq` (its request queue is being dropped),
+    /// whose socket's entries for the kinds that complete here are
+    /// `watched`: deferred ones and waiting ones complete with `ECANCELED`.
+    pub(super) fn cancel(&self, rq: &RqShared, watched: [Option<&Arc<Watched>>; 2]) {
         let inner = &*self.inner;
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         {
             let mut deferred = lock(&inner.deferred);
             let mut i = 0;
             while i < deferred.len() {
-                if std::ptr::eq(Arc::as_ptr(&deferred[i].rq), rq) {
-                    let r = deferred.remove(i);
+                if std::ptr::eq(Arc::as_ptr(&deferred[i].0.rq), rq) {
+                    let (r, _) = deferred.remove(i);
                     inner.complete(r, libc::ECANCELED, 0, &mut batch);
                 } else {
                     i += 1;
@@ -335,15 +142,13 @@ impl EpollCq {
             }
         }
         inner.finish(&mut batch);
-        for kind in [RequestKind::Receive, RequestKind::Send] {
-            if let Some(w) = rq.watched(kind) {
-                self.detach(w);
-            }
+        for w in watched.into_iter().flatten() {
+            self.detach(w);
         }
     }
 
-    /// See [`CompletionQueue::dequeue`](super::CompletionQueue::dequeue).
-    pub(super) fn dequeue(&self, common: &Common, out: &mut [RioResult]) -> Result<usize, Error> {
+    /// See [`CompletionQueue::dequeue`](crate::rio::CompletionQueue::dequeue).
+    pub(super) fn dequeue(&self, common: &CqCommon, out: &mut [RioResult]) -> Result<usize, Error> {
         let mut guard = lock(&self.inner.consumer);
         let Consumer { ring, claims } = &mut *guard;
         let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
@@ -371,8 +176,9 @@ impl EpollCq {
     /// Starts `request`, or with `defer` keeps it for the next submission.
     pub(super) fn submit(
         &self,
-        common: &Common,
+        common: &CqCommon,
         request: Request,
+        w: &Arc<Watched>,
         defer: bool,
     ) -> Result<(), Error> {
         let inner = &*self.inner;
@@ -382,18 +188,10 @@ impl EpollCq {
         }
         if !inner.reserve() {
             request.abandon();
-            // Cannot happen while charges are honoured; refuse rather than
-            // overflow.
-            let cap = lock(&common.capacity);
-            return Err(RioError::QueueTooSmall {
-                size: cap.size,
-                charged: cap.charged,
-                asked: 1,
-            }
-            .into());
+            return Err(common.capacity.full());
         }
         common.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         let r = if defer {
             let mut deferred = lock(&inner.deferred);
             // Checked under the lock: `close` sets `closed`, then empties
@@ -402,7 +200,7 @@ impl EpollCq {
                 batch.ended.push(request);
                 Err(RioError::QueueClosed.into())
             } else {
-                deferred.push(request);
+                deferred.push((request, w.clone()));
                 Ok(())
             }
         } else {
@@ -410,16 +208,16 @@ impl EpollCq {
             let mut deferred = lock(&inner.deferred);
             if deferred.is_empty() {
                 drop(deferred);
-                inner.start(request, &mut batch)
+                inner.start(request, w, &mut batch)
             } else {
                 // Deferred requests go first, in order.
                 let mut r = Ok(());
-                for d in deferred.drain(..) {
-                    if let Err(e) = inner.start(d, &mut batch) {
+                for (d, dw) in deferred.drain(..) {
+                    if let Err(e) = inner.start(d, &dw, &mut batch) {
                         r = Err(e);
                     }
                 }
-                inner.start(request, &mut batch).and(r)
+                inner.start(request, w, &mut batch).and(r)
             }
         };
         inner.finish(&mut batch);
@@ -427,12 +225,12 @@ impl EpollCq {
     }
 
     /// Starts every deferred request, in order.
-    pub(super) fn commit(&self, common: &Common) -> Result<(), Error> {
+    pub(super) fn commit(&self, common: &CqCommon) -> Result<(), Error> {
         let inner = &*self.inner;
         if self.is_closed() {
             return Err(RioError::QueueClosed.into());
         }
-        let mut batch = Batch::default();
+        let mut batch = Leftovers::default();
         let mut r = Ok(());
         {
             let mut deferred = lock(&inner.deferred);
@@ -443,8 +241,8 @@ impl EpollCq {
             // join it have joined (a request queue's receives, usually),
             // so that they can go out together.
             let mut to_run: Option<(Arc<Watched>, usize)> = None;
-            for d in deferred.drain(..) {
-                match inner.enqueue(d, &mut batch, false) {
+            for (d, dw) in deferred.drain(..) {
+                match inner.enqueue(d, &dw, &mut batch, false) {
                     Ok(Some(q)) => {
                         if let Some((w, kind)) = to_run.replace(q) {
                             inner.run_queue(&w, kind, &mut batch);
@@ -462,8 +260,8 @@ impl EpollCq {
         r
     }
 
-    /// See [`CompletionQueue::notify`](super::CompletionQueue::notify).
-    pub(super) fn notify(&self, common: &Common) -> Result<(), Error> {
+    /// See [`CompletionQueue::notify`](crate::rio::CompletionQueue::notify).
+    pub(super) fn notify(&self, common: &CqCommon) -> Result<(), Error> {
         let inner = &*self.inner;
         let fired = {
             let c = lock(&inner.consumer);
@@ -499,7 +297,7 @@ impl EpollCq {
         Ok(())
     }
 
-    /// See [`CompletionQueue::wait`](super::CompletionQueue::wait).
+    /// See [`CompletionQueue::wait`](crate::rio::CompletionQueue::wait).
     pub(super) fn wait(&self, timeout: Option<Duration>) -> Result<(), Error> {
         let inner = &*self.inner;
         let Notifier::Event(efd) = &inner.notifier else {
@@ -513,7 +311,7 @@ impl EpollCq {
             match inner.state.load(Ordering::SeqCst) {
                 IDLE => return Err(RioError::NotArmed.into()),
                 FIRED => {
-                    efd.drain();
+                    efd.reset();
                     if inner
                         .state
                         .compare_exchange(FIRED, IDLE, Ordering::AcqRel, Ordering::Relaxed)
@@ -529,7 +327,7 @@ impl EpollCq {
             if efd.wait(slice) {
                 // A stale signal (a fire already taken) must not make this
                 // spin; the state, not the eventfd, says what happened.
-                efd.drain();
+                efd.reset();
             }
         }
     }
@@ -552,26 +350,15 @@ impl EpollCq {
             .map_or(0, |r| r.capacity() as u32)
     }
 
-    /// See [`CompletionQueue::resize`](super::CompletionQueue::resize):
+    /// See [`CompletionQueue::resize`](crate::rio::CompletionQueue::resize):
     /// beyond the ring's capacity, waiting results move to a bigger ring;
     /// requests waiting for readiness are not touched.
-    pub(super) fn resize(&self, common: &Common, new_size: u32) -> Result<(), Error> {
+    pub(super) fn resize(&self, common: &CqCommon, new_size: u32) -> Result<(), Error> {
         let inner = &*self.inner;
         let mut consumer = lock(&inner.consumer);
         let old = consumer.ring.clone().ok_or(RioError::QueueClosed)?;
-        {
-            let mut cap = lock(&common.capacity);
-            if new_size < cap.charged {
-                return Err(RioError::BelowOutstanding {
-                    in_use: cap.charged,
-                    asked: new_size,
-                }
-                .into());
-            }
-            if new_size as usize <= old.capacity() {
-                cap.size = new_size;
-                return Ok(());
-            }
+        if common.capacity.resize_within(new_size, old.capacity())? {
+            return Ok(());
         }
         if inner.state.load(Ordering::SeqCst) == ARMED {
             return Err(RioError::Armed.into());
@@ -590,11 +377,11 @@ impl EpollCq {
         producer.ring = Some(new.clone());
         consumer.ring = Some(new);
         drop(producer);
-        lock(&common.capacity).size = new_size;
+        common.capacity.lock().size = new_size;
         Ok(())
     }
 
-    /// See [`CompletionQueue::close`](super::CompletionQueue::close).
+    /// See [`CompletionQueue::close`](crate::rio::CompletionQueue::close).
     pub(super) fn close(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         if inner.closed.swap(true, Ordering::SeqCst) {
@@ -603,7 +390,7 @@ impl EpollCq {
         let mut ended = Vec::new();
         {
             let mut consumer = lock(&inner.consumer);
-            ended.append(&mut lock(&inner.deferred));
+            ended.extend(lock(&inner.deferred).drain(..).map(|(r, _)| r));
             let watched: Vec<Arc<Watched>> =
                 lock(&inner.poller.table).drain().map(|(_, w)| w).collect();
             for w in &watched {
@@ -648,7 +435,7 @@ impl EpollCq {
                     let _ = target.post();
                 }
             }
-            Notifier::Event(efd) => efd.signal(),
+            Notifier::Event(efd) => efd.wake(),
             Notifier::Polled => {}
         }
         Ok(())

@@ -30,18 +30,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use super::super::request::Request;
-use super::super::RioResult;
+use super::super::request::{Request, RioResult};
 
 /// A finished request: its result, and the request itself, ended (its
 /// slices released, its count dropped) when the result is dequeued.
-pub(super) struct Done {
+pub(super) struct FinishedRequest {
     pub(super) result: RioResult,
     pub(super) request: Request,
 }
 
 pub(super) struct ResultRing {
-    slots: Box<[UnsafeCell<MaybeUninit<Done>>]>,
+    slots: Box<[UnsafeCell<MaybeUninit<FinishedRequest>>]>,
     mask: usize,
     /// The next slot to read. Written by the consumer only.
     head: CachePadded<AtomicUsize>,
@@ -49,7 +48,7 @@ pub(super) struct ResultRing {
     tail: CachePadded<AtomicUsize>,
 }
 
-// SAFETY: the ring hands `Done` values (which are Send) from one thread to
+// SAFETY: the ring hands `FinishedRequest` values (which are Send) from one thread to
 // another; every slot is accessed by one side at a time, as the head/tail
 // protocol in the module docs guarantees, given the one-producer,
 // one-consumer contract of `push` and `pop`.
@@ -94,7 +93,7 @@ impl ResultRing {
     /// The caller is the ring's only producer for the duration of the call
     /// (it holds the completion queue's producer lock, or both locks).
     #[allow(clippy::result_large_err)]
-    pub(super) unsafe fn push(&self, done: Done) -> Result<(), Done> {
+    pub(super) unsafe fn push(&self, done: FinishedRequest) -> Result<(), FinishedRequest> {
         let tail = self.tail.load(Ordering::Relaxed);
         // Acquire: the consumer's reads of the slots before `head` are over.
         let head = self.head.load(Ordering::Acquire);
@@ -117,7 +116,11 @@ impl ResultRing {
     /// # Safety
     /// The caller is the ring's only consumer for the duration of the call
     /// (it holds the completion queue's consumer lock).
-    pub(super) unsafe fn pop_into(&self, max: usize, mut take: impl FnMut(usize, Done)) -> usize {
+    pub(super) unsafe fn pop_into(
+        &self,
+        max: usize,
+        mut take: impl FnMut(usize, FinishedRequest),
+    ) -> usize {
         let head = self.head.load(Ordering::Relaxed);
         // Acquire: the values the producer wrote before this tail are visible.
         let tail = self.tail.load(Ordering::Acquire);
@@ -141,7 +144,7 @@ impl ResultRing {
     ///
     /// # Safety
     /// As for [`pop_into`](Self::pop_into).
-    pub(super) unsafe fn pop(&self) -> Option<Done> {
+    pub(super) unsafe fn pop(&self) -> Option<FinishedRequest> {
         let mut out = None;
         // SAFETY: the caller's promise.
         unsafe { self.pop_into(1, |_, d| out = Some(d)) };

@@ -16,18 +16,13 @@
 //! Such a request was not cancelled by anyone, so it goes back to the front
 //! of its lane (`again`) and is started again from a live thread.
 //!
-//! A lane is only touched under its completion queue's slot lock; its own
-//! mutex, never contended, is what lets it live in the request queue.
+//! A lane is only touched under its completion queue's request table lock; its own
+//! mutex, never contended, is what lets the request queue hold it too.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-use super::super::request::RequestKind;
-use super::super::rq::RqShared;
 use crate::sync::lock;
-
-/// A lane to look at again: its chain has ended, or it was committed.
-pub(super) type LaneRef = (Arc<RqShared>, RequestKind);
 
 /// The order of one request queue's requests of one kind.
 #[derive(Default)]

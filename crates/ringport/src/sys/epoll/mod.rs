@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,27 +55,7 @@ pub(crate) struct EpollDriver<T> {
 
 /// The eventfd that ends a sleeper's `epoll_wait`, written at most once
 /// between two harvests.
-pub(crate) struct Waker {
-    fd: OwnedFd,
-    pending: AtomicBool,
-}
-
-impl Waker {
-    pub(crate) fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-            unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
-    }
-
-    fn reset(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live u64 (non-blocking fd).
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-        self.pending.swap(false, Ordering::AcqRel);
-    }
-}
+pub(crate) use crate::sys::eventfd::EventFd as Waker;
 
 struct Spare<T> {
     events: Vec<libc::epoll_event>,
@@ -154,13 +134,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn new() -> io::Result<Self> {
         // SAFETY: plain syscalls; each result is checked before it is owned.
         let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-        // SAFETY: as above.
-        let fd = unsafe {
-            OwnedFd::from_raw_fd(cvt(libc::eventfd(
-                0,
-                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-            ))?)
-        };
+        let waker = Arc::new(Waker::new()?);
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: WAKER_EVENT,
@@ -170,14 +144,10 @@ impl<T> EpollDriver<T> {
             libc::epoll_ctl(
                 epoll.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
+                waker.as_raw_fd(),
                 &mut ev,
             )
         })?;
-        let waker = Arc::new(Waker {
-            fd,
-            pending: AtomicBool::new(false),
-        });
         Ok(EpollDriver {
             epoll,
             files: FilePool::new(waker.clone()),

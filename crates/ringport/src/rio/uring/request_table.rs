@@ -1,4 +1,4 @@
-//! The io_uring engine's slot table: each request in flight in a boxed slot
+//! The io_uring engine's request table: each request in flight in a boxed slot
 //! that keeps it (and the `msghdr` the kernel reads and writes) at a fixed
 //! address, how it becomes a submission entry, and how its completion
 //! becomes a [`RioResult`].
@@ -13,11 +13,12 @@ use std::cell::UnsafeCell;
 
 use io_uring::{opcode, squeue, types};
 
+use std::sync::Arc;
+
 use super::super::addr::{self, Control};
 use super::super::buffer::Claim;
-use super::super::request::{Op, Request};
-use super::super::RioResult;
-use super::lane::LaneRef;
+use super::super::request::{Op, Request, RioResult};
+use super::lane::Lane;
 
 /// `user_data` of the NOPs a completion queue submits to make its ring
 /// readable; dequeue skips them. Its top bit marks it as not notifying.
@@ -37,7 +38,7 @@ pub(super) struct Scratch {
     control: Control,
 }
 
-struct Slot {
+struct RequestSlot {
     generation: u32,
     /// Posting order, to start requests again in the same order.
     seq: u64,
@@ -48,29 +49,31 @@ struct Slot {
     /// its completion means `ECANCELED`.
     cancelled: bool,
     request: Option<Request>,
+    /// The lane of its request queue and kind (set with `request`).
+    lane: Option<Arc<Lane>>,
     scratch: UnsafeCell<Scratch>,
 }
 
 // SAFETY: the scratch holds pointers into the slot itself and into
 // registered memory the request has claimed; the table is only used under
-// its completion queue's slot lock.
-unsafe impl Send for Slot {}
+// its completion queue's request table lock.
+unsafe impl Send for RequestSlot {}
 
 /// The requests a completion queue has in flight, each in a boxed slot whose
 /// address never changes while the kernel may use it.
-pub(super) struct Slots {
+pub(super) struct RequestTable {
     // Boxed so that a slot's scratch keeps its address when the table grows.
     #[allow(clippy::vec_box)]
-    slots: Vec<Box<Slot>>,
+    slots: Vec<Box<RequestSlot>>,
     free: Vec<u32>,
     live: usize,
     in_kernel: usize,
     next_seq: u64,
 }
 
-impl Slots {
-    pub(super) fn new(n: u32) -> Slots {
-        let mut s = Slots {
+impl RequestTable {
+    pub(super) fn new(n: u32) -> RequestTable {
+        let mut s = RequestTable {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -85,12 +88,13 @@ impl Slots {
     pub(super) fn grow(&mut self, n: u32) {
         let old = self.slots.len() as u32;
         for index in (old..n).rev() {
-            self.slots.push(Box::new(Slot {
+            self.slots.push(Box::new(RequestSlot {
                 generation: 0,
                 seq: 0,
                 in_kernel: false,
                 cancelled: false,
                 request: None,
+                lane: None,
                 // SAFETY: all-zero is a valid value of these plain C structs.
                 scratch: UnsafeCell::new(unsafe { std::mem::zeroed() }),
             }));
@@ -110,10 +114,11 @@ impl Slots {
         self.in_kernel
     }
 
-    /// Stores `request` and returns its `user_data`; if the table is full,
+    /// Stores `request`, which waits its turn in `lane`, and returns its
+    /// `user_data`; if the table is full,
     /// abandons the request and returns `None`. Nothing reaches the ring
     /// until [`entry`](Self::entry) is asked for.
-    pub(super) fn insert(&mut self, request: Request) -> Option<u64> {
+    pub(super) fn insert(&mut self, request: Request, lane: &Arc<Lane>) -> Option<u64> {
         let Some(index) = self.free.pop() else {
             request.abandon();
             return None;
@@ -128,16 +133,9 @@ impl Slots {
         let quiet = if request.quiet { QUIET_BIT } else { 0 };
         let user_data = quiet | (u64::from(slot.generation) << 32) | u64::from(index);
         slot.request = Some(request);
+        slot.lane = Some(lane.clone());
         self.live += 1;
         Some(user_data)
-    }
-
-    /// The request queue and kind of the request behind `user_data`.
-    pub(super) fn owner(&self, user_data: u64) -> Option<LaneRef> {
-        let slot = self.slots.get((user_data & 0xffff_ffff) as usize)?;
-        let generation = ((user_data >> 32) & 0x7fff_ffff) as u32;
-        let request = slot.request.as_ref()?;
-        (slot.generation == generation).then(|| (request.rq.clone(), request.kind))
     }
 
     /// Whether `user_data` is a request of this table that is not in the
@@ -196,7 +194,7 @@ impl Slots {
     /// though no one asked (its submitting thread exited, or a request
     /// before it in its chain failed), which goes back to its lane to be
     /// started again, unless its queue is closing.
-    pub(super) fn taken(&mut self, user_data: u64, res: i32, kick: &mut Vec<LaneRef>) -> bool {
+    pub(super) fn taken(&mut self, user_data: u64, res: i32, kick: &mut Vec<Arc<Lane>>) -> bool {
         let Some(slot) = self.slot(user_data) else {
             return true;
         };
@@ -205,25 +203,25 @@ impl Slots {
         }
         slot.in_kernel = false;
         let (seq, cancelled) = (slot.seq, slot.cancelled);
-        let Some(request) = slot.request.as_ref() else {
+        let (Some(request), Some(lane)) = (slot.request.as_ref(), slot.lane.as_ref()) else {
             return true;
         };
         let again = res == -libc::ECANCELED && !cancelled && !request.rq.is_closing();
         {
-            let mut lane = request.rq.lane(request.kind).lock();
-            lane.in_kernel = lane.in_kernel.saturating_sub(1);
+            let mut state = lane.lock();
+            state.in_kernel = state.in_kernel.saturating_sub(1);
             if again {
-                lane.again.push((seq, user_data));
+                state.again.push((seq, user_data));
             }
-            if lane.startable() {
-                kick.push((request.rq.clone(), request.kind));
+            if state.startable() {
+                kick.push(lane.clone());
             }
         }
         self.in_kernel -= 1;
         !again
     }
 
-    fn slot(&mut self, user_data: u64) -> Option<&mut Slot> {
+    fn slot(&mut self, user_data: u64) -> Option<&mut RequestSlot> {
         let index = (user_data & 0xffff_ffff) as usize;
         let generation = ((user_data >> 32) & 0x7fff_ffff) as u32;
         let slot = self.slots.get_mut(index)?;
@@ -240,6 +238,7 @@ impl Slots {
     ) -> Option<RioResult> {
         let slot = self.slot(user_data)?;
         let request = slot.request.take()?;
+        slot.lane = None;
         let (status, bytes) = if std::mem::take(&mut slot.cancelled) {
             (libc::ECANCELED, 0)
         } else {
@@ -269,11 +268,11 @@ impl Slots {
             let Some(request) = slot.request.take() else {
                 continue;
             };
-            {
-                let mut lane = request.rq.lane(request.kind).lock();
-                lane.waiting.clear();
-                lane.again.clear();
-                lane.deferred = 0;
+            if let Some(lane) = slot.lane.take() {
+                let mut state = lane.lock();
+                state.waiting.clear();
+                state.again.clear();
+                state.deferred = 0;
             }
             request.end(claims);
             self.free.push(index as u32);

@@ -1,6 +1,5 @@
-//! The epoll engine's thread: it sleeps in `epoll_wait` on the sockets of
-//! the completion queue's request queues and, when one is ready, carries out
-//! its waiting requests in order, queueing their results.
+//! The epoll instance of a completion queue's engine and the sockets it
+//! watches, each with the requests waiting on it.
 //!
 //! Each socket is registered once, edge-triggered (`EPOLLET`), when its
 //! request queue is made, under a token that names its [`Watched`] entry
@@ -16,15 +15,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
 
-use super::super::notify::EventFd;
-use super::io::Pending;
-use super::{Batch, Inner};
+use super::io::WaitingRequest;
 use crate::sync::lock;
+use crate::sys::eventfd::EventFd;
 
-/// epoll `data` of the engine's wake eventfd.
-const WAKE: u64 = u64::MAX;
+/// epoll `data` of the eventfd that wakes the engine thread to stop.
+pub(super) const STOP_EVENT: u64 = u64::MAX;
 
 /// Tokens of watched sockets, unique in the process.
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
@@ -37,14 +34,15 @@ pub(in crate::rio) struct Watched {
     /// Requests waiting for readiness. The lock is held across each
     /// attempt and the queueing of its result, so one socket's results are
     /// queued in the order its calls were made.
-    pub(super) queues: Mutex<[VecDeque<Pending>; 2]>,
+    pub(super) queues: Mutex<[VecDeque<WaitingRequest>; 2]>,
 }
 
 /// The epoll instance of one completion queue's engine, and how to stop it.
-pub(super) struct Poller {
-    epoll: OwnedFd,
-    wake: EventFd,
-    stop: AtomicBool,
+pub(super) struct SocketPoller {
+    pub(super) epoll: OwnedFd,
+    /// Woken once, to stop the engine thread.
+    pub(super) stop_event: EventFd,
+    pub(super) stopping: AtomicBool,
     /// The sockets watched, by token.
     pub(super) table: Mutex<HashMap<u64, Arc<Watched>>>,
 }
@@ -57,29 +55,29 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-impl Poller {
-    pub(super) fn new() -> io::Result<Poller> {
+impl SocketPoller {
+    pub(super) fn new() -> io::Result<SocketPoller> {
         // SAFETY: epoll_create1 takes no pointers; the result is checked
         // before it is owned.
         let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-        let wake = EventFd::new()?;
+        let stop_event = EventFd::new()?;
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
-            u64: WAKE,
+            u64: STOP_EVENT,
         };
         // SAFETY: valid epoll and eventfd descriptors and a live event.
         cvt(unsafe {
             libc::epoll_ctl(
                 epoll.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
-                wake.as_raw_fd(),
+                stop_event.as_raw_fd(),
                 &mut ev,
             )
         })?;
-        Ok(Poller {
+        Ok(SocketPoller {
             epoll,
-            wake,
-            stop: AtomicBool::new(false),
+            stop_event,
+            stopping: AtomicBool::new(false),
             table: Mutex::new(HashMap::new()),
         })
     }
@@ -139,63 +137,7 @@ impl Poller {
 
     /// Asks the engine thread to end, and wakes it.
     pub(super) fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake.signal();
-    }
-}
-
-/// Starts the engine thread of `inner`.
-pub(super) fn spawn(inner: Arc<Inner>) -> io::Result<JoinHandle<()>> {
-    thread::Builder::new()
-        .name("ringport-rio-epoll".into())
-        .spawn(move || run(&inner))
-}
-
-/// The engine thread: waits for readiness and carries out what it allows,
-/// until the queue closes.
-fn run(inner: &Inner) {
-    let poller = &inner.poller;
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-    let mut ready: Vec<(Arc<Watched>, u32)> = Vec::with_capacity(events.len());
-    let mut batch = Batch::default();
-    loop {
-        // SAFETY: the buffer holds 64 events; the epoll fd lives as long as
-        // `inner`.
-        let n = unsafe {
-            libc::epoll_wait(
-                poller.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                -1,
-            )
-        };
-        if poller.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        if n < 0 {
-            // EINTR; nothing else can fail on a valid epoll fd and buffer.
-            continue;
-        }
-        {
-            let table = lock(&poller.table);
-            for ev in &events[..n as usize] {
-                let (flags, token) = (ev.events, ev.u64);
-                if token == WAKE {
-                    poller.wake.drain();
-                } else if let Some(w) = table.get(&token) {
-                    ready.push((w.clone(), flags));
-                }
-            }
-        }
-        let hangup = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-        for (w, flags) in ready.drain(..) {
-            if flags & (hangup | (libc::EPOLLIN | libc::EPOLLRDHUP) as u32) != 0 {
-                inner.run_queue(&w, 0, &mut batch);
-            }
-            if flags & (hangup | libc::EPOLLOUT as u32) != 0 {
-                inner.run_queue(&w, 1, &mut batch);
-            }
-        }
-        inner.finish(&mut batch);
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_event.wake();
     }
 }

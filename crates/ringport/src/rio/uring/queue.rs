@@ -1,0 +1,460 @@
+//! A completion queue on its own io_uring ring: its submission and consumer
+//! sides, and what it does with requests: taking them in, starting their
+//! lanes' chains, handing over their results, cancelling them, and closing.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use io_uring::cqueue;
+
+use super::super::buffer::{self, Claim};
+use super::super::charge::CqCommon;
+use super::super::error::RioError;
+use super::super::notify::{Notifier, Notify};
+use super::super::request::{Request, RioResult};
+use super::super::rq_shared::RqShared;
+use super::chain::{commit_lanes, start_lanes};
+use super::lane::Lane;
+use super::request_table::{is_quiet, RequestTable, NOP};
+use crate::sync::lock;
+use crate::sys::uring::ring::{Purpose, Ring};
+use crate::Error;
+
+/// How long closing or resizing waits for the kernel to hand back requests
+/// it was asked to cancel.
+pub(super) const KERNEL_WAIT: Duration = Duration::from_secs(2);
+
+/// The submission side.
+pub(super) struct Submission {
+    pub(super) ring: Option<Arc<Ring>>,
+    /// Lanes holding requests made with `DEFER`, for the next commit.
+    pub(super) deferred: Vec<Arc<Lane>>,
+    /// Lanes to start, and the chain being started (kept for their memory).
+    pub(super) kick: Vec<Arc<Lane>>,
+    pub(super) chain: Vec<u64>,
+}
+
+/// The consumer side.
+pub(super) struct Consumer {
+    pub(super) ring: Option<Arc<Ring>>,
+    /// Completions taken from the ring (or an old ring), oldest first.
+    pub(super) carry: VecDeque<cqueue::Entry>,
+    /// Slices to release after a dequeue (kept to reuse its memory).
+    pub(super) claims: Vec<Claim>,
+    /// Lanes whose chain ended in what was taken out of the ring.
+    pub(super) kick: Vec<Arc<Lane>>,
+    pub(super) armed: bool,
+    pub(super) fired: bool,
+    /// Counts the rings the queue has had (a resize may move it to another).
+    pub(super) generation: u64,
+}
+
+/// Every opcode a completion queue's requests use.
+const QUEUE_OPS: Purpose = Purpose {
+    what: "a completion queue",
+    ops: &[
+        (io_uring::opcode::Nop::CODE, "NOP"),
+        (io_uring::opcode::Recv::CODE, "RECV"),
+        (io_uring::opcode::Send::CODE, "SEND"),
+        (io_uring::opcode::RecvMsg::CODE, "RECVMSG"),
+        (io_uring::opcode::SendMsg::CODE, "SENDMSG"),
+    ],
+    // A polled queue is read by a thread spinning in user space: results
+    // must land in the CQ ring without waiting for it to enter the kernel.
+    coop_taskrun: false,
+};
+
+/// A ring for a completion queue of `size` results.
+pub(in crate::rio) fn queue_ring(size: u32) -> std::io::Result<Ring> {
+    Ring::new(size, size, &QUEUE_OPS)
+}
+
+/// A completion queue on its own io_uring ring.
+pub(in crate::rio) struct UringCq {
+    pub(super) submission: Mutex<Submission>,
+    pub(super) consumer: Mutex<Consumer>,
+    pub(super) table: Mutex<RequestTable>,
+    pub(super) notifier: Notifier,
+    pub(super) closed: AtomicBool,
+}
+
+/// Whether results are waiting in `ring` or `carry`.
+///
+/// # Safety
+/// The caller holds the consumer lock.
+pub(super) unsafe fn waiting(ring: &Ring, carry: &VecDeque<cqueue::Entry>) -> bool {
+    // SAFETY: the caller holds the consumer lock.
+    !carry.is_empty() || !unsafe { ring.completions() }.is_empty()
+}
+
+impl UringCq {
+    /// A lane for a request queue's requests of one kind that complete
+    /// here.
+    pub(in crate::rio) fn attach(&self) -> Arc<Lane> {
+        Arc::new(Lane::default())
+    }
+
+    /// A queue on `ring`, notified as `notify` says.
+    pub(in crate::rio) fn new(ring: Ring, notify: Notify) -> Result<UringCq, Error> {
+        let notifier = Notifier::new(notify)?;
+        if let Notifier::Event(efd) = &notifier {
+            ring.register_eventfd(efd.as_raw_fd())?;
+            // SAFETY: no one else can see the ring yet, so this thread
+            // is its only consumer.
+            unsafe { ring.set_eventfd(false) };
+        }
+        let cap = ring.capacity();
+        let ring = Arc::new(ring);
+        Ok(UringCq {
+            submission: Mutex::new(Submission {
+                ring: Some(ring.clone()),
+                deferred: Vec::new(),
+                kick: Vec::new(),
+                chain: Vec::new(),
+            }),
+            consumer: Mutex::new(Consumer {
+                ring: Some(ring),
+                carry: VecDeque::with_capacity(cap as usize),
+                claims: Vec::with_capacity(256),
+                kick: Vec::new(),
+                armed: false,
+                fired: false,
+                generation: 0,
+            }),
+            table: Mutex::new(RequestTable::new(cap)),
+            notifier,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub(in crate::rio) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Moves every completion in `ring` into `carry` (NOPs dropped, lanes
+    /// told, requests to start again kept back; their lanes go to `kick`)
+    /// and says whether `carry` now holds one that may notify.
+    ///
+    /// # Safety
+    /// The caller holds the consumer lock.
+    pub(super) unsafe fn absorb(
+        &self,
+        ring: &Ring,
+        carry: &mut VecDeque<cqueue::Entry>,
+        kick: &mut Vec<Arc<Lane>>,
+    ) -> bool {
+        // SAFETY: the caller holds the consumer lock.
+        let cq = unsafe { ring.completions() };
+        if !cq.is_empty() {
+            let mut table = lock(&self.table);
+            for e in cq {
+                if e.user_data() != NOP && table.taken(e.user_data(), e.result(), kick) {
+                    carry.push_back(e);
+                }
+            }
+        }
+        carry.iter().any(|e| !is_quiet(e.user_data()))
+    }
+
+    /// Takes what the ring holds into carry, unless a consumer is at it, so
+    /// that a lane whose chain the kernel has finished (a send that went out
+    /// at once, say) starts its next one now rather than at the next
+    /// dequeue; its lane goes to `kick`. The caller holds the submission
+    /// lock, which comes after the consumer lock: hence only a try.
+    pub(super) fn catch_up(&self, kick: &mut Vec<Arc<Lane>>) {
+        let Ok(mut guard) = self.consumer.try_lock() else {
+            return;
+        };
+        let Consumer { ring, carry, .. } = &mut *guard;
+        if let Some(ring) = ring.as_ref() {
+            // SAFETY: the consumer lock is held.
+            unsafe { self.absorb(ring, carry, kick) };
+        }
+    }
+
+    /// Starts the next chain of the lanes in `kick`, in one `io_uring_enter`.
+    /// On failure the entries queued stay in the SQ for the next submission.
+    pub(super) fn restart(
+        &self,
+        common: &CqCommon,
+        kick: &mut Vec<Arc<Lane>>,
+    ) -> Result<(), Error> {
+        if kick.is_empty() {
+            return Ok(());
+        }
+        let mut guard = lock(&self.submission);
+        let Submission { ring, chain, .. } = &mut *guard;
+        let Some(ring) = ring.as_ref() else {
+            // Closed: closing ends every request.
+            kick.clear();
+            return Ok(());
+        };
+        let queued = start_lanes(&mut lock(&self.table), ring, chain, kick)?;
+        if queued {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// See [`CompletionQueue::dequeue`](crate::rio::CompletionQueue::dequeue).
+    pub(in crate::rio) fn dequeue(
+        &self,
+        common: &CqCommon,
+        out: &mut [RioResult],
+    ) -> Result<usize, Error> {
+        let mut guard = lock(&self.consumer);
+        let Consumer {
+            ring,
+            carry,
+            claims,
+            kick,
+            armed,
+            fired,
+            ..
+        } = &mut *guard;
+        let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
+        common.counters.dequeues.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the consumer lock is held for the view's life.
+        let mut cq = unsafe { ring.completions() };
+        if out.is_empty() || (carry.is_empty() && cq.is_empty()) {
+            return Ok(0);
+        }
+        let mut table = lock(&self.table);
+        let mut n = 0;
+        while n < out.len() {
+            let e = match carry.pop_front() {
+                Some(e) => e,
+                None => match cq.next() {
+                    Some(e) if e.user_data() == NOP => continue,
+                    Some(e) if !table.taken(e.user_data(), e.result(), kick) => continue,
+                    Some(e) => e,
+                    None => break,
+                },
+            };
+            let ud = e.user_data();
+            if *armed && !is_quiet(ud) {
+                // The armed notification has fired (or is firing) for this.
+                *fired = true;
+            }
+            if let Some(r) = table.complete(ud, e.result(), claims) {
+                out[n] = r;
+                n += 1;
+            }
+        }
+        drop(cq);
+        drop(table);
+        buffer::release(claims);
+        claims.clear();
+        common
+            .counters
+            .results
+            .fetch_add(n as u64, Ordering::Relaxed);
+        // The results are taken: a failed submission must not lose them.
+        // What it queued stays in the SQ for the next one.
+        let _ = self.restart(common, kick);
+        Ok(n)
+    }
+
+    /// Queues `request` behind the others of its lane, and unless `defer`
+    /// commits every lane and submits what can start: the request itself if
+    /// its lane is idle (else it starts when the chain before it ends).
+    ///
+    /// If the submitting `io_uring_enter` fails, the error is returned but
+    /// the request stays queued, as if deferred: the next submission takes it.
+    pub(in crate::rio) fn submit(
+        &self,
+        common: &CqCommon,
+        request: Request,
+        lane: &Arc<Lane>,
+        defer: bool,
+    ) -> Result<(), Error> {
+        let mut guard = lock(&self.submission);
+        let Submission {
+            ring,
+            deferred,
+            kick,
+            chain,
+        } = &mut *guard;
+        let Some(ring) = ring.as_ref() else {
+            request.abandon();
+            return Err(RioError::QueueClosed.into());
+        };
+        let mut table = lock(&self.table);
+        let Some(user_data) = table.insert(request, lane) else {
+            drop(table);
+            return Err(common.capacity.full());
+        };
+        let (first_deferred, busy) = {
+            let mut state = lane.lock();
+            state.waiting.push_back(user_data);
+            state.deferred += usize::from(defer);
+            (defer && state.deferred == 1, state.in_kernel > 0)
+        };
+        common.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if defer {
+            if first_deferred {
+                deferred.push(lane.clone());
+            }
+            return Ok(());
+        }
+        commit_lanes(deferred, kick);
+        kick.push(lane.clone());
+        if busy {
+            drop(table);
+            self.catch_up(kick);
+            table = lock(&self.table);
+        }
+        let started = start_lanes(&mut table, ring, chain, kick);
+        drop(table);
+        // SAFETY: the submission lock is held.
+        if unsafe { ring.queued() } > 0 {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            ring.submit()?;
+        }
+        started?;
+        Ok(())
+    }
+
+    /// Commits every deferred request and submits, in one `io_uring_enter`,
+    /// those whose lanes are idle (the rest go when their chains end).
+    pub(in crate::rio) fn commit(&self, common: &CqCommon) -> Result<(), Error> {
+        let mut guard = lock(&self.submission);
+        let Submission {
+            ring,
+            deferred,
+            kick,
+            chain,
+        } = &mut *guard;
+        let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
+        commit_lanes(deferred, kick);
+        self.catch_up(kick);
+        let started = start_lanes(&mut lock(&self.table), ring, chain, kick);
+        // SAFETY: the submission lock is held.
+        if unsafe { ring.queued() } > 0 {
+            common.counters.submits.fetch_add(1, Ordering::Relaxed);
+            ring.submit()?;
+        }
+        started?;
+        Ok(())
+    }
+
+    /// Cancels every request of `rq` in `lanes` (its lanes of the kinds
+    /// that complete here; a request queue being dropped). Those waiting in
+    /// a lane go to the ring as NOPs that complete them as cancelled (they
+    /// must not start now, out of order); those in the kernel are cancelled
+    /// there.
+    pub(in crate::rio) fn cancel(&self, rq: &RqShared, lanes: [Option<&Arc<Lane>>; 2]) {
+        let mut guard = lock(&self.submission);
+        let Submission { ring, deferred, .. } = &mut *guard;
+        let Some(ring) = ring.as_ref() else {
+            return;
+        };
+        deferred.retain(|d| !lanes.iter().flatten().any(|l| Arc::ptr_eq(d, l)));
+        let mut table = lock(&self.table);
+        for lane in lanes.into_iter().flatten() {
+            let mut lane = lane.lock();
+            lane.deferred = 0;
+            lane.requeue_again();
+            while let Some(ud) = lane.waiting.pop_front() {
+                let Some(nop) = table.entry(ud, false, true) else {
+                    continue;
+                };
+                // SAFETY: the submission lock is held; a NOP points at no memory.
+                if unsafe { ring.push(&nop) }.is_err() {
+                    table.not_queued(ud);
+                    lane.waiting.push_front(ud);
+                    break;
+                }
+                lane.in_kernel += 1;
+            }
+        }
+        drop(table);
+        let _ = ring.submit();
+        let _ = ring.cancel_fd(rq.raw_fd(), Instant::now() + KERNEL_WAIT);
+    }
+
+    /// Submits a NOP, whose completion makes the ring readable.
+    pub(super) fn nop(&self) -> Result<(), Error> {
+        let sub = lock(&self.submission);
+        let ring = sub.ring.as_ref().ok_or(RioError::QueueClosed)?;
+        let nop = io_uring::opcode::Nop::new().build().user_data(NOP);
+        // SAFETY: the submission lock is held; a NOP points at no memory.
+        unsafe { ring.push(&nop)? };
+        ring.submit()?;
+        Ok(())
+    }
+
+    /// See [`CompletionQueue::close`](crate::rio::CompletionQueue::close).
+    pub(in crate::rio) fn close(&self) -> Result<(), Error> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut consumer = lock(&self.consumer);
+        let mut submission = lock(&self.submission);
+        consumer.ring = None;
+        let Some(ring) = submission.ring.take() else {
+            return Ok(());
+        };
+        // Deferred requests go to the kernel, to be cancelled with the rest.
+        let _ = ring.submit();
+        if let Notifier::Port(_) = self.notifier {
+            if consumer.armed && !consumer.fired {
+                // A completion makes the port's poll fire (and let go of the ring).
+                let nop = io_uring::opcode::Nop::new().build().user_data(NOP);
+                // SAFETY: the submission lock is held; a NOP points at no memory.
+                if unsafe { ring.push(&nop) }.is_ok() {
+                    let _ = ring.submit();
+                }
+            }
+        }
+        let deadline = Instant::now() + KERNEL_WAIT;
+        let _ = ring.cancel_all(deadline);
+        let mut table = lock(&self.table);
+        let c = &mut *consumer;
+        // Results are dropped: completing them ends their requests.
+        for e in c.carry.drain(..) {
+            table.complete(e.user_data(), e.result(), &mut c.claims);
+        }
+        // Requests that never reached the kernel end here; it owes nothing
+        // for them.
+        table.end_waiting(&mut c.claims);
+        submission.deferred.clear();
+        submission.kick.clear();
+        c.kick.clear();
+        loop {
+            // SAFETY: the consumer lock is held.
+            for e in unsafe { ring.completions() } {
+                table.complete(e.user_data(), e.result(), &mut c.claims);
+            }
+            if table.live() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            ring.wait(Some(
+                deadline.min(Instant::now() + Duration::from_millis(50)),
+            ));
+        }
+        buffer::release(&c.claims);
+        c.claims.clear();
+        let outstanding = table.live();
+        if outstanding > 0 {
+            // The kernel may still write through pointers in these requests:
+            // keep their memory (and the ring) forever rather than free it.
+            std::mem::forget(std::mem::replace(&mut *table, RequestTable::new(0)));
+            std::mem::forget(ring);
+        }
+        drop(table);
+        drop(submission);
+        drop(consumer);
+        if let Notifier::Event(efd) = &self.notifier {
+            efd.wake();
+        }
+        if outstanding > 0 {
+            return Err(RioError::KernelBusy { outstanding }.into());
+        }
+        Ok(())
+    }
+}
