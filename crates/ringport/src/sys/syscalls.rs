@@ -209,3 +209,20 @@ pub(crate) fn file_nowait(op: Op, fd: RawFd, buf: &mut Option<Buf>) -> i32 {
         }
     }
 }
+
+/// Receives up to `hdrs.len()` datagrams at once, without blocking
+/// (`recvmmsg` with `MSG_DONTWAIT`): how many it filled, or a negated errno.
+/// The headers' pointers must name memory the caller holds exclusively.
+pub(crate) fn recvmmsg(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> i32 {
+    // SAFETY: the headers and what they point to are the caller's, alive and
+    // unshared for the call; the count is the slice's length.
+    res(unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    } as isize)
+}

@@ -1,6 +1,8 @@
 //! Truncation: a datagram longer than the receive buffer completes with
 //! `EMSGSIZE` and the bytes that fit, never as a whole datagram.
 
+use ringport::Packet;
+
 use crate::support::*;
 
 const ROOM: usize = 1024;
@@ -79,5 +81,56 @@ fn a_datagram_that_fits_exactly_completes_whole() {
     assert_eq!(p.result.as_ref().ok(), Some(&ROOM));
     assert_eq!(p.peer(), Some(tx.local_addr().unwrap()));
     assert_eq!(data(&mut p), sent);
+    assert_quiet(&port, "one packet per receive");
+}
+
+/// Many receives pending on one datagram socket take its datagrams in the
+/// order the receives were issued, however the backend gathers them (on
+/// io_uring, datagrams already waiting go into the queued receives with one
+/// `recvmmsg`), and a long one among them still reports `EMSGSIZE`.
+///
+/// Follows Wine `dlls/ws2_32/tests/sock.c`, `test_WSARecv` (several
+/// overlapped receives pending on one socket complete in the order issued).
+#[test]
+fn pending_datagram_receives_take_datagrams_in_issue_order() {
+    const PENDING: u64 = 48;
+    const SENT: u64 = 64;
+    let port = port();
+    let rx = udp();
+    let addr = rx.local_addr().unwrap();
+    set_int_opt(&rx, libc::SOL_SOCKET, libc::SO_RCVBUF, 1 << 20);
+    let rx = port.associate(rx, 901).unwrap();
+    for token in 0..PENDING {
+        rx.recv_from(Vec::with_capacity(ROOM), token).unwrap();
+    }
+    let tx = udp();
+    let datagram = |i: u64| {
+        let len = if i == 20 { ROOM + 5 } else { 8 + i as usize };
+        let mut d = bytes(i, len);
+        d[..8].copy_from_slice(&i.to_le_bytes());
+        d
+    };
+    for i in 0..SENT {
+        tx.send_to(&datagram(i), addr).unwrap();
+    }
+    let check = |p: &mut Packet<u64>| {
+        let i = p.token;
+        if i == 20 {
+            assert_eq!(errno(p), libc::EMSGSIZE, "datagram 20 is too long");
+            assert_eq!(p.take_buf().unwrap().as_slice(), &datagram(20)[..ROOM]);
+        } else {
+            assert_eq!(data(p), datagram(i), "receive {i} took another datagram");
+        }
+    };
+    for mut p in get_n(&port, PENDING as usize) {
+        check(&mut p);
+    }
+    // The rest wait in the socket for receives issued now.
+    for token in PENDING..SENT {
+        rx.recv_from(Vec::with_capacity(ROOM), token).unwrap();
+    }
+    for mut p in get_n(&port, (SENT - PENDING) as usize) {
+        check(&mut p);
+    }
     assert_quiet(&port, "one packet per receive");
 }
