@@ -30,8 +30,9 @@ pub struct Args {
     #[command(flatten)]
     run: EchoRun,
     /// Servers to run, comma-separated: ringport, tokio, mio, monoio, std,
-    /// and the variants ringport-noskip (no skip-on-success) and
-    /// ringport-epoll.
+    /// and the variants ringport-noskip (no skip-on-success),
+    /// ringport-epoll and ringport-rio (`serve tcp-echo --mode rio-port`:
+    /// Registered I/O, one worker whatever --threads says).
     #[arg(
         long,
         value_delimiter = ',',
@@ -40,13 +41,14 @@ pub struct Args {
     peers: Vec<String>,
 }
 
-const PEERS: [(&str, Start); 7] = [
+const PEERS: [(&str, Start); 8] = [
     ("ringport", |t, b| tcp_with(t, b, |_| {})),
     // The same server with every send's packet going through the port.
     ("ringport-noskip", |t, b| tcp_with(t, b, |o| o.skip = false)),
     ("ringport-epoll", |t, b| {
         tcp_with(t, b, |o| o.backend = ringport::Backend::Epoll)
     }),
+    ("ringport-rio", start_rio),
     ("tokio", start_tokio),
     ("mio", start_mio),
     ("monoio", start_monoio),
@@ -76,6 +78,27 @@ fn tcp_with(
         batch,
         tweak,
     )
+}
+
+// ---------------------------------------------------------------- RIO
+
+struct Rio(serve::rio_tcp_echo::RioTcpEcho);
+
+impl Server for Rio {
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+    fn stop(self: Box<Self>) -> Result<(), String> {
+        self.0.stop().1
+    }
+}
+
+fn start_rio(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    let opts = serve::rio_tcp_echo::EchoOptions::new();
+    Ok(Box::new(Rio(serve::rio_tcp_echo::RioTcpEcho::start(
+        localhost(),
+        &opts,
+    )?)))
 }
 
 // ---------------------------------------------------------------- tokio
