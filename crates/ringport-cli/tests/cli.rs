@@ -343,6 +343,22 @@ fn bench_file_smoke() {
 }
 
 #[test]
+fn bench_file_pin_smoke() {
+    if two_cpus() {
+        smoke(
+            "file",
+            "--pin --size-mib 8 --seconds 0.3 --rounds 1",
+            &["readers pinned to CPU", "1 threads", "ringport / pread"],
+        );
+    }
+}
+
+/// Whether this process may run on two CPUs, as --pin needs.
+fn two_cpus() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
+
+#[test]
 fn every_count_has_a_bound_and_a_one_line_error_within_a_second() {
     // Each once grew without limit (to the OOM killer) or spent seconds
     // creating threads before failing.
