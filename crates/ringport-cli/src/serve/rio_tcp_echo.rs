@@ -445,7 +445,13 @@ impl Worker {
                     }
                     self.finish_batch()?;
                     // Re-armed only now: this batch's requests are out.
-                    self.cq.notify().map_err(|e| format!("notify: {e}"))?;
+                    match self.cq.notify() {
+                        Ok(()) => {}
+                        // Stopping closes the port whenever it likes,
+                        // between this worker's get and its re-arming too.
+                        Err(_) if port.is_closed() => return Ok(()),
+                        Err(e) => return Err(format!("notify: {e}")),
+                    }
                 }
                 _ => {}
             }
