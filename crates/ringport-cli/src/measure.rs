@@ -83,6 +83,123 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// The calling thread's kernel id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid takes nothing and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// The kernel ids of this process's live threads.
+pub fn threads() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The CPU time (user + system) of thread `tid` of this process, exact to
+/// the nanosecond like [`cpu_time`] (its per-thread CPU clock, which any
+/// thread of the process may read), or None once it has exited.
+pub fn thread_cpu_time(tid: i32) -> Option<Duration> {
+    // The kernel's encoding of a thread's CPU clock (MAKE_THREAD_CPUCLOCK
+    // with CPUCLOCK_SCHED): glibc offers it only through a pthread_t, and
+    // the threads measured here belong to runtimes that do not expose one.
+    let clock: libc::clockid_t = ((!tid) << 3) | 6;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    ))
+}
+
+/// The CPUs thread `tid` may run on (empty if it has exited).
+pub fn thread_cpus(tid: i32) -> Vec<usize> {
+    // SAFETY: sched_getaffinity only writes the set it is given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// A thread's name, as the kernel has it.
+pub fn thread_name(tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("thread {tid}"))
+}
+
+/// The CPU time of every thread of the process at one moment, so that a
+/// later [`ThreadCpu::since`] can sum what a chosen set of threads used in
+/// between: a server's own threads, with the load client's left out even
+/// when both run in one process.
+pub struct ThreadCpu(Vec<(i32, Duration)>);
+
+impl ThreadCpu {
+    pub fn now() -> ThreadCpu {
+        ThreadCpu(
+            threads()
+                .into_iter()
+                .filter_map(|t| Some((t, thread_cpu_time(t)?)))
+                .collect(),
+        )
+    }
+
+    /// The CPU time used since `self` by the live threads not in `except`
+    /// (a thread started since counts from zero; one that has exited since
+    /// is not counted, so measure while the threads of interest run), and
+    /// their ids.
+    pub fn since(&self, except: &[i32]) -> (Duration, Vec<i32>) {
+        let mut sum = Duration::ZERO;
+        let mut counted = Vec::new();
+        for t in threads() {
+            if except.contains(&t) {
+                continue;
+            }
+            let Some(now) = thread_cpu_time(t) else {
+                continue;
+            };
+            let before = self.0.iter().find(|(id, _)| *id == t).map(|(_, c)| *c);
+            sum += now.saturating_sub(before.unwrap_or(Duration::ZERO));
+            counted.push(t);
+        }
+        (sum, counted)
+    }
+}
+
+/// An error naming every thread of `tids` that may run on a CPU other than
+/// `cpu`: a pinned measurement whose server strayed would compare nothing.
+pub fn check_pinned(tids: &[i32], cpu: usize) -> Result<(), String> {
+    let strays: Vec<String> = tids
+        .iter()
+        .filter_map(|&t| {
+            let cpus = thread_cpus(t);
+            (!cpus.is_empty() && cpus != [cpu])
+                .then(|| format!("{} (CPUs {cpus:?})", thread_name(t)))
+        })
+        .collect();
+    if strays.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "server threads not pinned to CPU {cpu}: {}",
+            strays.join(", ")
+        ))
+    }
+}
+
 /// A latency histogram in nanoseconds: 1 ns to 100 s at 3 significant
 /// figures.
 pub fn histogram() -> Histogram<u64> {
@@ -204,5 +321,28 @@ mod tests {
         }
         assert!(cpu_time(Scope::Thread) > t0);
         assert!(cpu_time(Scope::Process) >= cpu_time(Scope::Thread));
+    }
+
+    #[test]
+    fn another_threads_cpu_time_is_read_by_its_id() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            let mut x = 1u64;
+            for i in 0..5_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(i | 1));
+            }
+            tx.send((gettid(), cpu_time(Scope::Thread))).unwrap();
+            let _ = done_rx.recv();
+        });
+        let (tid, own) = rx.recv().unwrap();
+        let seen = thread_cpu_time(tid).unwrap();
+        assert!(seen >= own && seen > Duration::ZERO);
+        assert!(threads().contains(&tid) && threads().contains(&gettid()));
+        let (sum, counted) = ThreadCpu(Vec::new()).since(&[gettid()]);
+        assert!(counted.contains(&tid) && !counted.contains(&gettid()));
+        assert!(sum >= own);
+        done_tx.send(()).unwrap();
+        h.join().unwrap();
     }
 }

@@ -270,6 +270,61 @@ fn bench_tcp_smoke() {
 }
 
 #[test]
+fn bench_tcp_pin_counts_every_servers_own_cpu() {
+    let mut cmd = ringport();
+    args(
+        &mut cmd,
+        "bench tcp --pin --seconds 0.3 --warmup 0.1 --rounds 1 --connections 8 \
+         --peers ringport,ringport-epoll,ringport-rio,tokio,mio,monoio,std",
+    );
+    let out = run(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    if !out.status.success() && stderr.contains("two CPUs") {
+        eprintln!("skipped: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in [
+        "pinned to CPU",
+        "1 server threads",
+        "server µs/msg",
+        "÷ tokio",
+        "÷ monoio",
+    ] {
+        assert!(stdout.contains(want), "no {want:?} in\n{stdout}");
+    }
+    // Each peer's row ends in its server CPU per message: a server whose
+    // threads were missed (as a thread per connection once was, gone
+    // before it was read) would show zero.
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !(l.starts_with("server") && l.contains("msgs/s")))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    for peer in [
+        "ringport",
+        "ringport-epoll",
+        "ringport-rio",
+        "tokio",
+        "mio",
+        "monoio",
+        "std",
+    ] {
+        let row = table
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(peer))
+            .unwrap_or_else(|| panic!("no row for {peer} in\n{stdout}"));
+        let cpu: f64 = row
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no server CPU in {row:?}"));
+        assert!(cpu > 0.0, "{peer}: server CPU {cpu} in\n{stdout}");
+    }
+}
+
+#[test]
 fn bench_udp_smoke() {
     smoke(
         "udp",
@@ -285,6 +340,22 @@ fn bench_file_smoke() {
         "--size-mib 8 --seconds 0.3 --rounds 1",
         &["ringport / pread", "reads/s"],
     );
+}
+
+#[test]
+fn bench_file_pin_smoke() {
+    if two_cpus() {
+        smoke(
+            "file",
+            "--pin --size-mib 8 --seconds 0.3 --rounds 1",
+            &["readers pinned to CPU", "1 threads", "ringport / pread"],
+        );
+    }
+}
+
+/// Whether this process may run on two CPUs, as --pin needs.
+fn two_cpus() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 
 #[test]

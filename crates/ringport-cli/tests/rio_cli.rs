@@ -270,3 +270,27 @@ fn bench_rio_smoke() {
         assert!(stdout.contains(want), "no {want:?} in\n{stdout}");
     }
 }
+
+#[test]
+fn bench_rio_pin_reports_all_server_threads_and_recvmmsg_ratios() {
+    let out = run(
+        "bench rio --pin --seconds 0.3 --rounds 1 --servers port,rio-port,recvmmsg",
+        Duration::from_secs(60),
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    if !out.status.success() && (stderr.contains("io_uring") || stderr.contains("two CPUs")) {
+        eprintln!("skipped: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for want in [
+        "checked to be on it",
+        "1 thread(s)",
+        "all server threads CPU µs/datagram",
+        "÷ recvmmsg",
+        "| rio-port |",
+    ] {
+        assert!(stdout.contains(want), "no {want:?} in\n{stdout}");
+    }
+}

@@ -5,7 +5,16 @@
 //! Every server runs in this process on 127.0.0.1 port 0, one at a time,
 //! rounds interleaved (ringport, tokio, mio, …, ringport, …): round trips per
 //! second, round-trip latency p50/p99/p99.9, and the CPU time per round trip
-//! of the server (the process's CPU time less the client threads').
+//! of the server, summed over the server's own threads (every thread of the
+//! process but the load generator's and the harness's).
+//!
+//! `--pin` runs them the way MEASURING.md compares servers on two CPUs: the
+//! server on one CPU with one thread (unless `--threads`), the load client on
+//! another. The harness pins itself to the server's CPU while it starts a
+//! server, so that every thread the server creates, then or later (a
+//! runtime's workers, a library's helpers, a thread per connection),
+//! inherits it; then moves itself to the client's CPU. Each run checks
+//! that every thread it counts as the server's was on the server's CPU.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,12 +52,22 @@ pub(super) struct EchoRun {
     /// ringport: packets a worker takes per get (get_many).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Pin the server's threads to one CPU and the load client to another
+    /// (the second and the first CPU this process may use), one server
+    /// thread unless --threads says otherwise.
+    #[arg(long)]
+    pin: bool,
 }
 
 impl EchoRun {
     /// The plan for `bench <name>`: `proto` load, a reply awaited at most
     /// `timeout`.
     pub(super) fn plan(&self, name: &str, proto: Proto, timeout: Duration) -> Plan {
+        let cpus = crate::measure::allowed_cpus();
+        let pin = match cpus[..] {
+            [client, server, ..] if self.pin => Some(Pin { server, client }),
+            _ => None,
+        };
         Plan {
             title: format!(
                 "ringport bench {name}: echo, {} CPUs, backend {}",
@@ -66,10 +85,21 @@ impl EchoRun {
                 timeout,
                 warmup: self.warmup,
                 progress: false,
+                pin: pin.map(|p| p.client),
             },
             rounds: self.rounds,
-            threads: self.threads.unwrap_or_else(ringport::cpu_count),
+            threads: self.threads.unwrap_or_else(
+                || {
+                    if self.pin {
+                        1
+                    } else {
+                        ringport::cpu_count()
+                    }
+                },
+            ),
             batch: self.batch,
+            pin_asked: self.pin,
+            pin,
         }
     }
 }
@@ -91,6 +121,15 @@ pub(super) struct Plan {
     pub rounds: usize,
     pub threads: usize,
     pub batch: usize,
+    pub pin_asked: bool,
+    pub pin: Option<Pin>,
+}
+
+/// Where `--pin` puts the server and the load client.
+#[derive(Clone, Copy)]
+pub(super) struct Pin {
+    pub server: usize,
+    pub client: usize,
 }
 
 /// One run of one server.
@@ -100,6 +139,7 @@ struct Run {
     p99: f64,
     p999: f64,
     server_cpu_us: f64,
+    client_cpu_us: f64,
     lost: u64,
 }
 
@@ -111,7 +151,8 @@ impl Run {
             p50: r.quantile_us(0.5),
             p99: r.quantile_us(0.99),
             p999: r.quantile_us(0.999),
-            server_cpu_us: r.process_cpu.saturating_sub(r.client_cpu).as_secs_f64() * 1e6 / msgs,
+            server_cpu_us: r.server_cpu.as_secs_f64() * 1e6 / msgs,
+            client_cpu_us: r.client_cpu.as_secs_f64() * 1e6 / msgs,
             lost: r.lost,
         }
     }
@@ -155,6 +196,9 @@ pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<()
         return Err("--batch must be at least 1".into());
     }
     plan.load.validate()?;
+    if plan.pin_asked && plan.pin.is_none() {
+        return Err("--pin needs two CPUs this process may run on".into());
+    }
     println!("{}", plan.title);
     println!(
         "{} connections × 1 message of {} bytes in flight, {} server threads, {} client thread(s), \
@@ -167,27 +211,71 @@ pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<()
         plan.load.warmup,
         plan.rounds
     );
+    match plan.pin {
+        Some(p) => println!(
+            "server threads pinned to CPU {}, the load client to CPU {}; server CPU from the \
+             server's own threads",
+            p.server, p.client
+        ),
+        None => println!("nothing pinned; server CPU from the server's own threads"),
+    }
+    let home = crate::measure::allowed_cpus();
+    let result = rounds(plan, peers);
+    if plan.pin.is_some() {
+        crate::measure::pin(&home);
+    }
+    report(plan, peers, &result?);
+    Ok(())
+}
+
+/// Every round of every peer, by name.
+fn rounds<'a>(
+    plan: &Plan,
+    peers: &[(&'a str, Start)],
+) -> Result<HashMap<&'a str, Vec<Run>>, String> {
     let mut runs: HashMap<&str, Vec<Run>> = HashMap::new();
     for round in 0..plan.rounds {
         for &(name, start) in peers {
-            let server = start(plan.threads, plan.batch).map_err(|e| format!("{name}: {e}"))?;
+            if let Some(p) = plan.pin {
+                crate::measure::pin(&[p.server]);
+            }
+            let server = start(plan.threads, plan.batch);
+            if let Some(p) = plan.pin {
+                crate::measure::pin(&[p.client]);
+            }
+            let server = server.map_err(|e| format!("{name}: {e}"))?;
             let mut cfg = plan.load.clone();
             cfg.addr = server.addr();
             let result = load::run_load(&cfg);
+            let pinned = match (&result, plan.pin) {
+                (Ok(r), Some(p)) => crate::measure::check_pinned(&r.server_threads, p.server),
+                _ => Ok(()),
+            };
             let stopped = server.stop();
             let report = result.map_err(|e| format!("{name}: {e}"))?;
             stopped.map_err(|e| format!("{name}: {e}"))?;
+            pinned.map_err(|e| format!("{name}: {e}"))?;
             let run = Run::of(&report);
             eprintln!(
-                "  round {}: {name:<16} {:>10.0} msg/s  p50 {:>7.1} µs  server CPU {:>5.2} µs/msg",
+                "  round {}: {name:<16} {:>10.0} msg/s  p50 {:>7.1} µs  server CPU {:>5.2} µs/msg  \
+                 client CPU {:>5.2} µs/msg",
                 round + 1,
                 run.rate,
                 run.p50,
-                run.server_cpu_us
+                run.server_cpu_us,
+                run.client_cpu_us
             );
             runs.entry(name).or_default().push(run);
         }
     }
+    Ok(runs)
+}
+
+/// The peers whose server CPU per message every server is divided by, when
+/// they ran: the runtimes a Rust user would otherwise pick.
+const REFERENCES: [&str; 3] = ["tokio", "mio", "monoio"];
+
+fn report(plan: &Plan, peers: &[(&str, Start)], runs: &HashMap<&str, Vec<Run>>) {
     let med = |name: &str, f: fn(&Run) -> f64| -> f64 {
         median(runs.get(name).map_or(vec![], |v| v.iter().map(f).collect()))
     };
@@ -234,7 +322,26 @@ pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<()
             );
         }
     }
-    Ok(())
+    let refs: Vec<&str> = REFERENCES
+        .into_iter()
+        .filter(|r| peers.iter().any(|(n, _)| n == r))
+        .collect();
+    if !refs.is_empty() {
+        println!();
+        print!("{:<16}", "server CPU/msg");
+        for r in &refs {
+            print!(" {:>10}", format!("÷ {r}"));
+        }
+        println!();
+        for &(name, _) in peers {
+            print!("{name:<16}");
+            let ours = med(name, |r| r.server_cpu_us);
+            for r in &refs {
+                print!(" {:>9.2}×", ours / med(r, |r| r.server_cpu_us));
+            }
+            println!();
+        }
+    }
 }
 
 pub(super) fn localhost() -> SocketAddr {

@@ -17,6 +17,12 @@
 //! figure is the cost of an operation, not of the disk. `--cold` drops the
 //! file's pages before every run (`posix_fadvise(DONTNEED)`), so reads go to
 //! the device, where having many reads pending pays.
+//!
+//! `--pin` puts every reader of both sides, and every thread the library
+//! starts for them, on one CPU (the harness pins itself there while it
+//! starts them, so they inherit it, and checks them during the run), one
+//! thread a side unless `--threads`; the harness then measures from another
+//! CPU. The CPU per read is always the process's less the harness thread's.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -31,7 +37,7 @@ use std::time::{Duration, Instant};
 use ringport::{CompletionPort, Error};
 
 use crate::args::parse_duration;
-use crate::measure::{cpu_time, median, Scope};
+use crate::measure::{self, cpu_time, median, Scope};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -59,6 +65,17 @@ pub struct Args {
     /// Directory for the file [default: the system's temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Pin every reader (and the library's threads) to one CPU, the harness
+    /// to another; one thread a side unless --threads.
+    #[arg(long)]
+    pin: bool,
+}
+
+/// Where `--pin` puts the readers and the measuring harness.
+#[derive(Clone, Copy)]
+struct Pin {
+    readers: usize,
+    harness: usize,
 }
 
 const BLOCK: usize = 4096;
@@ -150,7 +167,15 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.seconds.is_zero() {
         return Err("--seconds must be more than 0".into());
     }
-    let threads = args.threads.unwrap_or_else(ringport::cpu_count);
+    let allowed = measure::allowed_cpus();
+    let pin = match allowed[..] {
+        [harness, readers, ..] if args.pin => Some(Pin { readers, harness }),
+        _ if args.pin => return Err("--pin needs two CPUs this process may run on".into()),
+        _ => None,
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| if args.pin { 1 } else { ringport::cpu_count() });
     if threads == 0 {
         return Err("--threads must be at least 1".into());
     }
@@ -172,45 +197,19 @@ pub fn run(args: Args) -> Result<(), String> {
     );
     let t = Instant::now();
     let file = create(&path, blocks)?;
-    let reopen = || {
-        file.try_clone()
-            .map_err(|e| format!("duplicating the file's descriptor: {e}"))
-    };
     eprintln!("  wrote the file in {:.2} s", t.elapsed().as_secs_f64());
-
-    let mut port_runs = Vec::new();
-    let mut pread_runs = Vec::new();
-    for round in 0..args.rounds {
-        if args.cold {
-            drop_cache(&file);
-        }
-        let r = port_reads(
-            reopen()?,
-            blocks,
-            threads,
-            args.depth,
-            args.batch,
-            args.seconds,
-        )?;
-        eprintln!(
-            "  round {}: ringport {:>10.0} reads/s  {:.2} µs CPU/read",
-            round + 1,
-            r.rate,
-            r.cpu_us
+    if let Some(p) = pin {
+        println!(
+            "readers pinned to CPU {}, the measuring harness to CPU {}",
+            p.readers, p.harness
         );
-        port_runs.push(r);
-        if args.cold {
-            drop_cache(&file);
-        }
-        let r = pread_reads(reopen()?, blocks, threads, args.seconds)?;
-        eprintln!(
-            "  round {}: pread    {:>10.0} reads/s  {:.2} µs CPU/read",
-            round + 1,
-            r.rate,
-            r.cpu_us
-        );
-        pread_runs.push(r);
     }
+    let result = rounds(&args, &file, blocks, threads, pin);
+    if pin.is_some() {
+        measure::pin(&allowed);
+    }
+    let (port_runs, pread_runs) = result?;
+
     let rate = |v: &[Run]| median(v.iter().map(|r| r.rate).collect());
     let cpu = |v: &[Run]| median(v.iter().map(|r| r.cpu_us).collect());
     println!();
@@ -236,6 +235,55 @@ pub fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Every round, ringport then pread: their runs.
+fn rounds(
+    args: &Args,
+    file: &File,
+    blocks: u64,
+    threads: usize,
+    pin: Option<Pin>,
+) -> Result<(Vec<Run>, Vec<Run>), String> {
+    let reopen = || {
+        file.try_clone()
+            .map_err(|e| format!("duplicating the file's descriptor: {e}"))
+    };
+    let mut port_runs = Vec::new();
+    let mut pread_runs = Vec::new();
+    for round in 0..args.rounds {
+        if args.cold {
+            drop_cache(file);
+        }
+        let r = port_reads(
+            reopen()?,
+            blocks,
+            threads,
+            args.depth,
+            args.batch,
+            args.seconds,
+            pin,
+        )?;
+        eprintln!(
+            "  round {}: ringport {:>10.0} reads/s  {:.2} µs CPU/read",
+            round + 1,
+            r.rate,
+            r.cpu_us
+        );
+        port_runs.push(r);
+        if args.cold {
+            drop_cache(file);
+        }
+        let r = pread_reads(reopen()?, blocks, threads, args.seconds, pin)?;
+        eprintln!(
+            "  round {}: pread    {:>10.0} reads/s  {:.2} µs CPU/read",
+            round + 1,
+            r.rate,
+            r.cpu_us
+        );
+        pread_runs.push(r);
+    }
+    Ok((port_runs, pread_runs))
+}
+
 fn port_reads(
     file: File,
     blocks: u64,
@@ -243,7 +291,11 @@ fn port_reads(
     depth: usize,
     batch: usize,
     seconds: Duration,
+    pin: Option<Pin>,
 ) -> Result<Run, String> {
+    if let Some(p) = pin {
+        measure::pin(&[p.readers]);
+    }
     let port = CompletionPort::<u64>::new(threads).map_err(|e| e.to_string())?;
     let handle = Arc::new(port.associate(file, 0).map_err(|e| e.to_string())?);
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
@@ -315,7 +367,7 @@ fn port_reads(
             return Err(format!("starting a read: {e}"));
         }
     }
-    let run = measure(seconds, &counts);
+    let run = measure(seconds, &counts, pin);
     port.close();
     for w in workers {
         let _ = w.join();
@@ -324,11 +376,16 @@ fn port_reads(
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
-    Ok(run)
+    run
 }
 
 /// Lets the readers warm up a little, then measures `seconds` of reads.
-fn measure(seconds: Duration, counts: &[AtomicU64]) -> Run {
+/// Pinned, the harness first leaves the readers' CPU and then checks that
+/// no reader (nor a thread started for them) is anywhere else.
+fn measure(seconds: Duration, counts: &[AtomicU64], pin: Option<Pin>) -> Result<Run, String> {
+    if let Some(p) = pin {
+        measure::pin(&[p.harness]);
+    }
     let total = || {
         counts
             .iter()
@@ -336,17 +393,40 @@ fn measure(seconds: Duration, counts: &[AtomicU64]) -> Run {
             .sum::<u64>()
     };
     thread::sleep(Duration::from_millis(200).min(seconds / 4));
-    let (c0, t0, cpu0) = (total(), Instant::now(), cpu_time(Scope::Process));
-    thread::sleep(seconds);
-    let (c1, t1, cpu1) = (total(), Instant::now(), cpu_time(Scope::Process));
+    let cpu = || cpu_time(Scope::Process).saturating_sub(cpu_time(Scope::Thread));
+    let (c0, t0, cpu0) = (total(), Instant::now(), cpu());
+    thread::sleep(seconds / 2);
+    let pinned = match pin {
+        Some(p) => {
+            let me = measure::gettid();
+            let readers: Vec<i32> = measure::threads()
+                .into_iter()
+                .filter(|&t| t != me)
+                .collect();
+            measure::check_pinned(&readers, p.readers)
+        }
+        None => Ok(()),
+    };
+    thread::sleep(seconds - seconds / 2);
+    let (c1, t1, cpu1) = (total(), Instant::now(), cpu());
+    pinned?;
     let reads = (c1 - c0).max(1) as f64;
-    Run {
+    Ok(Run {
         rate: reads / t1.duration_since(t0).as_secs_f64(),
         cpu_us: cpu1.saturating_sub(cpu0).as_secs_f64() * 1e6 / reads,
-    }
+    })
 }
 
-fn pread_reads(file: File, blocks: u64, threads: usize, seconds: Duration) -> Result<Run, String> {
+fn pread_reads(
+    file: File,
+    blocks: u64,
+    threads: usize,
+    seconds: Duration,
+    pin: Option<Pin>,
+) -> Result<Run, String> {
+    if let Some(p) = pin {
+        measure::pin(&[p.readers]);
+    }
     let file = Arc::new(file);
     let stop = Arc::new(AtomicBool::new(false));
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
@@ -383,7 +463,7 @@ fn pread_reads(file: File, blocks: u64, threads: usize, seconds: Duration) -> Re
             }
         }
     }
-    let run = measure(seconds, &counts);
+    let run = measure(seconds, &counts, pin);
     stop.store(true, Ordering::Relaxed);
     let mut first_err = None;
     for w in workers {
@@ -399,6 +479,6 @@ fn pread_reads(file: File, blocks: u64, threads: usize, seconds: Duration) -> Re
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(run),
+        None => run,
     }
 }

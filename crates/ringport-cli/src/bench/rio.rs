@@ -21,6 +21,15 @@
 //! `recv` on each wake) and `recvmmsg` (one thread, batches of 64 with
 //! `MSG_WAITFORONE`, the plain C receiver of MEASURING.md). All sockets get
 //! the same 4 MiB receive buffer.
+//!
+//! `--pin` runs them as MEASURING.md compares servers: one server thread
+//! (unless `--threads`), the harness pinned to the server's CPU while it
+//! starts a server so that every thread the server or the library creates
+//! inherits that CPU (checked half-way through each run), and a second CPU
+//! figure beside the server threads' own: the CPU time of every thread of
+//! the process but the sender's and the harness's, from the server's start
+//! to its stop, which also counts the library's helper threads (the RIO
+//! epoll engine's, io_uring's workers) and the time around the datagrams.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -33,7 +42,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::args::parse_duration;
 use crate::blast::{self, BlastConfig, BlastReport};
-use crate::measure::{median, SyscallCounter};
+use crate::measure::{self, cpu_time, gettid, median, Scope, SyscallCounter};
 use crate::serve::sink::{self, Meter, Mode, Run, Sink, SinkOptions, SinkReport};
 
 #[derive(clap::Args)]
@@ -47,9 +56,10 @@ pub struct Args {
     /// Bytes per datagram.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Threads of the multi-threaded modes (port, rio-port-mt).
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Threads of the multi-threaded modes (port, rio-port-mt) [default: 2;
+    /// 1 with --pin].
+    #[arg(long)]
+    threads: Option<usize>,
     /// Receives kept pending by the ringport modes.
     #[arg(long, default_value_t = 512)]
     pending: usize,
@@ -70,6 +80,10 @@ pub struct Args {
         default_value = "port,rio-polled,rio-event,rio-event-polled,rio-port,rio-port-mt,tokio,mio,recvmmsg"
     )]
     servers: Vec<String>,
+    /// One server thread unless --threads, every server thread checked to be
+    /// on the server's CPU, and the CPU of all the server's threads reported.
+    #[arg(long)]
+    pin: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -104,6 +118,8 @@ struct Sample {
     sent_rate: f64,
     loss: f64,
     cpu_us: f64,
+    /// With --pin: every thread but the sender's and the harness's.
+    all_cpu_us: Option<f64>,
     syscalls: Option<f64>,
 }
 
@@ -133,15 +149,17 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     let mut base = SinkOptions::new(Mode::Port);
     base.size = args.size;
-    base.threads = args.threads;
+    let threads = args.threads.unwrap_or(if args.pin { 1 } else { 2 });
+    base.threads = threads;
     base.pending = args.pending;
     base.batch = args.batch;
     base.validate()?;
     let cpus = ringport::cpu_count();
-    let (server_cpu, sender_cpu) = if cpus >= 2 {
-        (Some(1), Some(0))
-    } else {
-        (None, None)
+    let allowed = measure::allowed_cpus();
+    let (server_cpu, sender_cpu) = match allowed[..] {
+        [sender, server, ..] => (Some(server), Some(sender)),
+        _ if args.pin => return Err("--pin needs two CPUs this process may run on".into()),
+        _ => (None, None),
     };
     base.pin = server_cpu;
     base.count_syscalls = args.count_syscalls;
@@ -152,13 +170,21 @@ pub fn run(args: Args) -> Result<(), String> {
         cpus, args.size, args.seconds, args.rounds
     );
     match server_cpu {
-        Some(c) => println!("server threads pinned to CPU {c}, the sender to CPU 0"),
+        Some(c) => println!(
+            "server threads pinned to CPU {c}, the sender to CPU {}{}",
+            sender_cpu.unwrap_or(0),
+            if args.pin {
+                "; every thread the server starts checked to be on it"
+            } else {
+                ""
+            }
+        ),
         None => println!("one CPU: nothing pinned"),
     }
     println!(
         "modes: {} thread(s) for port and rio-port-mt, {} receives pending, batch {}; system \
          calls {}",
-        args.threads,
+        threads,
         args.pending,
         args.batch,
         if counted {
@@ -172,23 +198,29 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
     for round in 0..args.rounds {
         for (i, &w) in servers.iter().enumerate() {
-            let s = measure(w, &base, args.seconds, sender_cpu)
+            let s = measure(w, &base, args.seconds, sender_cpu, args.pin)
                 .map_err(|e| format!("{} (round {}): {e}", w.name(), round + 1))?;
             eprintln!(
                 "round {} {}: {:.0} datagrams/s received, {:.0} sent/s, loss {:.1} %, {:.3} µs \
-                 CPU/datagram",
+                 CPU/datagram{}",
                 round + 1,
                 w.name(),
                 s.rate,
                 s.sent_rate,
                 s.loss,
-                s.cpu_us
+                s.cpu_us,
+                s.all_cpu_us
+                    .map(|c| format!(" ({c:.3} all server threads)"))
+                    .unwrap_or_default()
             );
             samples[i].push(s);
             thread::sleep(Duration::from_millis(100));
         }
     }
-    report(&servers, &samples);
+    if args.pin {
+        measure::pin(&allowed);
+    }
+    report(&servers, &samples, args.pin);
     Ok(())
 }
 
@@ -196,17 +228,23 @@ fn med(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     median(v.iter().map(f).collect())
 }
 
-fn report(servers: &[Which], samples: &[Vec<Sample>]) {
+fn report(servers: &[Which], samples: &[Vec<Sample>], pin: bool) {
     println!();
+    let (all_head, all_rule) = if pin {
+        (" all server threads CPU µs/datagram |", "---|")
+    } else {
+        ("", "")
+    };
     println!(
         "| server | datagrams/s received (median) | min–max | sent/s | loss % | CPU µs/datagram \
-         | system calls/datagram |"
+         |{all_head} system calls/datagram |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|{all_rule}---|");
     let mut rows = Vec::new();
     for (w, v) in servers.iter().zip(samples) {
         let rate = med(v, |s| s.rate);
         let cpu = med(v, |s| s.cpu_us);
+        let all = pin.then(|| med(v, |s| s.all_cpu_us.unwrap_or(f64::NAN)));
         let calls = if v.iter().all(|s| s.syscalls.is_some()) {
             Some(med(v, |s| s.syscalls.unwrap_or(0.0)))
         } else {
@@ -215,7 +253,7 @@ fn report(servers: &[Which], samples: &[Vec<Sample>]) {
         let min = v.iter().map(|s| s.rate).fold(f64::INFINITY, f64::min);
         let max = v.iter().map(|s| s.rate).fold(0.0, f64::max);
         println!(
-            "| {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.1} | {:.3} | {} |",
+            "| {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.1} | {:.3} |{} {} |",
             w.name(),
             rate,
             min,
@@ -223,24 +261,37 @@ fn report(servers: &[Which], samples: &[Vec<Sample>]) {
             med(v, |s| s.sent_rate),
             med(v, |s| s.loss),
             cpu,
+            all.map(|a| format!(" {a:.3} |")).unwrap_or_default(),
             calls.map_or_else(|| "–".to_string(), |c| format!("{c:.4}"))
         );
-        rows.push((*w, rate, cpu, calls));
+        rows.push((*w, rate, cpu, calls, all));
     }
     let find = |x: Which| rows.iter().find(|r| r.0 == x).copied();
     for (base_name, base) in [
         ("port", find(Which::Mode(Mode::Port))),
         ("tokio", find(Which::Tokio)),
+        ("recvmmsg", find(Which::Recvmmsg)),
     ] {
-        let Some((_, brate, bcpu, _)) = base else {
+        let Some((_, brate, bcpu, _, ball)) = base else {
             continue;
         };
         println!();
-        println!("| server | datagrams/s ÷ {base_name} | CPU per datagram ÷ {base_name} |");
-        println!("|---|---|---|");
-        for (w, rate, cpu, _) in &rows {
+        let (all_head, all_rule) = if pin {
+            (format!(" all threads' CPU ÷ {base_name} |"), "---|")
+        } else {
+            (String::new(), "")
+        };
+        println!(
+            "| server | datagrams/s ÷ {base_name} | CPU per datagram ÷ {base_name} |{all_head}"
+        );
+        println!("|---|---|---|{all_rule}");
+        for (w, rate, cpu, _, all) in &rows {
+            let all = match (all, ball) {
+                (Some(a), Some(b)) => format!(" {:.2}× |", a / b.max(1e-9)),
+                _ => String::new(),
+            };
             println!(
-                "| {} | {:.2}× | {:.2}× |",
+                "| {} | {:.2}× | {:.2}× |{all}",
                 w.name(),
                 rate / brate.max(1e-9),
                 cpu / bcpu.max(1e-9)
@@ -252,7 +303,7 @@ fn report(servers: &[Which], samples: &[Vec<Sample>]) {
         .filter(|r| matches!(r.0, Which::Mode(m) if m != Mode::Port))
         .collect();
     println!();
-    if let (Some(best), Some((_, prate, _, _))) = (
+    if let (Some(best), Some((_, prate, _, _, _))) = (
         rio.iter().max_by(|a, b| a.1.total_cmp(&b.1)),
         find(Which::Mode(Mode::Port)),
     ) {
@@ -264,7 +315,7 @@ fn report(servers: &[Which], samples: &[Vec<Sample>]) {
             if ratio >= 2.5 { "met" } else { "NOT met" }
         );
     }
-    if let Some((_, _, _, calls)) = find(Which::Mode(Mode::RioPolled)) {
+    if let Some((_, _, _, calls, _)) = find(Which::Mode(Mode::RioPolled)) {
         match calls {
             Some(c) => println!(
                 "target 2: rio-polled < 0.1 system calls per datagram: {c:.4} — {}",
@@ -281,16 +332,30 @@ fn measure(
     base: &SinkOptions,
     seconds: Duration,
     sender_cpu: Option<usize>,
+    pin: bool,
 ) -> Result<Sample, String> {
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let pins = match (base.pin, sender_cpu) {
+        (Some(server), Some(sender)) if pin => Some((server, sender)),
+        _ => None,
+    };
+    if let Some((server, _)) = pins {
+        measure::pin(&[server]);
+    }
     let server = match w {
         Which::Mode(m) => {
             let mut o = base.clone();
             o.mode = m;
-            Server::Sink(Sink::start(local, &o)?)
+            Sink::start(local, &o).map(Server::Sink)
         }
-        peer => start_peer(peer, local, base)?,
+        peer => start_peer(peer, local, base),
     };
+    if let Some((_, sender)) = pins {
+        measure::pin(&[sender]);
+    }
+    let server = server?;
+    let (process_from, harness_from) = (cpu_time(Scope::Process), cpu_time(Scope::Thread));
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let cfg = BlastConfig {
         addr: server.addr(),
         size: base.size,
@@ -301,10 +366,26 @@ fn measure(
     };
     let sender = thread::Builder::new()
         .name("udp-blast".into())
-        .spawn(move || blast::blast(&cfg))
+        .spawn(move || {
+            let _ = tid_tx.send(gettid());
+            blast::blast(&cfg)
+        })
         .map_err(|e| format!("starting the sender: {e}"))?;
     let deadline = Instant::now() + seconds + Duration::from_secs(5);
+    let mut strays = Ok(());
+    if let Some((server_cpu, _)) = pins {
+        thread::sleep(seconds / 2);
+        let sender = tid_rx.recv().unwrap_or(0);
+        let others: Vec<i32> = measure::threads()
+            .into_iter()
+            .filter(|&t| t != sender && t != gettid())
+            .collect();
+        strays = measure::check_pinned(&others, server_cpu);
+    }
     let r = server.wait(deadline);
+    let all_cpu = cpu_time(Scope::Process)
+        .saturating_sub(process_from)
+        .saturating_sub(cpu_time(Scope::Thread).saturating_sub(harness_from));
     let b: BlastReport = sender
         .join()
         .map_err(|_| "the sender panicked".to_string())??;
@@ -314,12 +395,15 @@ fn measure(
     if r.datagrams == 0 {
         return Err("received no datagram".into());
     }
+    strays?;
+    let all_cpu = all_cpu.saturating_sub(b.cpu);
     let sent = r.sent.unwrap_or(b.sent).max(1);
     Ok(Sample {
         rate: r.rate(),
         sent_rate: b.rate(),
         loss: 100.0 * sent.saturating_sub(r.datagrams) as f64 / sent as f64,
         cpu_us: r.cpu_us_per_datagram(),
+        all_cpu_us: pins.map(|_| all_cpu.as_secs_f64() * 1e6 / r.datagrams as f64),
         syscalls: r.syscalls_per_datagram(),
     })
 }

@@ -1,5 +1,6 @@
 //! `ringport bench tcp`: the ringport TCP echo server against a tokio
-//! (multi-thread runtime), a mio and a std thread-per-connection echo server.
+//! (multi-thread runtime), a mio, a monoio (io_uring, thread-per-core) and a
+//! std thread-per-connection echo server.
 //!
 //! The harness ([`super::echo`]) drives each with the same load generator:
 //! 64 connections with one 64-byte message each in flight, ping-pong, every
@@ -28,21 +29,29 @@ use crate::serve;
 pub struct Args {
     #[command(flatten)]
     run: EchoRun,
-    /// Servers to run, comma-separated: ringport, tokio, mio, std, and the
-    /// variants ringport-noskip (no skip-on-success) and ringport-epoll.
-    #[arg(long, value_delimiter = ',', default_value = "ringport,tokio,mio,std")]
+    /// Servers to run, comma-separated: ringport, tokio, mio, monoio, std,
+    /// and the variants ringport-noskip (no skip-on-success),
+    /// ringport-epoll and ringport-rio (`serve tcp-echo --mode rio-port`:
+    /// Registered I/O, one worker whatever --threads says).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ringport,tokio,mio,monoio,std"
+    )]
     peers: Vec<String>,
 }
 
-const PEERS: [(&str, Start); 6] = [
+const PEERS: [(&str, Start); 8] = [
     ("ringport", |t, b| tcp_with(t, b, |_| {})),
     // The same server with every send's packet going through the port.
     ("ringport-noskip", |t, b| tcp_with(t, b, |o| o.skip = false)),
     ("ringport-epoll", |t, b| {
         tcp_with(t, b, |o| o.backend = ringport::Backend::Epoll)
     }),
+    ("ringport-rio", start_rio),
     ("tokio", start_tokio),
     ("mio", start_mio),
+    ("monoio", start_monoio),
     ("std", start_std),
 ];
 
@@ -69,6 +78,27 @@ fn tcp_with(
         batch,
         tweak,
     )
+}
+
+// ---------------------------------------------------------------- RIO
+
+struct Rio(serve::rio_tcp_echo::RioTcpEcho);
+
+impl Server for Rio {
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+    fn stop(self: Box<Self>) -> Result<(), String> {
+        self.0.stop().1
+    }
+}
+
+fn start_rio(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    let opts = serve::rio_tcp_echo::EchoOptions::new();
+    Ok(Box::new(Rio(serve::rio_tcp_echo::RioTcpEcho::start(
+        localhost(),
+        &opts,
+    )?)))
 }
 
 // ---------------------------------------------------------------- tokio
@@ -317,6 +347,139 @@ fn mio_echo(c: &mut MioConn, buf: &mut [u8]) -> bool {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.out.extend_from_slice(&buf[..n]),
             Err(_) => return false,
         }
+    }
+}
+
+// ---------------------------------------------------------------- monoio
+
+/// `threads` monoio runtimes on the io_uring driver, one per thread, each
+/// accepting on its own SO_REUSEPORT listener of the same port (monoio's
+/// thread-per-core model: the kernel spreads the connections).
+struct Monoio {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Server for Monoio {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn stop(mut self: Box<Self>) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err("a monoio thread panicked".into()));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+/// How often an idle monoio runtime looks at the stop flag: a timer wake
+/// ten times a second, nothing next to the load.
+const MONOIO_TICK: Duration = Duration::from_millis(100);
+
+fn start_monoio(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut server = Monoio {
+        addr: localhost(),
+        stop: stop.clone(),
+        threads: Vec::new(),
+    };
+    // The first runtime binds port 0; the others join it on the port it got.
+    for i in 0..threads {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop, addr) = (stop.clone(), server.addr);
+        let spawned = thread::Builder::new()
+            .name(format!("monoio-echo-{i}"))
+            .spawn(move || monoio_thread(addr, &stop, ready_tx));
+        match spawned {
+            Ok(h) => server.threads.push(h),
+            Err(e) => {
+                let _ = Box::new(server).stop();
+                return Err(format!("starting a monoio thread: {e}"));
+            }
+        }
+        // A runtime that cannot start (no io_uring here) fails the run at
+        // once instead of looking like a server that never answers.
+        match ready_rx.recv() {
+            Ok(Ok(addr)) => server.addr = addr,
+            Ok(Err(e)) => {
+                let _ = Box::new(server).stop();
+                return Err(e);
+            }
+            Err(_) => {
+                let e = Box::new(server).stop().err();
+                return Err(e.unwrap_or_else(|| "a monoio thread ended at start".into()));
+            }
+        }
+    }
+    Ok(Box::new(server))
+}
+
+fn monoio_thread(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    ready: mpsc::Sender<Result<SocketAddr, String>>,
+) -> Result<(), String> {
+    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            let e = format!("monoio's io_uring driver: {e}");
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    rt.block_on(async move {
+        let opts = monoio::net::ListenerOpts::new().reuse_port(true);
+        let bound = monoio::net::TcpListener::bind_with_config(addr, &opts)
+            .and_then(|l| Ok((l.local_addr()?, l)));
+        let listener = match bound {
+            Ok((local, l)) => {
+                let _ = ready.send(Ok(local));
+                l
+            }
+            Err(e) => {
+                let e = format!("monoio bind {addr}: {e}");
+                let _ = ready.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        monoio::spawn(async move {
+            // As monoio's echo example accepts.
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(monoio_echo(stream));
+            }
+        });
+        while !stop.load(Ordering::Relaxed) {
+            monoio::time::sleep(MONOIO_TICK).await;
+        }
+        Ok(())
+    })
+}
+
+/// monoio's echo example: owned buffers (read into it, write it all back).
+async fn monoio_echo(mut stream: monoio::net::TcpStream) -> io::Result<()> {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    let mut buf: Vec<u8> = Vec::with_capacity(BUF);
+    loop {
+        let (res, b) = stream.read(buf).await;
+        if res? == 0 {
+            return Ok(());
+        }
+        let (res, b) = stream.write_all(b).await;
+        res?;
+        buf = b;
+        buf.clear();
     }
 }
 

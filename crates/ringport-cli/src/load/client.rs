@@ -117,6 +117,9 @@ pub(super) struct Tally {
     pub(super) ended: Instant,
     /// This thread's CPU time while measuring.
     pub(super) cpu: Duration,
+    /// The connections, still open: closing them would end a server's
+    /// per-connection threads before their CPU time is read.
+    pub(super) open: Vec<Endpoint>,
 }
 
 pub(super) fn client_thread(
@@ -135,6 +138,7 @@ pub(super) fn client_thread(
         latency: histogram(),
         ended: Instant::now(),
         cpu: Duration::ZERO,
+        open: Vec::new(),
     };
     let mut cpu_from = None;
     for (i, (ep, q)) in eps.iter_mut().zip(quotas).enumerate() {
@@ -235,6 +239,7 @@ pub(super) fn client_thread(
     if let Some(d) = deadline {
         tally.ended = tally.ended.min(d);
     }
+    tally.open = eps;
     Ok(tally)
 }
 

@@ -23,14 +23,14 @@ mod client;
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::args::{parse_duration, resolve, MAX_UDP};
-use crate::measure::{cpu_time, histogram, Scope};
+use crate::measure::{self, gettid, histogram, ThreadCpu};
 use client::{client_thread, Endpoint};
 
 /// The largest TCP message this generator sends.
@@ -104,6 +104,8 @@ pub struct LoadConfig {
     pub warmup: Duration,
     /// Show a progress line on stderr.
     pub progress: bool,
+    /// The CPU the client threads are pinned to.
+    pub pin: Option<usize>,
 }
 
 impl LoadConfig {
@@ -155,11 +157,14 @@ pub struct LoadReport {
     pub latency: Histogram<u64>,
     /// UDP messages that got no reply in time.
     pub lost: u64,
-    /// CPU time of the whole process while measuring (server included when
-    /// it runs in this process).
-    pub process_cpu: Duration,
     /// CPU time of the client threads while measuring.
     pub client_cpu: Duration,
+    /// CPU time, while measuring, of every thread of the process that is
+    /// neither the generator's nor the one that called [`run_load`]: the
+    /// server's own threads when it runs in this process.
+    pub server_cpu: Duration,
+    /// Those threads' ids (read at the end of the run).
+    pub server_threads: Vec<i32>,
 }
 
 impl LoadReport {
@@ -208,6 +213,7 @@ pub fn run(args: Args) -> Result<(), String> {
             args.warmup
         },
         progress: io::stderr().is_terminal(),
+        pin: None,
     };
     cfg.validate()?;
     let r = run_load(&cfg)?;
@@ -247,6 +253,8 @@ struct Shared {
     done: AtomicU64,
     /// Set when a thread failed, so the others stop.
     abort: AtomicBool,
+    /// The generator's threads, left out of the server's CPU time.
+    tids: Mutex<Vec<i32>>,
 }
 
 /// Runs the load and returns what it measured. Connection failures,
@@ -257,6 +265,7 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, String> {
     let shared = Arc::new(Shared {
         done: AtomicU64::new(0),
         abort: AtomicBool::new(false),
+        tids: Mutex::new(vec![gettid()]),
     });
     // Each connection's share of --count.
     let quota = |i: usize| -> u64 {
@@ -285,7 +294,10 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, String> {
     let progress = cfg.progress.then(|| {
         let shared = shared.clone();
         let total = cfg.count;
-        thread::spawn(move || progress_line(&shared, start, deadline, total))
+        thread::spawn(move || {
+            shared.add_tid();
+            progress_line(&shared, start, deadline, total)
+        })
     });
 
     let mut handles = Vec::with_capacity(threads);
@@ -295,6 +307,10 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, String> {
         let spawned = thread::Builder::new()
             .name(format!("load-{t}"))
             .spawn(move || {
+                sh.add_tid();
+                if let Some(cpu) = cfg.pin {
+                    measure::pin(&[cpu]);
+                }
                 let r = client_thread(&cfg, eps, q, &sh, measure_from, deadline);
                 if r.is_err() {
                     sh.abort.store(true, Ordering::Relaxed);
@@ -313,9 +329,9 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, String> {
         }
     }
 
-    // The process's CPU time from the end of the warm-up.
+    // The server's threads' CPU time from the end of the warm-up.
     thread::sleep(measure_from.saturating_duration_since(Instant::now()));
-    let cpu_from = cpu_time(Scope::Process);
+    let threads_from = ThreadCpu::now();
 
     let mut first_err = None;
     let mut client_cpu = Duration::ZERO;
@@ -323,9 +339,11 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, String> {
     let mut lost = 0;
     let mut latency = histogram();
     let mut ended = measure_from;
+    let mut open = Vec::new();
     for h in handles {
         match h.join() {
-            Ok(Ok(t)) => {
+            Ok(Ok(mut t)) => {
+                open.append(&mut t.open);
                 messages += t.messages;
                 lost += t.lost;
                 ended = ended.max(t.ended);
@@ -340,7 +358,11 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, String> {
             }
         }
     }
-    let process_cpu = cpu_time(Scope::Process).saturating_sub(cpu_from);
+    let (server_cpu, server_threads) = {
+        let ours = shared.tids.lock().unwrap_or_else(PoisonError::into_inner);
+        threads_from.since(&ours)
+    };
+    drop(open);
     shared.abort.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
@@ -353,9 +375,19 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, String> {
         elapsed: ended.saturating_duration_since(measure_from),
         latency,
         lost,
-        process_cpu,
         client_cpu,
+        server_cpu,
+        server_threads,
     })
+}
+
+impl Shared {
+    fn add_tid(&self) {
+        self.tids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(gettid());
+    }
 }
 
 fn progress_line(shared: &Shared, start: Instant, deadline: Option<Instant>, total: Option<u64>) {
@@ -411,6 +443,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             warmup: Duration::ZERO,
             progress: false,
+            pin: None,
         }
     }
 

@@ -128,7 +128,7 @@ impl Default for EchoOptions {
 
 /// What the server did.
 #[derive(Debug, Default, Clone, Copy)]
-struct Stats {
+pub struct Stats {
     connections: u64,
     refused: u64,
     messages: u64,
@@ -445,7 +445,13 @@ impl Worker {
                     }
                     self.finish_batch()?;
                     // Re-armed only now: this batch's requests are out.
-                    self.cq.notify().map_err(|e| format!("notify: {e}"))?;
+                    match self.cq.notify() {
+                        Ok(()) => {}
+                        // Stopping closes the port whenever it likes,
+                        // between this worker's get and its re-arming too.
+                        Err(_) if port.is_closed() => return Ok(()),
+                        Err(e) => return Err(format!("notify: {e}")),
+                    }
                 }
                 _ => {}
             }
@@ -494,6 +500,107 @@ fn accept_loop(
     }
 }
 
+/// The server, running: its worker and accept thread.
+pub struct RioTcpEcho {
+    local: SocketAddr,
+    port: CompletionPort<u64>,
+    halt: Arc<AtomicBool>,
+    worker: JoinHandle<(Stats, Result<(), String>)>,
+    acceptor: JoinHandle<()>,
+    cq_backend: Backend,
+}
+
+impl RioTcpEcho {
+    /// Listens on `addr` and starts serving.
+    pub fn start(addr: SocketAddr, opts: &EchoOptions) -> Result<RioTcpEcho, String> {
+        opts.validate()?;
+        let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("listener: {e}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("listener: {e}"))?;
+        let port: CompletionPort<u64> = CompletionPort::builder()
+            .concurrency(1)
+            .backend(opts.backend)
+            .build()
+            .map_err(|e| format!("creating the completion port: {e}"))?;
+        let cq = CompletionQueue::with_backend(
+            opts.cq_size() as u32,
+            Notify::port(&port, CQ_KEY, 0),
+            opts.backend,
+        )
+        .map_err(|e| format!("creating the completion queue: {e}"))?;
+        let cq_backend = cq.backend();
+
+        let (tx, rx) = mpsc::channel();
+        let halt = Arc::new(AtomicBool::new(false));
+        let mut worker = Worker {
+            cq,
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            pending: opts.pending as u32,
+            slot: opts.buf_size as u32,
+            max: opts.connections(),
+            stats: Stats::default(),
+            touched: Vec::new(),
+            deferred: false,
+        };
+        let wport = port.clone();
+        let batch = opts.batch;
+        let worker: JoinHandle<(Stats, Result<(), String>)> = thread::Builder::new()
+            .name("tcp-echo-rio".into())
+            .spawn(move || {
+                let r = worker.run(&wport, &rx, batch);
+                worker.shutdown();
+                (worker.stats, r)
+            })
+            .map_err(|e| format!("starting the worker: {e}"))?;
+        let (aport, ahalt) = (port.clone(), halt.clone());
+        let acceptor = thread::Builder::new()
+            .name("tcp-echo-accept".into())
+            .spawn(move || accept_loop(listener, aport, tx, ahalt));
+        let acceptor = match acceptor {
+            Ok(h) => h,
+            Err(e) => {
+                port.close();
+                let _ = worker.join();
+                return Err(format!("starting the accept thread: {e}"));
+            }
+        };
+        Ok(RioTcpEcho {
+            local,
+            port,
+            halt,
+            worker,
+            acceptor,
+            cq_backend,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// True once the worker has ended (on an error).
+    pub fn is_finished(&self) -> bool {
+        self.worker.is_finished()
+    }
+
+    /// Stops it: what it did, and its error if it failed.
+    pub fn stop(self) -> (Stats, Result<(), String>) {
+        self.halt.store(true, Ordering::Relaxed);
+        let _ = self.acceptor.join();
+        self.port.close();
+        self.worker
+            .join()
+            .unwrap_or_else(|_| (Stats::default(), Err("the worker panicked".into())))
+    }
+}
+
 /// `ringport serve tcp-echo --mode rio-port`: serves until `duration` or
 /// `stop()`.
 pub fn serve(
@@ -502,30 +609,12 @@ pub fn serve(
     duration: Option<Duration>,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), String> {
-    opts.validate()?;
-    let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("listener: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("listener: {e}"))?;
-    let port: CompletionPort<u64> = CompletionPort::builder()
-        .concurrency(1)
-        .backend(opts.backend)
-        .build()
-        .map_err(|e| format!("creating the completion port: {e}"))?;
-    let cq = CompletionQueue::with_backend(
-        opts.cq_size() as u32,
-        Notify::port(&port, CQ_KEY, 0),
-        opts.backend,
-    )
-    .map_err(|e| format!("creating the completion queue: {e}"))?;
-    println!("listening on {local} (tcp-echo, mode rio-port)");
+    let server = RioTcpEcho::start(addr, opts)?;
+    println!("listening on {} (tcp-echo, mode rio-port)", server.local);
     println!(
         "backend {}, completion queue backend {}, 1 thread, {} receives of {} bytes pending per connection, at most {} connections, batch {}",
-        port.backend(),
-        cq.backend(),
+        server.port.backend(),
+        server.cq_backend,
         opts.pending,
         opts.buf_size,
         opts.connections(),
@@ -535,55 +624,11 @@ pub fn serve(
         Some(d) => println!("stopping after {d:?} or on Ctrl-C"),
         None => println!("stopping on Ctrl-C"),
     }
-
-    let (tx, rx) = mpsc::channel();
-    let halt = Arc::new(AtomicBool::new(false));
-    let mut worker = Worker {
-        cq,
-        conns: Vec::new(),
-        generations: Vec::new(),
-        free: Vec::new(),
-        open: 0,
-        pending: opts.pending as u32,
-        slot: opts.buf_size as u32,
-        max: opts.connections(),
-        stats: Stats::default(),
-        touched: Vec::new(),
-        deferred: false,
-    };
-    let wport = port.clone();
-    let batch = opts.batch;
-    let worker: JoinHandle<(Stats, Result<(), String>)> = thread::Builder::new()
-        .name("tcp-echo-rio".into())
-        .spawn(move || {
-            let r = worker.run(&wport, &rx, batch);
-            worker.shutdown();
-            (worker.stats, r)
-        })
-        .map_err(|e| format!("starting the worker: {e}"))?;
-    let (aport, ahalt) = (port.clone(), halt.clone());
-    let acceptor = thread::Builder::new()
-        .name("tcp-echo-accept".into())
-        .spawn(move || accept_loop(listener, aport, tx, ahalt));
-    let acceptor = match acceptor {
-        Ok(h) => h,
-        Err(e) => {
-            port.close();
-            let _ = worker.join();
-            return Err(format!("starting the accept thread: {e}"));
-        }
-    };
-
     let deadline = duration.map(|d| Instant::now() + d);
-    while deadline.is_none_or(|d| Instant::now() < d) && !stop() && !worker.is_finished() {
+    while deadline.is_none_or(|d| Instant::now() < d) && !stop() && !server.is_finished() {
         thread::sleep(Duration::from_millis(20));
     }
-    halt.store(true, Ordering::Relaxed);
-    let _ = acceptor.join();
-    port.close();
-    let (s, result) = worker
-        .join()
-        .unwrap_or_else(|_| (Stats::default(), Err("the worker panicked".into())));
+    let (s, result) = server.stop();
     println!(
         "tcp-echo stopped: {} connections, {} messages, {} bytes echoed, {} errors, {} refused",
         s.connections, s.messages, s.bytes, s.errors, s.refused
