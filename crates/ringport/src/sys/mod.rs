@@ -5,6 +5,7 @@
 
 pub(crate) mod addr;
 mod backend;
+pub(crate) mod batch;
 pub(crate) mod driver;
 pub(crate) mod epoll;
 pub(crate) mod eventfd;

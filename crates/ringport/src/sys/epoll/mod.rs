@@ -27,6 +27,7 @@ use self::files::FilePool;
 use crate::port::core::Core;
 use crate::port::Packet;
 use crate::sync::lock;
+use crate::sys::batch::{Batched, DatagramBatch};
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
 use crate::sys::inflight::{Inflight, OpId, Operation};
@@ -73,6 +74,7 @@ impl<T> Default for Spare<T> {
 
 struct Reactor<T> {
     table: Inflight<T>,
+    batch: DatagramBatch,
     fds: HashMap<RawFd, FdOps>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
 }
@@ -154,6 +156,7 @@ impl<T> EpollDriver<T> {
             waker,
             state: Mutex::new(Reactor {
                 table: Inflight::new(),
+                batch: DatagramBatch::default(),
                 fds: HashMap::new(),
                 timers: BinaryHeap::new(),
             }),
@@ -435,6 +438,17 @@ impl<T> EpollDriver<T> {
     /// Performs `fd`'s waiting operations in one direction, in order, until
     /// one would block.
     fn run(st: &mut Reactor<T>, fd: RawFd, d: Direction, done: &mut Vec<Finished<T>>) {
+        if d == Direction::Read {
+            let Reactor {
+                table, fds, batch, ..
+            } = st;
+            if let Some(o) = fds.get_mut(&fd) {
+                // Datagrams waiting go into queued receives with one recvmmsg.
+                if batch.receive(fd, table, &mut o.readers, done) == Batched::Drained {
+                    return;
+                }
+            }
+        }
         loop {
             let Some(&id) = st.fds.get_mut(&fd).and_then(|o| o.queue(d).front()) else {
                 return;

@@ -14,6 +14,7 @@ use crate::port::core::Core;
 use crate::port::Buf;
 use crate::port::Packet;
 use crate::sync::lock;
+use crate::sys::batch::{Batched, DatagramBatch};
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
 use crate::sys::inflight::{Inflight, OpId, Operation, Scratch};
@@ -47,18 +48,8 @@ struct Table<T> {
     /// Completions made on this thread while reaping (a batch of datagram
     /// receives), queued with the reaped ones.
     extra: Vec<Finished<T>>,
-    /// Kept between batches so that the steady state allocates nothing.
-    batch: Vec<libc::mmsghdr>,
-    batch_ids: Vec<OpId>,
+    batch: DatagramBatch,
 }
-
-// SAFETY: the `mmsghdr`s in `batch` only hold pointers between the
-// `recvmmsg` that fills them and the end of that batch, under the table's
-// mutex; otherwise the table is as `Send` as what it holds.
-unsafe impl<T: Send> Send for Table<T> {}
-
-/// Most datagrams one `recvmmsg` takes into queued receives.
-const BATCH: usize = 64;
 
 /// Times an operation is issued again after its issuer exited before its
 /// `ECANCELED` is taken as final (a guard against a kernel that cancels it
@@ -276,62 +267,19 @@ impl<T> Table<T> {
         }
     }
 
-    /// Datagrams already waiting on `fd` go straight into the buffers of the
-    /// receives queued in its lane, oldest first, with `recvmmsg` on this
-    /// thread: one system call for up to [`BATCH`] of them instead of a trip
-    /// through the ring each. Returns whether the socket was found drained
-    /// (the lane's next receive should then poll first).
+    /// Datagrams already waiting on `fd` go straight into the receives
+    /// queued in its lane, with one `recvmmsg` on this thread instead of a
+    /// trip through the ring each. Returns whether the socket was found
+    /// drained (the lane's next receive should then poll first).
     fn receive_batch(&mut self, fd: RawFd) -> bool {
         if self.closing {
             return false;
         }
-        loop {
-            self.batch.clear();
-            self.batch_ids.clear();
-            let Some(lanes) = self.lanes.get(&fd) else {
-                return false;
-            };
-            for &id in lanes[lane_index(Direction::Read)].iter().take(BATCH) {
-                match self.ops.get_mut(id) {
-                    Some((p, s)) if p.op == Op::RecvFrom && p.kind == FdKind::Datagram => {
-                        s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-                        s.msg.msg_flags = 0;
-                        self.batch.push(libc::mmsghdr {
-                            msg_hdr: s.msg,
-                            msg_len: 0,
-                        });
-                        self.batch_ids.push(id);
-                    }
-                    _ => break,
-                }
-            }
-            if self.batch.is_empty() {
-                return false;
-            }
-            let asked = self.batch.len();
-            // The headers point into the scratch and buffers of receives
-            // that wait in user space (the kernel holds none of them) and
-            // that the table, locked by the caller, keeps in place.
-            let got = syscalls::recvmmsg(fd, &mut self.batch);
-            if got <= 0 {
-                return got == -libc::EAGAIN;
-            }
-            for i in 0..got as usize {
-                let (id, h) = (self.batch_ids[i], self.batch[i]);
-                if let Some((_, s)) = self.ops.get_mut(id) {
-                    s.msg.msg_namelen = h.msg_hdr.msg_namelen;
-                    s.msg.msg_flags = h.msg_hdr.msg_flags;
-                }
-                self.lane(fd, Direction::Read).pop_front();
-                if let Some((p, s)) = self.ops.complete(id) {
-                    let res = h.msg_len.min(i32::MAX as u32) as i32;
-                    self.extra.push(op::finish(p, res, s));
-                }
-            }
-            if (got as usize) < asked {
-                return true;
-            }
-        }
+        let Some(lanes) = self.lanes.get_mut(&fd) else {
+            return false;
+        };
+        let lane = &mut lanes[lane_index(Direction::Read)];
+        self.batch.receive(fd, &mut self.ops, lane, &mut self.extra) == Batched::Drained
     }
 
     /// Completes, with `ECANCELED`, operations that wait their turn in a lane
@@ -370,8 +318,7 @@ impl<T> UringDriver<T> {
                 ready: Vec::new(),
                 closing: false,
                 extra: Vec::new(),
-                batch: Vec::new(),
-                batch_ids: Vec::new(),
+                batch: DatagramBatch::default(),
             }),
             live: AtomicUsize::new(0),
         }

@@ -1,0 +1,98 @@
+//! Datagrams already waiting on a socket, taken into its queued receives
+//! with one `recvmmsg`: what both backends do instead of one system call (or
+//! one trip through the ring) per datagram when receives queue up.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use super::fd::FdKind;
+use super::inflight::{Inflight, OpId};
+use super::op::{self, Finished, Op};
+use super::syscalls;
+
+/// Most datagrams one `recvmmsg` takes.
+const BATCH: usize = 64;
+
+/// The headers of one batch, kept between batches so that the steady state
+/// allocates nothing.
+#[derive(Default)]
+pub(crate) struct DatagramBatch {
+    hdrs: Vec<libc::mmsghdr>,
+    ids: Vec<OpId>,
+}
+
+// SAFETY: the headers hold pointers only between the `recvmmsg` that fills
+// them and the end of that batch, under the lock of the table whose slots
+// they point into.
+unsafe impl Send for DatagramBatch {}
+
+/// How a batch ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Batched {
+    /// The front of the lane is not a datagram `recv_from`: nothing done.
+    NotApplicable,
+    /// The socket has no more datagrams (`recvmmsg` took fewer than asked).
+    Drained,
+    /// `recvmmsg` failed otherwise: the front receive, tried alone, reports it.
+    Failed,
+}
+
+impl DatagramBatch {
+    /// Fills the datagram receives at the front of `lane` (oldest first, so
+    /// issue order holds) from `fd` until the socket is drained, taking each
+    /// filled one out of `lane` and `ops` into `done`. The receives must wait
+    /// in user space (the kernel holds none of them) and `ops` must be held
+    /// exclusively, so that the memory the headers point into stays put.
+    pub(crate) fn receive<T>(
+        &mut self,
+        fd: RawFd,
+        ops: &mut Inflight<T>,
+        lane: &mut VecDeque<OpId>,
+        done: &mut Vec<Finished<T>>,
+    ) -> Batched {
+        loop {
+            self.hdrs.clear();
+            self.ids.clear();
+            for &id in lane.iter().take(BATCH) {
+                match ops.get_mut(id) {
+                    Some((p, s)) if p.op == Op::RecvFrom && p.kind == FdKind::Datagram => {
+                        s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                        s.msg.msg_flags = 0;
+                        self.hdrs.push(libc::mmsghdr {
+                            msg_hdr: s.msg,
+                            msg_len: 0,
+                        });
+                        self.ids.push(id);
+                    }
+                    _ => break,
+                }
+            }
+            if self.hdrs.is_empty() {
+                return Batched::NotApplicable;
+            }
+            let asked = self.hdrs.len();
+            let got = syscalls::recvmmsg(fd, &mut self.hdrs);
+            if got == -libc::EAGAIN {
+                return Batched::Drained;
+            }
+            if got <= 0 {
+                return Batched::Failed;
+            }
+            for (&id, h) in self.ids.iter().zip(&self.hdrs).take(got as usize) {
+                if let Some((_, s)) = ops.get_mut(id) {
+                    // recvmmsg wrote the lengths and flags into its copy.
+                    s.msg.msg_namelen = h.msg_hdr.msg_namelen;
+                    s.msg.msg_flags = h.msg_hdr.msg_flags;
+                }
+                lane.pop_front();
+                if let Some((p, s)) = ops.complete(id) {
+                    let res = h.msg_len.min(i32::MAX as u32) as i32;
+                    done.push(op::finish(p, res, s));
+                }
+            }
+            if (got as usize) < asked {
+                return Batched::Drained;
+            }
+        }
+    }
+}
