@@ -35,7 +35,9 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 
 use super::queue::Queue;
-use super::state::{State, MAX_ACTIVE, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER};
+use super::state::{
+    State, MAX_ACTIVE, MAX_QUEUED, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER,
+};
 use super::waiter::{Waiter, CLOSED, GRANTED, LEAD, WAITING};
 use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
@@ -584,8 +586,11 @@ impl<T> Core<T> {
             let mut stack = lock(&self.stack);
             let mut s = self.state();
             loop {
-                // Clear the waiter count with the stack, so the two agree.
-                let new = (s.0 & !(MAX_WAITERS * ONE_WAITER)) | State(0).with_closed().0;
+                // Clear the waiter count with the stack, so the two agree,
+                // and the queued count: the drain below drops every
+                // unclaimed packet, and nothing can be claimed once closed.
+                let new = (s.0 & !(MAX_WAITERS * ONE_WAITER) & !(MAX_QUEUED * ONE_QUEUED))
+                    | State(0).with_closed().0;
                 match self.cas(s, new) {
                     Ok(()) => break,
                     Err(now) => s = now,
