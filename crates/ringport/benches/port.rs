@@ -67,6 +67,10 @@ struct Args {
     bursts: u64,
     samples: u64,
     only: Vec<String>,
+    /// `--loop PEER --reps R`: one thread posts 1,000 items and takes them,
+    /// R times (for callgrind: instructions per item = the difference of two
+    /// runs' totals over the difference of their items).
+    lp: Option<(String, u64)>,
 }
 
 fn args() -> Args {
@@ -77,6 +81,7 @@ fn args() -> Args {
         bursts: 1_000,
         samples: 3_000,
         only: vec!["flood".into(), "bursty".into(), "latency".into()],
+        lp: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -94,6 +99,11 @@ fn args() -> Args {
                     .collect()
             }
             "--only" => a.only = v().split(',').map(str::to_owned).collect(),
+            "--loop" => a.lp = Some((v(), a.lp.as_ref().map_or(1000, |l| l.1))),
+            "--reps" => {
+                let r = v().parse().expect("--reps N");
+                a.lp = Some((a.lp.take().map_or_else(String::new, |l| l.0), r));
+            }
             _ => {} // `--bench` and the like, from cargo
         }
     }
@@ -586,8 +596,63 @@ fn latency(a: &Args) {
     ratios("latency p99 (lower is better)", &p99);
 }
 
+/// One thread, no contention: only the code path counts.
+fn single_thread_loop(peer: &str, reps: u64) {
+    const N: u64 = 1_000;
+    let mut sum = 0u64;
+    match peer {
+        "ringport" => {
+            let port = CompletionPort::<u64>::new(1).expect("port");
+            for _ in 0..reps {
+                for i in 0..N {
+                    port.post(0, i, Ok(0)).expect("post");
+                }
+                for _ in 0..N {
+                    let p = port.get(None).expect("get");
+                    sum = sum.wrapping_add(p.token);
+                }
+            }
+        }
+        "ringport-many" => {
+            let port = CompletionPort::<u64>::new(1).expect("port");
+            let mut out: Vec<Option<Packet<u64>>> = (0..64).map(|_| None).collect();
+            for _ in 0..reps {
+                for i in 0..N {
+                    port.post(0, i, Ok(0)).expect("post");
+                }
+                let mut got = 0;
+                while got < N {
+                    let k = port.get_many(&mut out, None).expect("get_many");
+                    for p in out[..k].iter_mut() {
+                        sum = sum.wrapping_add(p.take().expect("packet").token);
+                    }
+                    got += k as u64;
+                }
+            }
+        }
+        "cb-fields" => {
+            let (tx, rx) = crossbeam_channel::unbounded::<Fields>();
+            for _ in 0..reps {
+                for i in 0..N {
+                    tx.send((0, i, Ok(0))).expect("send");
+                }
+                for _ in 0..N {
+                    let (_, t, _) = rx.recv().expect("recv");
+                    sum = sum.wrapping_add(t);
+                }
+            }
+        }
+        other => panic!("--loop ringport|ringport-many|cb-fields, not {other}"),
+    }
+    println!("{peer}: {} items, sum {sum}", reps * N);
+}
+
 fn main() {
     let a = args();
+    if let Some((peer, reps)) = &a.lp {
+        single_thread_loop(peer, *reps);
+        return;
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "ringport benches/port: {} CPUs, load average {}",

@@ -388,7 +388,10 @@ impl<T: Send + 'static> CompletionPort<T> {
         let shared = self.shared();
         let core = &shared.core;
         let io = &shared.io;
-        let was_active = activity::begin_get(self.id());
+        let id = self.id();
+        // A thread that stays active on this port reads one plain
+        // thread-local cell here (and below), not the activity record.
+        let was_active = activity::active_here(id) || activity::begin_get(id);
         let deadline = match timeout {
             Some(t) if !t.is_zero() => Instant::now().checked_add(t),
             _ => None,
@@ -423,7 +426,9 @@ impl<T: Send + 'static> CompletionPort<T> {
                 });
             }
         };
-        activity::set_active(shared, k);
+        if !activity::count_here(id, k) {
+            activity::set_active(shared, k);
+        }
         let mut taken = 0;
         for _ in 0..k {
             match core.take() {
