@@ -114,6 +114,8 @@ fn args() -> Args {
 struct Usage {
     cpu: Duration,
     switches: u64,
+    /// Of those, voluntary (the thread blocked; the rest are preemptions).
+    voluntary: u64,
 }
 
 fn usage() -> Usage {
@@ -125,6 +127,7 @@ fn usage() -> Usage {
     Usage {
         cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
         switches: (ru.ru_nvcsw + ru.ru_nivcsw) as u64,
+        voluntary: ru.ru_nvcsw as u64,
     }
 }
 
@@ -340,6 +343,7 @@ fn run_peer(
         used: Usage {
             cpu: after.cpu.saturating_sub(before.cpu),
             switches: after.switches - before.switches,
+            voluntary: after.voluntary - before.voluntary,
         },
         wakeups: port_handle.map_or(0, |p| p.stats().wakeups),
     }
@@ -466,37 +470,42 @@ fn bursty(a: &Args) {
     let work = move |t| spin(iters, t);
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
     let mut cs: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
+    let mut vol: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
     let mut wake = Vec::new();
     for round in 0..a.rounds {
         for (pi, &p) in PEERS.iter().enumerate() {
             let r = run_peer(p, BURSTY_WORKERS, BURSTY_LIMIT, Some(&cpus), work, produce);
             cpu[pi].push(r.used.cpu.as_secs_f64() * 1e6 / items as f64);
             cs[pi].push(r.used.switches as f64 / items as f64);
+            vol[pi].push(r.used.voluntary as f64 / items as f64);
             if p == Peer::Port {
                 wake.push(r.wakeups as f64 / items as f64);
             }
             eprintln!(
-                "bursty round {} {:<9} {:.3} CPU µs/item {:.4} cs/item",
+                "bursty round {} {:<9} {:.3} CPU µs/item {:.4} cs/item ({:.4} voluntary)",
                 round + 1,
                 p.name(),
                 cpu[pi][round],
-                cs[pi][round]
+                cs[pi][round],
+                vol[pi][round]
             );
         }
     }
-    println!("| peer | CPU µs/item | ctx switches/item |");
-    println!("|---|---|---|");
+    println!("| peer | CPU µs/item | ctx switches/item | of which voluntary |");
+    println!("|---|---|---|---|");
     for (pi, &p) in PEERS.iter().enumerate() {
         println!(
-            "| {} | {:.3} | {:.4} |",
+            "| {} | {:.3} | {:.4} | {:.4} |",
             p.name(),
             median(cpu[pi].clone()),
-            median(cs[pi].clone())
+            median(cs[pi].clone()),
+            median(vol[pi].clone())
         );
     }
     println!("\nport wake-ups per item: {:.4}\n", median(wake));
     ratios("CPU per item", &cpu);
     ratios("context switches per item", &cs);
+    ratios("voluntary context switches per item", &vol);
 }
 
 /// Post-to-wake delays in ns, sorted.

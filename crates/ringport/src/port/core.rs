@@ -218,51 +218,29 @@ impl<T> Core<T> {
 
     /// Makes `n` packets that were just pushed claimable, handing them to
     /// parked waiters first (LIFO) while the limit allows.
+    ///
+    /// One `fetch_add` on the state word: a single read-for-ownership of its
+    /// line, where a load and a compare-and-swap take two and retry under
+    /// contention. The word it returns says what the packets found. Closed:
+    /// the count is taken back and the packets drained. A waiter parked and
+    /// a slot free: the word now has `waiter_runnable`, and the poster
+    /// grants, under the stack's mutex, to the most recent waiters first
+    /// (as a slot given up does). Until it does, a thread calling `get` may
+    /// take the packet; a parked thread never wakes for a packet another
+    /// took, because a grant is a claim taken off `queued` by the granter's
+    /// CAS.
     pub(crate) fn publish(&self, n: u64) -> Result<(), NoPacket> {
-        let mut s = self.state();
-        loop {
-            if s.closed() {
-                self.drain();
-                return Err(NoPacket::Closed);
-            }
-            if s.waiters() > 0 && s.active() < self.limit {
-                return self.publish_slow(n);
-            }
-            match self.cas(s, s.0 + n * ONE_QUEUED) {
-                Ok(()) => return Ok(()),
-                Err(now) => s = now,
-            }
+        let old = State(self.state.fetch_add(n * ONE_QUEUED, Ordering::AcqRel));
+        if old.closed() {
+            // `close` cleared `queued` before we added to it, and a closed
+            // word's `queued` is changed by nobody else, so this cannot
+            // underflow.
+            self.state.fetch_sub(n * ONE_QUEUED, Ordering::AcqRel);
+            self.drain();
+            return Err(NoPacket::Closed);
         }
-    }
-
-    #[cold]
-    fn publish_slow(&self, mut n: u64) -> Result<(), NoPacket> {
-        let mut stack = lock(&self.stack);
-        let mut s = self.state();
-        while n > 0 {
-            if s.closed() {
-                drop(stack);
-                self.drain();
-                return Err(NoPacket::Closed);
-            }
-            if s.waiters() > 0 && s.active() < self.limit {
-                let new = s.0 - ONE_WAITER + ONE_ACTIVE;
-                match self.cas(s, new) {
-                    Ok(()) => {
-                        self.note_active(State(new).active());
-                        self.counters.handoffs.fetch_add(1, Ordering::Relaxed);
-                        self.grant_top(&mut stack);
-                        n -= 1;
-                        s = State(new);
-                    }
-                    Err(now) => s = now,
-                }
-            } else {
-                match self.cas(s, s.0 + n * ONE_QUEUED) {
-                    Ok(()) => return Ok(()),
-                    Err(now) => s = now,
-                }
-            }
+        if old.waiters() > 0 && old.active() < self.limit {
+            self.grant_runnable(true);
         }
         Ok(())
     }
@@ -551,12 +529,14 @@ impl<T> Core<T> {
     pub fn release(&self) {
         let s = State(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel) - ONE_ACTIVE);
         if s.waiter_runnable(self.limit) {
-            self.wake_for_release();
+            self.grant_runnable(false);
         }
     }
 
+    /// Grants queued packets to the most recent waiters while a waiter is
+    /// runnable (`handoff`: counted as a post handing its packet over).
     #[cold]
-    fn wake_for_release(&self) {
+    fn grant_runnable(&self, handoff: bool) {
         let mut stack = lock(&self.stack);
         let mut s = self.state();
         while s.waiter_runnable(self.limit) {
@@ -564,6 +544,9 @@ impl<T> Core<T> {
             match self.cas(s, new) {
                 Ok(()) => {
                     self.note_active(State(new).active());
+                    if handoff {
+                        self.counters.handoffs.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.grant_top(&mut stack);
                     s = State(new);
                 }
@@ -585,7 +568,7 @@ impl<T> Core<T> {
         let first = {
             let mut stack = lock(&self.stack);
             let mut s = self.state();
-            loop {
+            while !s.closed() {
                 // Clear the waiter count with the stack, so the two agree,
                 // and the queued count: the drain below drops every
                 // unclaimed packet, and nothing can be claimed once closed.
