@@ -41,6 +41,8 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Peer {
     Port,
+    /// The port through `get_many` (32 slots), the batch path; flood only.
+    PortMany,
     CbFields,
     CbPacket,
 }
@@ -49,6 +51,7 @@ impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::Port => "ringport",
+            Peer::PortMany => "ringport-get_many",
             Peer::CbFields => "cb-fields",
             Peer::CbPacket => "cb-packet",
         }
@@ -56,6 +59,7 @@ impl Peer {
 }
 
 const PEERS: [Peer; 3] = [Peer::Port, Peer::CbFields, Peer::CbPacket];
+const FLOOD_PEERS: [Peer; 4] = [Peer::Port, Peer::CbFields, Peer::CbPacket, Peer::PortMany];
 
 /// What a user sends over a channel instead of a port.
 type Fields = (u64, u64, io::Result<usize>);
@@ -269,6 +273,46 @@ fn run_peer(
             }
             port_handle = Some(port);
         }
+        Peer::PortMany => {
+            let port = CompletionPort::<u64>::new(limit).expect("port");
+            for _ in 0..workers {
+                let port = port.clone();
+                let mut slots: Vec<Option<Packet<u64>>> = (0..32).map(|_| None).collect();
+                let mut pending = std::collections::VecDeque::with_capacity(32);
+                let mut stopping = false;
+                spawn(
+                    Box::new(move || loop {
+                        if let Some(t) = pending.pop_front() {
+                            return Some(t);
+                        }
+                        if stopping {
+                            return None;
+                        }
+                        let k = port.get_many(&mut slots, None).ok()?;
+                        for s in &mut slots[..k] {
+                            let p = s.take().expect("a packet");
+                            if p.key != STOP {
+                                pending.push_back(p.token);
+                            } else if stopping {
+                                // Another consumer's stop: give it back.
+                                port.post(STOP, 0, Ok(0)).expect("post");
+                            } else {
+                                stopping = true;
+                            }
+                        }
+                    }),
+                    &mut handles,
+                );
+            }
+            ready.wait();
+            before = usage();
+            start = Instant::now();
+            items = produce(&mut |i| port.post(0, i, Ok(0)).expect("post"));
+            for _ in 0..workers {
+                port.post(STOP, 0, Ok(0)).expect("post");
+            }
+            port_handle = Some(port);
+        }
         Peer::CbFields => {
             let (tx, rx) = crossbeam_channel::unbounded::<Fields>();
             for _ in 0..workers {
@@ -352,15 +396,25 @@ fn run_peer(
 /// Prints "ringport / peer" for a figure: ratio of the medians and the
 /// median of per-round ratios.
 fn ratios(what: &str, per_round: &[Vec<f64>]) {
-    for (pi, &peer) in PEERS.iter().enumerate().skip(1) {
-        let of_medians = median(per_round[0].clone()) / median(per_round[pi].clone());
-        let per: Vec<f64> = per_round[0]
+    ratios_of(what, &PEERS, 0, per_round)
+}
+
+/// Prints `peers[mine]` ÷ each crossbeam peer: the ratio of the medians and
+/// the median of per-round ratios.
+fn ratios_of(what: &str, peers: &[Peer], mine: usize, per_round: &[Vec<f64>]) {
+    for (pi, &peer) in peers.iter().enumerate() {
+        if !matches!(peer, Peer::CbFields | Peer::CbPacket) {
+            continue;
+        }
+        let of_medians = median(per_round[mine].clone()) / median(per_round[pi].clone());
+        let per: Vec<f64> = per_round[mine]
             .iter()
             .zip(&per_round[pi])
             .map(|(a, b)| a / b)
             .collect();
         println!(
-            "ringport / {}: {what} {of_medians:.2}× (per-round median {:.2}×)",
+            "{} / {}: {what} {of_medians:.2}× (per-round median {:.2}×)",
+            peers[mine].name(),
             peer.name(),
             median(per)
         );
@@ -382,7 +436,7 @@ fn flood(a: &Args) {
     };
     for &w in &a.workers {
         // warm-up
-        for &p in &PEERS {
+        for &p in &FLOOD_PEERS {
             run_peer(
                 p,
                 w,
@@ -397,11 +451,11 @@ fn flood(a: &Args) {
                 },
             );
         }
-        let mut rate: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
-        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
-        let mut cs: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
+        let mut rate: Vec<Vec<f64>> = vec![Vec::new(); FLOOD_PEERS.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); FLOOD_PEERS.len()];
+        let mut cs: Vec<Vec<f64>> = vec![Vec::new(); FLOOD_PEERS.len()];
         for round in 0..a.rounds {
-            for (pi, &p) in PEERS.iter().enumerate() {
+            for (pi, &p) in FLOOD_PEERS.iter().enumerate() {
                 let r = run_peer(p, w, w, None, |_| 0, produce);
                 let m = items as f64 / r.elapsed.as_secs_f64() / 1e6;
                 rate[pi].push(m);
@@ -422,7 +476,7 @@ fn flood(a: &Args) {
             "| consumers | peer | M items/s (median) | min–max | CPU µs/item | ctx switches/item |"
         );
         println!("|---|---|---|---|---|---|");
-        for (pi, &p) in PEERS.iter().enumerate() {
+        for (pi, &p) in FLOOD_PEERS.iter().enumerate() {
             let lo = rate[pi].iter().copied().fold(f64::INFINITY, f64::min);
             let hi = rate[pi].iter().copied().fold(0.0, f64::max);
             println!(
@@ -434,7 +488,9 @@ fn flood(a: &Args) {
             );
         }
         println!();
-        ratios(&format!("{w} consumers, rate"), &rate);
+        for mine in [0, 3] {
+            ratios_of(&format!("{w} consumers, rate"), &FLOOD_PEERS, mine, &rate);
+        }
         println!();
     }
 }
@@ -515,7 +571,7 @@ fn latency_once(peer: Peer, samples: u64) -> Vec<u64> {
     type Recv = Box<dyn FnMut() -> Option<(u64, Option<Instant>)> + Send>;
     type Send_ = Box<dyn FnMut(u64, Option<Instant>)>;
     let (mut recv, mut send): (Recv, Send_) = match peer {
-        Peer::Port => {
+        Peer::Port | Peer::PortMany => {
             let port = CompletionPort::<Option<Instant>>::new(1).expect("port");
             let rx = port.clone();
             (
