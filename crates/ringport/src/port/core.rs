@@ -2,13 +2,16 @@
 //!
 //! # How a packet finds a thread
 //!
-//! Every packet is pushed on the [`Queue`] first and then *published* by a CAS
-//! on the [`State`] word. Publishing either hands the packet to the most recent
-//! parked waiter (when one exists and fewer than `limit` threads are active) or
-//! bumps `queued` so that a thread calling `get` can claim it. Claiming is a
-//! CAS too (`queued -= k`, `active += 1`), after which the claimant pops `k`
-//! packets: it never finds the queue short, because a packet is counted only
-//! after its push completed.
+//! Every packet is pushed on the [`Queue`] first and then *published*: one
+//! `fetch_add` of `queued` on the [`State`] word. If the word it returns had a
+//! parked waiter and a free slot, the poster then grants, under the stack's
+//! mutex, to the most recent waiter (a CAS `waiters -= 1`, `queued -= 1`,
+//! `active += 1`, then the wake); otherwise the packet waits for a thread
+//! calling `get` to claim it. Claiming is a CAS (`queued -= k`, and
+//! `active += 1` unless the caller keeps the slot it held), after which the
+//! claimant pops `k` packets: it never finds the queue short, because a
+//! packet is counted only after its push completed. A batch (`get_many`) is
+//! one claim, one CAS, however many packets it takes.
 //!
 //! # Locks
 //!
@@ -18,15 +21,19 @@
 //! `waiters` count happens under it, so the stack's length always equals that
 //! count when the mutex is free. A parker re-checks the state under the mutex
 //! and moves `waiters` 0→1 with a CAS; a poster that saw `waiters == 0` in its
-//! own CAS was therefore ordered before that park, and the parker sees its
-//! packet and claims it instead of sleeping. This is the no-lost-wakeup
-//! argument; `tests/loom.rs` checks it.
+//! own `fetch_add` was therefore ordered before that park, and the parker sees
+//! its packet and claims it instead of sleeping; a poster that saw a waiter
+//! takes the mutex, so it finds that waiter on the stack. This is the
+//! no-lost-wakeup argument; `tests/loom.rs` checks it.
 //!
 //! # The invariant
 //!
 //! After every transition `!state.waiter_runnable(limit)` holds: no thread is
-//! parked while a packet it could take is queued and a slot is free. Posts keep
-//! it by handing off, claims and parks cannot break it, and a release of a
+//! parked while a packet it could take is queued and a slot is free. (A post
+//! breaks it for the moment between its `fetch_add` and its grant; a thread
+//! calling `get` meanwhile may take the packet, as it could if it had come
+//! first, and the grant then finds nothing to grant.) Posts keep it by
+//! granting, claims and parks cannot break it, and a release of a
 //! slot by anything other than `get` (`blocking`, thread exit, moving to
 //! another port) calls [`Core::release`], which wakes one waiter if needed.
 
