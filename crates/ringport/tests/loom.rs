@@ -205,6 +205,93 @@ fn get_again_races_a_post_and_a_parker() {
     });
 }
 
+/// Limit 3: an active thread calls `get` again while a post races it and
+/// two threads are parked in a known order. Either the active thread takes
+/// the packet, or the *last* parked thread does; the first parked is never
+/// served before the second, and nobody is left parked beside a claimable
+/// packet.
+#[test]
+fn get_again_races_a_post_and_keeps_lifo() {
+    loom::model(|| {
+        let core = Arc::new(Core::<u32>::new(3));
+        core.push(1).unwrap();
+        assert_eq!(get_now(&core, false), 1); // this thread is active
+        let first = spawn_on(&core, move |core| get(&core, false, true, None).unwrap());
+        spin_until(|| waiters(&core) == 1);
+        let second = spawn_on(&core, move |core| get(&core, false, true, None).unwrap());
+        spin_until(|| waiters(&core) == 2);
+        let poster = spawn_on(&core, move |core| core.push(2).unwrap());
+        let mine = get(&core, true, false, None);
+        poster.join().unwrap();
+        match mine {
+            Ok(2) => {
+                check_quiescent(&core);
+                core.push(3).unwrap();
+                assert_eq!(second.join().unwrap(), 3, "LIFO: last parked, first served");
+            }
+            Err(e) => {
+                assert_eq!(e, "Empty");
+                assert_eq!(second.join().unwrap(), 2, "LIFO: last parked, first served");
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+        core.push(4).unwrap();
+        assert_eq!(first.join().unwrap(), 4);
+        assert_eq!((queued(&core), waiters(&core)), (0, 0));
+        check_quiescent(&core);
+    });
+}
+
+/// Limit 1, a waiter parked, and two threads active (one came back from a
+/// blocking section, over the limit): the active thread that calls `get`
+/// again must not take the packet a post races in (its own activity ends
+/// first and the other still fills the limit), whatever the order of its
+/// claim and the post; once the other thread exits, the waiter gets the
+/// packet.
+#[test]
+fn get_again_over_the_limit_races_a_post() {
+    loom::model(|| {
+        let core = Arc::new(Core::<u32>::new(1));
+        core.push(1).unwrap();
+        assert_eq!(get_now(&core, false), 1); // this thread is active
+        let waiter = spawn_on(&core, move |core| get(&core, false, true, None).unwrap());
+        spin_until(|| waiters(&core) == 1);
+        core.reacquire(); // another thread is back from blocking: 2 active, limit 1
+        let poster = spawn_on(&core, move |core| core.push(2).unwrap());
+        assert_eq!(get(&core, true, false, None), Err("Empty".to_string()));
+        poster.join().unwrap();
+        check_quiescent(&core);
+        core.release(); // the other thread exits
+        assert_eq!(waiter.join().unwrap(), 2);
+        assert_eq!(core.snapshot(), (0, 1, 0, false));
+        check_quiescent(&core);
+    });
+}
+
+/// Limit 1: an active thread's `get` races a post and a close. Whatever the
+/// order, the port ends closed with nothing counted as queued (the drain on
+/// close leaves the counters true, and a post refused by a closed port
+/// takes its count back).
+#[test]
+fn get_again_races_close_and_a_post() {
+    loom::model(|| {
+        let core = Arc::new(Core::<u32>::new(1));
+        core.push(1).unwrap();
+        assert_eq!(get_now(&core, false), 1); // this thread is active
+        let poster = spawn_on(&core, move |core| core.push(2).is_ok());
+        let closer = spawn_on(&core, move |core| core.close());
+        let mine = get(&core, true, false, None);
+        let posted = poster.join().unwrap();
+        assert!(closer.join().unwrap());
+        if let Ok(p) = mine {
+            assert!(posted && p == 2);
+        }
+        let (q, a, w, closed) = core.snapshot();
+        assert_eq!((q, w, closed), (0, 0, true), "close leaves nothing queued");
+        assert!(a <= 1);
+    });
+}
+
 /// Two threads parked in a known order (limit 2, so both may run): the
 /// last to park is woken by the first post, the other by the second. (A
 /// grant is a claim on one queued packet, not on a particular one, so the

@@ -678,6 +678,36 @@ fn after_close_get_and_post_fail_and_queued_packets_are_dropped() {
     assert_eq!(drops.load(Ordering::SeqCst), 6);
 }
 
+/// The drain on close leaves the counters true: what was queued is gone, so
+/// `stats().queued` says 0 (it used to keep the count from before the close).
+#[test]
+fn close_leaves_the_queued_count_true() {
+    let port = CompletionPort::<u64>::new(2).unwrap();
+    for k in 0..3 {
+        port.post(k, k, Ok(0)).unwrap();
+    }
+    assert_eq!(port.stats().queued, 3);
+    port.close();
+    let s = port.stats();
+    assert_eq!((s.queued, s.active, s.waiting), (0, 0, 0));
+    assert_eq!(s.posted, 3);
+    assert!(matches!(port.post(9, 9, Ok(0)), Err(Error::Closed)));
+    assert_eq!(port.stats().queued, 0, "a refused post is not queued");
+    assert!(format!("{port:?}").contains("queued: 0"));
+
+    // An active thread that closes its own port gives its slot up too.
+    let port = CompletionPort::<u64>::new(2).unwrap();
+    for k in 0..3 {
+        port.post(k, k, Ok(0)).unwrap();
+    }
+    let _p = port.get(Some(LONG)).unwrap();
+    port.close();
+    let s = port.stats();
+    assert_eq!((s.queued, s.dequeued), (0, 1));
+    assert!(matches!(port.get(None), Err(Error::Closed)));
+    assert_eq!(port.stats().active, 0);
+}
+
 /// Dropping the last handle closes the port even while a thread that was
 /// active on it still holds its state.
 #[test]

@@ -8,7 +8,8 @@
 //! exactly once, including the thread's exit (the destructor below), so a
 //! pool stopped with one packet per worker never hangs at any limit.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -39,8 +40,26 @@ struct Activity {
     waiter: Option<Arc<Waiter>>,
 }
 
+impl Activity {
+    /// Mirrors the record into [`FAST`]; called after every change.
+    fn sync(&self) {
+        let port = self
+            .active
+            .as_ref()
+            .map_or(ptr::null(), |p| Arc::as_ptr(p) as *const ());
+        let counter = match &self.load {
+            Some((k, c)) if !port.is_null() && Weak::as_ptr(k) as *const () == port => {
+                Arc::as_ptr(c)
+            }
+            _ => ptr::null(),
+        };
+        FAST.with(|f| f.set((port, counter)));
+    }
+}
+
 impl Drop for Activity {
     fn drop(&mut self) {
+        FAST.with(|f| f.set((ptr::null(), ptr::null())));
         if let Some(port) = self.active.take() {
             port.release();
         }
@@ -49,6 +68,36 @@ impl Drop for Activity {
 
 thread_local! {
     static ACTIVITY: RefCell<Activity> = RefCell::default();
+    /// A copy of `ACTIVITY`'s active port (its address) and, when the load
+    /// counter is that port's, the counter: what a `get` by a thread that
+    /// stays active on one port needs, read without the `RefCell` and the
+    /// lazy initialisation (a const thread-local with no destructor).
+    /// `Activity::sync` keeps it equal to the record; the counter it points
+    /// to is kept alive by the record's `load`.
+    static FAST: Cell<(*const (), *const AtomicU64)> = const { Cell::new((ptr::null(), ptr::null())) };
+}
+
+/// Whether the thread holds a slot on `port`, from the fast copy.
+#[inline]
+pub(crate) fn active_here(port: *const ()) -> bool {
+    FAST.with(|f| f.get().0 == port)
+}
+
+/// Counts `n` packets against the thread's load on `port` if the fast copy
+/// says it is active there with that port's counter; returns whether it did
+/// (otherwise call [`set_active`]).
+#[inline]
+pub(crate) fn count_here(port: *const (), n: u64) -> bool {
+    let (p, c) = FAST.with(Cell::get);
+    if p != port || c.is_null() {
+        return false;
+    }
+    // SAFETY: `c` is the counter of `ACTIVITY`'s `load` while `FAST` names
+    // it (`Activity::sync` runs after every change of the record), and that
+    // `Arc` keeps it alive. Only this thread writes its counter.
+    let c = unsafe { &*c };
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    true
 }
 
 fn same(a: &Arc<dyn Slot>, b: *const ()) -> bool {
@@ -64,7 +113,11 @@ pub(crate) fn begin_get(port: *const ()) -> bool {
         let mut a = a.borrow_mut();
         match &a.active {
             Some(p) if same(p, port) => (true, None),
-            Some(_) => (false, a.active.take()),
+            Some(_) => {
+                let other = a.active.take();
+                a.sync();
+                (false, other)
+            }
             None => (false, None),
         }
     });
@@ -97,12 +150,18 @@ pub(crate) fn set_active<S: Slot + 'static>(port: &Arc<S>, n: u64) {
                 a.load = Some((port, c));
             }
         }
+        a.sync();
     })
 }
 
 /// Records that the thread holds no slot (the port's claim already gave it up).
 pub(crate) fn clear() {
-    let old = ACTIVITY.with(|a| a.borrow_mut().active.take());
+    let old = ACTIVITY.with(|a| {
+        let mut a = a.borrow_mut();
+        let old = a.active.take();
+        a.sync();
+        old
+    });
     drop(old);
 }
 
@@ -117,7 +176,11 @@ pub(crate) fn take_if_active_on(port: *const ()) -> Option<Arc<dyn Slot>> {
     ACTIVITY.with(|a| {
         let mut a = a.borrow_mut();
         match &a.active {
-            Some(p) if same(p, port) => a.active.take(),
+            Some(p) if same(p, port) => {
+                let slot = a.active.take();
+                a.sync();
+                slot
+            }
             _ => None,
         }
     })
@@ -130,6 +193,7 @@ pub(crate) fn restore(port: Arc<dyn Slot>) -> bool {
         let mut a = a.borrow_mut();
         if a.active.is_none() {
             a.active = Some(port);
+            a.sync();
             true
         } else {
             false

@@ -270,9 +270,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// Errors: [`Error::Timeout`] when nothing came in time, [`Error::Closed`]
     /// once the port is closed (also for threads already waiting).
     pub fn get(&self, timeout: Option<Duration>) -> Result<Packet<T>, Error> {
-        let mut out = None;
-        self.dequeue(1, timeout, |p| out = Some(p))?;
-        out.ok_or(Error::Closed)
+        self.dequeue(1, timeout)?;
+        // `None` only if the port was closed (and drained) since the claim.
+        self.shared().core.take().ok_or(Error::Closed)
     }
 
     /// Takes up to `out.len()` packets at once (`GetQueuedCompletionStatusEx`),
@@ -290,11 +290,20 @@ impl<T: Send + 'static> CompletionPort<T> {
                 "get_many with an empty output slice",
             ));
         }
-        let mut i = 0;
-        self.dequeue(out.len() as u64, timeout, |p| {
-            out[i] = Some(p);
-            i += 1;
-        })
+        let k = self.dequeue(out.len() as u64, timeout)?;
+        let core = &self.shared().core;
+        let mut taken = 0;
+        for slot in &mut out[..k] {
+            match core.take() {
+                Some(p) => *slot = Some(p),
+                None => break,
+            }
+            taken += 1;
+        }
+        if taken == 0 {
+            return Err(Error::Closed);
+        }
+        Ok(taken)
     }
 
     /// Takes up to `max` packets into a vector's spare room, like
@@ -308,23 +317,35 @@ impl<T: Send + 'static> CompletionPort<T> {
         if max == 0 {
             return Err(Error::InvalidArgument("get_into with max 0"));
         }
-        self.dequeue(max as u64, timeout, |p| out.push(p))
+        let k = self.dequeue(max as u64, timeout)?;
+        let core = &self.shared().core;
+        let mut taken = 0;
+        for _ in 0..k {
+            match core.take() {
+                Some(p) => out.push(p),
+                None => break,
+            }
+            taken += 1;
+        }
+        if taken == 0 {
+            return Err(Error::Closed);
+        }
+        Ok(taken)
     }
 
-    fn dequeue(
-        &self,
-        max: u64,
-        timeout: Option<Duration>,
-        mut sink: impl FnMut(Packet<T>),
-    ) -> Result<usize, Error> {
+    /// Claims up to `max` packets for the calling thread, waiting at most
+    /// `timeout` for the first, and records the thread as active; returns
+    /// how many it claimed (at least 1). The caller then takes that many
+    /// from the queue (fewer only if the port closes meanwhile), moving
+    /// each packet once, straight to where it goes.
+    fn dequeue(&self, max: u64, timeout: Option<Duration>) -> Result<usize, Error> {
         let shared = self.shared();
         let core = &shared.core;
         let io = &shared.io;
-        let was_active = activity::begin_get(self.id());
-        let deadline = match timeout {
-            Some(t) if !t.is_zero() => Instant::now().checked_add(t),
-            _ => None,
-        };
+        let id = self.id();
+        // A thread that stays active on this port reads one plain
+        // thread-local cell here (and below), not the activity record.
+        let was_active = activity::active_here(id) || activity::begin_get(id);
         let claimed = match core.try_claim(was_active, max) {
             Err(NoPacket::Empty) => {
                 // try_claim gave up the slot this thread held, if any.
@@ -336,6 +357,8 @@ impl<T: Send + 'static> CompletionPort<T> {
                 } else if timeout == Some(Duration::ZERO) {
                     Err(NoPacket::Empty)
                 } else {
+                    // The clock is read only here, on the way to waiting.
+                    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
                     Self::spin(core, max).unwrap_or_else(|| {
                         core.park(&activity::waiter(), deadline)
                             .map(|k| k + core.claim_more(max - k))
@@ -355,21 +378,10 @@ impl<T: Send + 'static> CompletionPort<T> {
                 });
             }
         };
-        activity::set_active(shared, k);
-        let mut taken = 0;
-        for _ in 0..k {
-            match core.take() {
-                Some(p) => {
-                    sink(p);
-                    taken += 1;
-                }
-                None => break,
-            }
+        if !activity::count_here(id, k) {
+            activity::set_active(shared, k);
         }
-        if taken == 0 {
-            return Err(Error::Closed);
-        }
-        Ok(taken)
+        Ok(k as usize)
     }
 
     /// Spins briefly (then yields) before parking, as crossbeam-channel

@@ -2,13 +2,16 @@
 //!
 //! # How a packet finds a thread
 //!
-//! Every packet is pushed on the [`Queue`] first and then *published* by a CAS
-//! on the [`State`] word. Publishing either hands the packet to the most recent
-//! parked waiter (when one exists and fewer than `limit` threads are active) or
-//! bumps `queued` so that a thread calling `get` can claim it. Claiming is a
-//! CAS too (`queued -= k`, `active += 1`), after which the claimant pops `k`
-//! packets: it never finds the queue short, because a packet is counted only
-//! after its push completed.
+//! Every packet is pushed on the [`Queue`] first and then *published*: one
+//! `fetch_add` of `queued` on the [`State`] word. If the word it returns had a
+//! parked waiter and a free slot, the poster then grants, under the stack's
+//! mutex, to the most recent waiter (a CAS `waiters -= 1`, `queued -= 1`,
+//! `active += 1`, then the wake); otherwise the packet waits for a thread
+//! calling `get` to claim it. Claiming is a CAS (`queued -= k`, and
+//! `active += 1` unless the caller keeps the slot it held), after which the
+//! claimant pops `k` packets: it never finds the queue short, because a
+//! packet is counted only after its push completed. A batch (`get_many`) is
+//! one claim, one CAS, however many packets it takes.
 //!
 //! # Locks
 //!
@@ -18,15 +21,19 @@
 //! `waiters` count happens under it, so the stack's length always equals that
 //! count when the mutex is free. A parker re-checks the state under the mutex
 //! and moves `waiters` 0→1 with a CAS; a poster that saw `waiters == 0` in its
-//! own CAS was therefore ordered before that park, and the parker sees its
-//! packet and claims it instead of sleeping. This is the no-lost-wakeup
-//! argument; `tests/loom.rs` checks it.
+//! own `fetch_add` was therefore ordered before that park, and the parker sees
+//! its packet and claims it instead of sleeping; a poster that saw a waiter
+//! takes the mutex, so it finds that waiter on the stack. This is the
+//! no-lost-wakeup argument; `tests/loom.rs` checks it.
 //!
 //! # The invariant
 //!
 //! After every transition `!state.waiter_runnable(limit)` holds: no thread is
-//! parked while a packet it could take is queued and a slot is free. Posts keep
-//! it by handing off, claims and parks cannot break it, and a release of a
+//! parked while a packet it could take is queued and a slot is free. (A post
+//! breaks it for the moment between its `fetch_add` and its grant; a thread
+//! calling `get` meanwhile may take the packet, as it could if it had come
+//! first, and the grant then finds nothing to grant.) Posts keep it by
+//! granting, claims and parks cannot break it, and a release of a
 //! slot by anything other than `get` (`blocking`, thread exit, moving to
 //! another port) calls [`Core::release`], which wakes one waiter if needed.
 
@@ -35,7 +42,9 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 
 use super::queue::Queue;
-use super::state::{State, MAX_ACTIVE, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER};
+use super::state::{
+    State, MAX_ACTIVE, MAX_QUEUED, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER,
+};
 use super::waiter::{Waiter, CLOSED, GRANTED, LEAD, WAITING};
 use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
@@ -216,51 +225,29 @@ impl<T> Core<T> {
 
     /// Makes `n` packets that were just pushed claimable, handing them to
     /// parked waiters first (LIFO) while the limit allows.
+    ///
+    /// One `fetch_add` on the state word: a single read-for-ownership of its
+    /// line, where a load and a compare-and-swap take two and retry under
+    /// contention. The word it returns says what the packets found. Closed:
+    /// the count is taken back and the packets drained. A waiter parked and
+    /// a slot free: the word now has `waiter_runnable`, and the poster
+    /// grants, under the stack's mutex, to the most recent waiters first
+    /// (as a slot given up does). Until it does, a thread calling `get` may
+    /// take the packet; a parked thread never wakes for a packet another
+    /// took, because a grant is a claim taken off `queued` by the granter's
+    /// CAS.
     pub(crate) fn publish(&self, n: u64) -> Result<(), NoPacket> {
-        let mut s = self.state();
-        loop {
-            if s.closed() {
-                self.drain();
-                return Err(NoPacket::Closed);
-            }
-            if s.waiters() > 0 && s.active() < self.limit {
-                return self.publish_slow(n);
-            }
-            match self.cas(s, s.0 + n * ONE_QUEUED) {
-                Ok(()) => return Ok(()),
-                Err(now) => s = now,
-            }
+        let old = State(self.state.fetch_add(n * ONE_QUEUED, Ordering::AcqRel));
+        if old.closed() {
+            // `close` cleared `queued` before we added to it, and a closed
+            // word's `queued` is changed by nobody else, so this cannot
+            // underflow.
+            self.state.fetch_sub(n * ONE_QUEUED, Ordering::AcqRel);
+            self.drain();
+            return Err(NoPacket::Closed);
         }
-    }
-
-    #[cold]
-    fn publish_slow(&self, mut n: u64) -> Result<(), NoPacket> {
-        let mut stack = lock(&self.stack);
-        let mut s = self.state();
-        while n > 0 {
-            if s.closed() {
-                drop(stack);
-                self.drain();
-                return Err(NoPacket::Closed);
-            }
-            if s.waiters() > 0 && s.active() < self.limit {
-                let new = s.0 - ONE_WAITER + ONE_ACTIVE;
-                match self.cas(s, new) {
-                    Ok(()) => {
-                        self.note_active(State(new).active());
-                        self.counters.handoffs.fetch_add(1, Ordering::Relaxed);
-                        self.grant_top(&mut stack);
-                        n -= 1;
-                        s = State(new);
-                    }
-                    Err(now) => s = now,
-                }
-            } else {
-                match self.cas(s, s.0 + n * ONE_QUEUED) {
-                    Ok(()) => return Ok(()),
-                    Err(now) => s = now,
-                }
-            }
+        if old.waiters() > 0 && old.active() < self.limit {
+            self.grant_runnable(true);
         }
         Ok(())
     }
@@ -549,12 +536,14 @@ impl<T> Core<T> {
     pub fn release(&self) {
         let s = State(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel) - ONE_ACTIVE);
         if s.waiter_runnable(self.limit) {
-            self.wake_for_release();
+            self.grant_runnable(false);
         }
     }
 
+    /// Grants queued packets to the most recent waiters while a waiter is
+    /// runnable (`handoff`: counted as a post handing its packet over).
     #[cold]
-    fn wake_for_release(&self) {
+    fn grant_runnable(&self, handoff: bool) {
         let mut stack = lock(&self.stack);
         let mut s = self.state();
         while s.waiter_runnable(self.limit) {
@@ -562,6 +551,9 @@ impl<T> Core<T> {
             match self.cas(s, new) {
                 Ok(()) => {
                     self.note_active(State(new).active());
+                    if handoff {
+                        self.counters.handoffs.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.grant_top(&mut stack);
                     s = State(new);
                 }
@@ -583,9 +575,12 @@ impl<T> Core<T> {
         let first = {
             let mut stack = lock(&self.stack);
             let mut s = self.state();
-            loop {
-                // Clear the waiter count with the stack, so the two agree.
-                let new = (s.0 & !(MAX_WAITERS * ONE_WAITER)) | State(0).with_closed().0;
+            while !s.closed() {
+                // Clear the waiter count with the stack, so the two agree,
+                // and the queued count: the drain below drops every
+                // unclaimed packet, and nothing can be claimed once closed.
+                let new = (s.0 & !(MAX_WAITERS * ONE_WAITER) & !(MAX_QUEUED * ONE_QUEUED))
+                    | State(0).with_closed().0;
                 match self.cas(s, new) {
                     Ok(()) => break,
                     Err(now) => s = now,
