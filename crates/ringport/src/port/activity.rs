@@ -17,7 +17,7 @@ use super::waiter::Waiter;
 
 /// A port's side of a thread's activity, type-erased so one thread-local
 /// serves ports of every token type.
-pub(crate) trait Slot: Send + Sync {
+pub(crate) trait ConcurrencySlot: Send + Sync {
     /// Gives the slot back (see [`Core::release`](super::core::Core::release)).
     fn release(&self);
     /// Takes the slot back after a blocking section (see
@@ -30,12 +30,12 @@ pub(crate) trait Slot: Send + Sync {
 #[derive(Default)]
 struct Activity {
     /// The port this thread holds a slot on, if any.
-    active: Option<Arc<dyn Slot>>,
+    active: Option<Arc<dyn ConcurrencySlot>>,
     /// This thread's dequeue counter on the port it last took packets from.
     /// The weak reference keeps that port's allocation (not the port) alive,
     /// so that a new port cannot be allocated at the same address and be
     /// mistaken for it.
-    load: Option<(Weak<dyn Slot>, Arc<AtomicU64>)>,
+    load: Option<(Weak<dyn ConcurrencySlot>, Arc<AtomicU64>)>,
     /// This thread's parking cell, reused across waits.
     waiter: Option<Arc<Waiter>>,
 }
@@ -100,7 +100,7 @@ pub(crate) fn count_here(port: *const (), n: u64) -> bool {
     true
 }
 
-fn same(a: &Arc<dyn Slot>, b: *const ()) -> bool {
+fn same(a: &Arc<dyn ConcurrencySlot>, b: *const ()) -> bool {
     Arc::as_ptr(a) as *const () == b
 }
 
@@ -129,7 +129,7 @@ pub(crate) fn begin_get(port: *const ()) -> bool {
 
 /// Records that the thread now holds a slot on `port`, and counts `n`
 /// packets against it.
-pub(crate) fn set_active<S: Slot + 'static>(port: &Arc<S>, n: u64) {
+pub(crate) fn set_active<S: ConcurrencySlot + 'static>(port: &Arc<S>, n: u64) {
     let key = Arc::as_ptr(port) as *const ();
     ACTIVITY.with(|a| {
         let mut a = a.borrow_mut();
@@ -146,7 +146,7 @@ pub(crate) fn set_active<S: Slot + 'static>(port: &Arc<S>, n: u64) {
             _ => {
                 let c = port.register_thread();
                 c.fetch_add(n, Ordering::Relaxed);
-                let port: Weak<dyn Slot> = Arc::downgrade(port) as Weak<S>;
+                let port: Weak<dyn ConcurrencySlot> = Arc::downgrade(port) as Weak<S>;
                 a.load = Some((port, c));
             }
         }
@@ -172,7 +172,7 @@ pub(crate) fn is_active_on(port: *const ()) -> bool {
 
 /// Takes the thread's slot on `port` out of the record (for a blocking
 /// section), leaving the thread inactive. The caller releases it.
-pub(crate) fn take_if_active_on(port: *const ()) -> Option<Arc<dyn Slot>> {
+pub(crate) fn take_if_active_on(port: *const ()) -> Option<Arc<dyn ConcurrencySlot>> {
     ACTIVITY.with(|a| {
         let mut a = a.borrow_mut();
         match &a.active {
@@ -188,7 +188,7 @@ pub(crate) fn take_if_active_on(port: *const ()) -> Option<Arc<dyn Slot>> {
 
 /// Puts a slot back after a blocking section, if the thread has not taken
 /// another one meanwhile. Returns whether the caller must re-count it.
-pub(crate) fn restore(port: Arc<dyn Slot>) -> bool {
+pub(crate) fn restore(port: Arc<dyn ConcurrencySlot>) -> bool {
     ACTIVITY.with(|a| {
         let mut a = a.borrow_mut();
         if a.active.is_none() {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-use super::activity::{self, Slot};
+use super::activity::{self, ConcurrencySlot};
 use super::core::{Core, Kernel, NoPacket};
 use super::state;
 use super::{Packet, Stats, ThreadLoad};
@@ -78,7 +78,7 @@ impl<T> Shared<T> {
     }
 }
 
-impl<T: Send + 'static> Slot for Shared<T> {
+impl<T: Send + 'static> ConcurrencySlot for Shared<T> {
     fn release(&self) {
         self.core.release()
     }
@@ -474,7 +474,7 @@ impl<T: Send + 'static> CompletionPort<T> {
 /// [`CompletionPort::blocking_guard`]. Not `Send`: it belongs to the thread.
 #[must_use = "the slot is taken back when the guard drops"]
 pub struct BlockingGuard {
-    slot: Option<Arc<dyn Slot>>,
+    slot: Option<Arc<dyn ConcurrencySlot>>,
     _not_send: PhantomData<*const ()>,
 }
 

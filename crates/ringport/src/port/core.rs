@@ -3,7 +3,7 @@
 //! # How a packet finds a thread
 //!
 //! Every packet is pushed on the [`Queue`] first and then *published*: one
-//! `fetch_add` of `queued` on the [`State`] word. If the word it returns had a
+//! `fetch_add` of `queued` on the [`StateWord`]. If the word it returns had a
 //! parked waiter and a free slot, the poster then grants, under the stack's
 //! mutex, to the most recent waiter (a CAS `waiters -= 1`, `queued -= 1`,
 //! `active += 1`, then the wake); otherwise the packet waits for a thread
@@ -43,7 +43,7 @@ use crossbeam_utils::CachePadded;
 
 use super::queue::Queue;
 use super::state::{
-    State, MAX_ACTIVE, MAX_QUEUED, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER,
+    StateWord, MAX_ACTIVE, MAX_QUEUED, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER,
 };
 use super::waiter::{Waiter, CLOSED, GRANTED, LEAD, WAITING};
 use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
@@ -93,9 +93,9 @@ struct Stack {
     sleeper: bool,
 }
 
-/// Counters kept beside the state word, each on its own line.
+/// PortCounters kept beside the state word, each on its own line.
 #[derive(Default)]
-pub(crate) struct Counters {
+pub(crate) struct PortCounters {
     pub(crate) posted: CachePadded<AtomicU64>,
     pub(crate) completed: CachePadded<AtomicU64>,
     pub(crate) wakeups: AtomicU64,
@@ -112,7 +112,7 @@ pub struct Core<T> {
     /// `stack.sleeper`, readable without the mutex (written under it).
     has_sleeper: AtomicBool,
     kernel: Option<Arc<dyn Kernel<T>>>,
-    pub(crate) counters: Counters,
+    pub(crate) counters: PortCounters,
 }
 
 impl<T> Core<T> {
@@ -132,7 +132,7 @@ impl<T> Core<T> {
             stack: Mutex::new(Stack::default()),
             has_sleeper: AtomicBool::new(false),
             kernel,
-            counters: Counters::default(),
+            counters: PortCounters::default(),
         }
     }
 
@@ -141,8 +141,8 @@ impl<T> Core<T> {
         self.limit
     }
 
-    pub(crate) fn state(&self) -> State {
-        State(self.state.load(Ordering::Acquire))
+    pub(crate) fn state(&self) -> StateWord {
+        StateWord(self.state.load(Ordering::Acquire))
     }
 
     /// The state word as `(queued, active, waiters, closed)`, for the loom model.
@@ -159,11 +159,11 @@ impl<T> Core<T> {
         self.state().waiter_runnable(self.limit)
     }
 
-    fn cas(&self, old: State, new: u64) -> Result<(), State> {
+    fn cas(&self, old: StateWord, new: u64) -> Result<(), StateWord> {
         self.state
             .compare_exchange_weak(old.0, new, Ordering::AcqRel, Ordering::Acquire)
             .map(|_| ())
-            .map_err(State)
+            .map_err(StateWord)
     }
 
     fn note_active(&self, active: u64) {
@@ -237,7 +237,7 @@ impl<T> Core<T> {
     /// took, because a grant is a claim taken off `queued` by the granter's
     /// CAS.
     pub(crate) fn publish(&self, n: u64) -> Result<(), NoPacket> {
-        let old = State(self.state.fetch_add(n * ONE_QUEUED, Ordering::AcqRel));
+        let old = StateWord(self.state.fetch_add(n * ONE_QUEUED, Ordering::AcqRel));
         if old.closed() {
             // `close` cleared `queued` before we added to it, and a closed
             // word's `queued` is changed by nobody else, so this cannot
@@ -327,13 +327,13 @@ impl<T> Core<T> {
                 }
                 return Err(NoPacket::Closed);
             }
-            let others = State(s.0 - mine);
+            let others = StateWord(s.0 - mine);
             let k = others.claimable(self.limit).min(max);
             if k > 0 {
                 let new = others.0 - k * ONE_QUEUED + ONE_ACTIVE;
                 match self.cas(s, new) {
                     Ok(()) => {
-                        self.note_active(State(new).active());
+                        self.note_active(StateWord(new).active());
                         return Ok(k);
                     }
                     Err(now) => s = now,
@@ -391,7 +391,7 @@ impl<T> Core<T> {
                     };
                     match self.cas(s, new) {
                         Ok(()) if k > 0 => {
-                            self.note_active(State(new).active());
+                            self.note_active(StateWord(new).active());
                             return Ok(1);
                         }
                         Ok(()) => break,
@@ -534,7 +534,7 @@ impl<T> Core<T> {
     /// blocking section, exiting the thread, or moving to another port. Wakes
     /// a waiter if that slot was the only thing keeping it parked.
     pub fn release(&self) {
-        let s = State(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel) - ONE_ACTIVE);
+        let s = StateWord(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel) - ONE_ACTIVE);
         if s.waiter_runnable(self.limit) {
             self.grant_runnable(false);
         }
@@ -550,12 +550,12 @@ impl<T> Core<T> {
             let new = s.0 - ONE_WAITER - ONE_QUEUED + ONE_ACTIVE;
             match self.cas(s, new) {
                 Ok(()) => {
-                    self.note_active(State(new).active());
+                    self.note_active(StateWord(new).active());
                     if handoff {
                         self.counters.handoffs.fetch_add(1, Ordering::Relaxed);
                     }
                     self.grant_top(&mut stack);
-                    s = State(new);
+                    s = StateWord(new);
                 }
                 Err(now) => s = now,
             }
@@ -565,7 +565,7 @@ impl<T> Core<T> {
     /// Takes a slot back after a blocking section, even past the limit (as
     /// Windows does); waiters stay parked until the count falls below it.
     pub fn reacquire(&self) {
-        let s = State(self.state.fetch_add(ONE_ACTIVE, Ordering::AcqRel) + ONE_ACTIVE);
+        let s = StateWord(self.state.fetch_add(ONE_ACTIVE, Ordering::AcqRel) + ONE_ACTIVE);
         self.note_active(s.active());
     }
 
@@ -580,7 +580,7 @@ impl<T> Core<T> {
                 // and the queued count: the drain below drops every
                 // unclaimed packet, and nothing can be claimed once closed.
                 let new = (s.0 & !(MAX_WAITERS * ONE_WAITER) & !(MAX_QUEUED * ONE_QUEUED))
-                    | State(0).with_closed().0;
+                    | StateWord(0).with_closed().0;
                 match self.cas(s, new) {
                     Ok(()) => break,
                     Err(now) => s = now,

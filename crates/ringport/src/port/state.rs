@@ -15,7 +15,7 @@
 
 /// A snapshot of the state word.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct State(pub(crate) u64);
+pub(crate) struct StateWord(pub(crate) u64);
 
 const QUEUED_BITS: u32 = 32;
 const ACTIVE_SHIFT: u32 = 32;
@@ -35,7 +35,7 @@ pub(crate) const ONE_QUEUED: u64 = 1;
 pub(crate) const ONE_ACTIVE: u64 = 1 << ACTIVE_SHIFT;
 pub(crate) const ONE_WAITER: u64 = 1 << WAITERS_SHIFT;
 
-impl State {
+impl StateWord {
     pub(crate) fn queued(self) -> u64 {
         self.0 & MAX_QUEUED
     }
@@ -48,8 +48,8 @@ impl State {
     pub(crate) fn closed(self) -> bool {
         self.0 & CLOSED != 0
     }
-    pub(crate) fn with_closed(self) -> State {
-        State(self.0 | CLOSED)
+    pub(crate) fn with_closed(self) -> StateWord {
+        StateWord(self.0 | CLOSED)
     }
 
     /// How many queued packets a thread may take now, given the limit, if it
@@ -76,7 +76,8 @@ mod tests {
 
     #[test]
     fn fields_do_not_overlap() {
-        let s = State(MAX_QUEUED | (MAX_ACTIVE << ACTIVE_SHIFT) | (MAX_WAITERS << WAITERS_SHIFT));
+        let s =
+            StateWord(MAX_QUEUED | (MAX_ACTIVE << ACTIVE_SHIFT) | (MAX_WAITERS << WAITERS_SHIFT));
         assert_eq!(s.queued(), MAX_QUEUED);
         assert_eq!(s.active(), MAX_ACTIVE);
         assert_eq!(s.waiters(), MAX_WAITERS);
@@ -87,7 +88,7 @@ mod tests {
 
     #[test]
     fn increments_land_in_their_field() {
-        let s = State(3 * ONE_QUEUED + 2 * ONE_ACTIVE + ONE_WAITER);
+        let s = StateWord(3 * ONE_QUEUED + 2 * ONE_ACTIVE + ONE_WAITER);
         assert_eq!((s.queued(), s.active(), s.waiters()), (3, 2, 1));
         assert_eq!(s.claimable(2), 0);
         assert_eq!(s.claimable(3), 3);

@@ -30,7 +30,7 @@ struct Job {
 // buffer meanwhile.
 unsafe impl Send for Job {}
 
-struct Inner {
+struct FilePoolState {
     jobs: Mutex<VecDeque<Job>>,
     ready: Condvar,
     finished: Mutex<Vec<(OpId, i32)>>,
@@ -42,13 +42,13 @@ struct Inner {
 }
 
 pub(crate) struct FilePool {
-    inner: Arc<Inner>,
+    inner: Arc<FilePoolState>,
 }
 
 impl FilePool {
     pub(crate) fn new(waker: Arc<Waker>) -> Self {
         FilePool {
-            inner: Arc::new(Inner {
+            inner: Arc::new(FilePoolState {
                 jobs: Mutex::new(VecDeque::new()),
                 ready: Condvar::new(),
                 finished: Mutex::new(Vec::new()),
@@ -113,7 +113,7 @@ impl FilePool {
     }
 }
 
-fn work(inner: &Inner) {
+fn work(inner: &FilePoolState) {
     loop {
         let job = {
             let mut jobs = lock(&inner.jobs);
