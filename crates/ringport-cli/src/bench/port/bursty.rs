@@ -109,8 +109,8 @@ pub(super) fn bursty(args: &Args, peers: &[Peer]) -> Result<(), String> {
     println!();
     println!("| peer | ctx switches/item | CPU µs/item | wall ms | port wake-ups/item |");
     println!("|---|---|---|---|---|");
-    let mut cs_med = [f64::NAN; 3];
-    let mut cpu_med = [f64::NAN; 3];
+    let mut cs_med = [f64::NAN; super::PEERS.len()];
+    let mut cpu_med = [f64::NAN; super::PEERS.len()];
     for (pi, &peer) in peers.iter().enumerate() {
         let figures: Vec<_> = runs[pi].iter().map(per_item).collect();
         let cs = median(figures.iter().map(|f| f.0).collect());

@@ -80,7 +80,7 @@ pub(super) fn flood(args: &Args, peers: &[Peer]) -> Result<(), String> {
     println!("|---|---|---|---|---|---|---|");
     let mut meds = Vec::new();
     for (wi, &w) in args.workers.iter().enumerate() {
-        let mut med = [f64::NAN; 3];
+        let mut med = [f64::NAN; super::PEERS.len()];
         for (pi, &peer) in peers.iter().enumerate() {
             let figures: Vec<_> = runs[wi][pi].iter().map(per_item).collect();
             let rates: Vec<f64> = figures.iter().map(|f| f.0).collect();

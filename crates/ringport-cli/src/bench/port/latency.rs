@@ -10,7 +10,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use ringport::{CompletionPort, Packet};
 
-use super::{ratio_line, Args, Peer, LATENCY_PAUSE, STOP};
+use super::{ratio_line, Args, Fields, Peer, LATENCY_PAUSE, STOP};
 use crate::measure::histogram;
 
 /// A stamped item, or `None` for the stop.
@@ -31,6 +31,14 @@ pub(super) fn latency_once(peer: Peer, samples: u64) -> Result<Histogram<u64>, S
             )?
         }
         Peer::Crossbeam => {
+            let (tx, rx) = crossbeam_channel::unbounded::<Fields<Option<Instant>>>();
+            measure_latency(
+                samples,
+                move || rx.recv().ok().map(|(k, t, r)| Packet::new(k, t, r)),
+                |p| tx.send((p.key, p.token, p.result)).map_err(|e| err(&e)),
+            )?
+        }
+        Peer::CrossbeamPacket => {
             let (tx, rx) = crossbeam_channel::unbounded::<Stamped>();
             measure_latency(
                 samples,
@@ -114,8 +122,8 @@ pub(super) fn latency(args: &Args, peers: &[Peer]) -> Result<(), String> {
     println!("| peer | p50 µs | p99 µs | p99.9 µs | max µs |");
     println!("|---|---|---|---|---|");
     let us = |v: u64| v as f64 / 1e3;
-    let mut p50 = [f64::NAN; 3];
-    let mut p99 = [f64::NAN; 3];
+    let mut p50 = [f64::NAN; super::PEERS.len()];
+    let mut p99 = [f64::NAN; super::PEERS.len()];
     for (pi, &peer) in peers.iter().enumerate() {
         let h = &hists[pi];
         println!(

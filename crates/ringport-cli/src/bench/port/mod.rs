@@ -55,8 +55,14 @@ pub struct Args {
     /// are consumers, so it never holds one back), `cpus`, or a number.
     #[arg(long, default_value = "workers")]
     limit: String,
-    /// Only these peers: ringport, crossbeam, mpsc (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "ringport,crossbeam,mpsc")]
+    /// Only these peers: ringport, crossbeam (carrying what a user would
+    /// send: key, token and result), crossbeam-packet (carrying ringport's
+    /// whole Packet), mpsc (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ringport,crossbeam,crossbeam-packet,mpsc"
+    )]
     peers: Vec<String>,
     /// Only these parts: flood, bursty, latency (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "flood,bursty,latency")]
@@ -74,11 +80,26 @@ const LATENCY_PAUSE: Duration = Duration::from_micros(100);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Peer {
     Port,
+    /// crossbeam-channel carrying (key, token, `io::Result<usize>`): what a
+    /// user who picked it would send.
     Crossbeam,
+    /// crossbeam-channel carrying ringport's whole [`Packet`].
+    CrossbeamPacket,
     Mpsc,
 }
 
-const PEERS: [Peer; 3] = [Peer::Port, Peer::Crossbeam, Peer::Mpsc];
+const PEERS: [Peer; 4] = [
+    Peer::Port,
+    Peer::Crossbeam,
+    Peer::CrossbeamPacket,
+    Peer::Mpsc,
+];
+
+/// A figure per peer, indexed by `Peer as usize`.
+type PerPeer = [f64; PEERS.len()];
+
+/// What the crossbeam peer carries.
+type Fields<T> = (u64, T, std::io::Result<usize>);
 
 impl Peer {
     fn parse(s: &str) -> Option<Peer> {
@@ -91,6 +112,7 @@ impl Peer {
         match self {
             Peer::Port => "ringport",
             Peer::Crossbeam => "crossbeam",
+            Peer::CrossbeamPacket => "crossbeam-packet",
             Peer::Mpsc => "std mpsc",
         }
     }
@@ -134,8 +156,9 @@ fn validate(args: &Args) -> Result<Vec<Peer>, String> {
     }
     let mut peers = Vec::new();
     for name in &args.peers {
-        let p = Peer::parse(name)
-            .ok_or_else(|| format!("--peers: unknown peer {name:?} (ringport, crossbeam, mpsc)"))?;
+        let p = Peer::parse(name).ok_or_else(|| {
+            format!("--peers: unknown peer {name:?} (ringport, crossbeam, crossbeam-packet, mpsc)")
+        })?;
         if !peers.contains(&p) {
             peers.push(p);
         }
@@ -147,7 +170,7 @@ fn validate(args: &Args) -> Result<Vec<Peer>, String> {
 }
 
 /// Prints `what` for ringport over each other peer, where both ran.
-fn ratio_line(what: &str, peers: &[Peer], value: &[f64; 3]) {
+fn ratio_line(what: &str, peers: &[Peer], value: &PerPeer) {
     if !peers.contains(&Peer::Port) {
         return;
     }
@@ -249,23 +272,24 @@ struct Run {
 /// The consumer side of a run: the same loop over each peer's receive call
 /// (`next`, None when the peer is closed). `work` is the per-item work
 /// (besides summing the token).
-fn consume(mut next: impl FnMut() -> Option<Packet<u64>>, work: impl Fn(u64) -> u64) -> Tally {
+fn consume(mut next: impl FnMut() -> Option<(u64, u64)>, work: impl Fn(u64) -> u64) -> Tally {
     let mut t = Tally::default();
-    while let Some(p) = next() {
-        if p.key == STOP {
+    while let Some((key, token)) = next() {
+        if key == STOP {
             break;
         }
-        t.sum = t.sum.wrapping_add(p.token);
+        t.sum = t.sum.wrapping_add(token);
         t.count += 1;
-        t.sink ^= work(p.token);
+        t.sink ^= work(token);
     }
     t
 }
 
-/// A consumer's receive call, made on its own thread.
-type Next = Box<dyn FnMut() -> Option<Packet<u64>> + Send>;
-/// The producer's send.
-type Post = Box<dyn FnMut(Packet<u64>)>;
+/// A consumer's receive call, made on its own thread: the key and token of
+/// what each peer carries.
+type Next = Box<dyn FnMut() -> Option<(u64, u64)> + Send>;
+/// The producer's send of a key and token (with an `Ok(0)` result).
+type Post = Box<dyn FnMut(u64, u64)>;
 
 /// Runs one producer (this thread) and `workers` consumers over `peer`.
 /// `produce` gets a `send` function and must send every item; the stop is
@@ -296,25 +320,47 @@ where
             let nexts = (0..workers)
                 .map(|_| {
                     let port = port.clone();
-                    Box::new(move || port.get(None).ok()) as Next
+                    Box::new(move || port.get(None).ok().map(|p| (p.key, p.token))) as Next
                 })
                 .collect();
-            (nexts, Box::new(move |p| port.post_packet(p).expect("post")))
+            (
+                nexts,
+                Box::new(move |k, t| port.post(k, t, Ok(0)).expect("post")),
+            )
         }
         Peer::Crossbeam => {
+            let (tx, rx) = crossbeam_channel::unbounded::<Fields<u64>>();
+            let nexts = (0..workers)
+                .map(|_| {
+                    let rx = rx.clone();
+                    Box::new(move || rx.recv().ok().map(|(k, t, _)| (k, t))) as Next
+                })
+                .collect();
+            (
+                nexts,
+                Box::new(move |k, t| tx.send((k, t, Ok(0))).expect("send")),
+            )
+        }
+        Peer::CrossbeamPacket => {
             let (tx, rx) = crossbeam_channel::unbounded::<Packet<u64>>();
             let nexts = (0..workers)
                 .map(|_| {
                     let rx = rx.clone();
-                    Box::new(move || rx.recv().ok()) as Next
+                    Box::new(move || rx.recv().ok().map(|p| (p.key, p.token))) as Next
                 })
                 .collect();
-            (nexts, Box::new(move |p| tx.send(p).expect("send")))
+            (
+                nexts,
+                Box::new(move |k, t| tx.send(Packet::new(k, t, Ok(0))).expect("send")),
+            )
         }
         Peer::Mpsc if workers == 1 => {
             let (tx, rx) = mpsc::channel::<Packet<u64>>();
-            let next = Box::new(move || rx.recv().ok()) as Next;
-            (vec![next], Box::new(move |p| tx.send(p).expect("send")))
+            let next = Box::new(move || rx.recv().ok().map(|p| (p.key, p.token))) as Next;
+            (
+                vec![next],
+                Box::new(move |k, t| tx.send(Packet::new(k, t, Ok(0))).expect("send")),
+            )
         }
         Peer::Mpsc => {
             // std's receiver is single-consumer: share it behind a mutex.
@@ -323,11 +369,16 @@ where
             let nexts = (0..workers)
                 .map(|_| {
                     let rx = rx.clone();
-                    Box::new(move || rx.lock().unwrap_or_else(|e| e.into_inner()).recv().ok())
-                        as Next
+                    Box::new(move || {
+                        let p = rx.lock().unwrap_or_else(|e| e.into_inner()).recv().ok();
+                        p.map(|p| (p.key, p.token))
+                    }) as Next
                 })
                 .collect();
-            (nexts, Box::new(move |p| tx.send(p).expect("send")))
+            (
+                nexts,
+                Box::new(move |k, t| tx.send(Packet::new(k, t, Ok(0))).expect("send")),
+            )
         }
     };
     let ready = Arc::new(Barrier::new(workers + 1));
@@ -349,9 +400,9 @@ where
     ready.wait();
     let before = usage();
     let start = Instant::now();
-    produce(&mut |i| send(Packet::new(0, i, Ok(0))));
+    produce(&mut |i| send(0, i));
     for _ in 0..workers {
-        send(Packet::new(STOP, 0, Ok(0)));
+        send(STOP, 0);
     }
     // Wait for every consumer, but not forever: a consumer that never gets
     // its stop packet (a lost wake-up) is reported, not waited for.
