@@ -1,311 +1,33 @@
 //! The io_uring driver: operations become SQEs on the port's ring, and the
 //! ring's completions become packets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{opcode, types};
 
+use super::sqe::sqe;
+use super::table::{lane_index, Table, CANCEL};
 use super::PortRing;
 use crate::port::core::Core;
-use crate::port::Buf;
 use crate::port::Packet;
 use crate::sync::lock;
-use crate::sys::batch::{Batched, DatagramBatch};
+use crate::sys::batch::DatagramBatch;
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
 use crate::sys::inflight::{Inflight, OpId, Operation, Scratch};
-use crate::sys::op::{self, Direction, Finished, Op};
+use crate::sys::op::{self, Finished, Op};
 use crate::sys::syscalls;
 use crate::Error;
-
-/// `user_data` of cancel requests, whose own completions are not packets.
-const CANCEL: u64 = u64::MAX - 1;
 
 pub(crate) struct UringDriver<T> {
     ring: PortRing,
     table: Mutex<Table<T>>,
     /// Operations in flight, readable without the table's mutex.
     live: AtomicUsize,
-}
-
-/// Everything the driver knows of its operations, under one mutex.
-struct Table<T> {
-    ops: Inflight<T>,
-    /// Per ordered descriptor, each direction's unfinished operations in
-    /// issue order. Only the first of each is in the kernel: io_uring wakes
-    /// the requests that wait on one socket newest first, so two pending
-    /// receives would take a stream's bytes in reverse issue order.
-    lanes: HashMap<RawFd, Lanes>,
-    /// Entries made while reaping (a lane's next operation, an operation
-    /// issued again), submitted together once the reap is done.
-    ready: Vec<squeue::Entry>,
-    /// The port is closing: an `ECANCELED` is final.
-    closing: bool,
-    /// Completions made on this thread while reaping (a batch of datagram
-    /// receives), queued with the reaped ones.
-    extra: Vec<Finished<T>>,
-    batch: DatagramBatch,
-}
-
-/// Times an operation is issued again after its issuer exited before its
-/// `ECANCELED` is taken as final (a guard against a kernel that cancels it
-/// for another reason, which would otherwise be retried for ever).
-const MAX_REISSUES: u8 = 64;
-
-/// One ordered descriptor's operations, per direction.
-#[derive(Default)]
-struct Lanes {
-    queues: [VecDeque<OpId>; 2],
-    /// The last operation of that direction found the socket drained (a
-    /// short receive) or full (a short send): the next one arms its poll
-    /// first instead of trying at once a transfer that would fail
-    /// (`IORING_RECVSEND_POLL_FIRST`, as liburing advises).
-    exhausted: [bool; 2],
-}
-
-impl std::ops::Index<usize> for Lanes {
-    type Output = VecDeque<OpId>;
-    fn index(&self, i: usize) -> &VecDeque<OpId> {
-        &self.queues[i]
-    }
-}
-
-impl std::ops::IndexMut<usize> for Lanes {
-    fn index_mut(&mut self, i: usize) -> &mut VecDeque<OpId> {
-        &mut self.queues[i]
-    }
-}
-
-/// `IORING_RECVSEND_POLL_FIRST` (the io-uring crate does not export it).
-const RECVSEND_POLL_FIRST: u16 = 1;
-
-fn lane_index(d: Direction) -> usize {
-    match d {
-        Direction::Read => 0,
-        Direction::Write => 1,
-    }
-}
-
-fn len32(n: usize) -> u32 {
-    n.min(u32::MAX as usize) as u32
-}
-
-/// The SQE for `p`, pointing only into its buffer's heap memory (within its
-/// capacity) and its slot's scratch, both kept by the in-flight table.
-fn sqe<T>(p: &mut Operation<T>, s: &mut Scratch) -> squeue::Entry {
-    let fd = types::Fd(p.fd);
-    let prio = if p.poll_first { RECVSEND_POLL_FIRST } else { 0 };
-    let buf = &mut p.buf;
-    let read = |b: &mut Option<Buf>| b.as_mut().map_or((std::ptr::null_mut(), 0), Buf::write_ptr);
-    let write = |b: &Option<Buf>| {
-        b.as_ref()
-            .map_or((std::ptr::null(), 0), |b| (b.read_ptr(), b.len()))
-    };
-    // Offset -1: a pipe's current position (it has none).
-    const STREAM: u64 = u64::MAX;
-    match (p.op, p.kind) {
-        (Op::ReadAt(off), _) => {
-            let (b, n) = read(buf);
-            opcode::Read::new(fd, b, len32(n)).offset(off).build()
-        }
-        (Op::WriteAt(off), _) => {
-            let (b, n) = write(buf);
-            opcode::Write::new(fd, b, len32(n)).offset(off).build()
-        }
-        (Op::Recv, FdKind::Pipe) => {
-            let (b, n) = read(buf);
-            opcode::Read::new(fd, b, len32(n)).offset(STREAM).build()
-        }
-        (Op::Send, FdKind::Pipe) => {
-            let (b, n) = write(buf);
-            opcode::Write::new(fd, b, len32(n)).offset(STREAM).build()
-        }
-        (Op::Recv, kind) => {
-            let (b, n) = read(buf);
-            // On a datagram socket the result is then the datagram's whole
-            // length, so that truncation shows.
-            let flags = if kind == FdKind::Datagram {
-                libc::MSG_TRUNC
-            } else {
-                0
-            };
-            opcode::Recv::new(fd, b, len32(n))
-                .flags(flags)
-                .ioprio(prio)
-                .build()
-        }
-        (Op::Send, _) => {
-            let (b, n) = write(buf);
-            opcode::Send::new(fd, b, len32(n))
-                .flags(libc::MSG_NOSIGNAL)
-                .ioprio(prio)
-                .build()
-        }
-        (Op::RecvFrom, _) => opcode::RecvMsg::new(fd, &mut s.msg).ioprio(prio).build(),
-        (Op::SendTo, _) => opcode::SendMsg::new(fd, &s.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .ioprio(prio)
-            .build(),
-        (Op::Accept, _) => opcode::Accept::new(
-            fd,
-            (&mut s.addr as *mut libc::sockaddr_storage).cast(),
-            &mut s.addrlen,
-        )
-        .flags(libc::SOCK_CLOEXEC)
-        .build(),
-        // A connect issued again finds the attempt under way (EALREADY):
-        // wait for it to end instead, and read SO_ERROR (see `complete`).
-        (Op::Connect, _) if p.reissues > 0 => {
-            opcode::PollAdd::new(fd, libc::POLLOUT as u32).build()
-        }
-        (Op::Connect, _) => opcode::Connect::new(
-            fd,
-            (&s.addr as *const libc::sockaddr_storage).cast(),
-            s.addrlen,
-        )
-        .build(),
-        (Op::Shutdown(how), _) => opcode::Shutdown::new(fd, how).build(),
-        (Op::Timer(_), _) => opcode::Timeout::new(&s.ts).build(),
-        (Op::PollReadable, _) => opcode::PollAdd::new(fd, libc::POLLIN as u32).build(),
-    }
-}
-
-/// How a connection attempt ended (`SO_ERROR`), as a CQE result.
-fn so_error(fd: RawFd) -> i32 {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a live int and its length for getsockopt to fill in.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    match r {
-        0 => -err,
-        _ => -std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO),
-    }
-}
-
-impl<T> Table<T> {
-    fn lane(&mut self, fd: RawFd, d: Direction) -> &mut VecDeque<OpId> {
-        &mut self.lanes.entry(fd).or_default()[lane_index(d)]
-    }
-
-    /// Turns a completion into a packet (or a watch to settle), freeing its
-    /// slot and queueing the next operation of its lane. `None` for the
-    /// completions of cancel requests, unknown ids, and operations issued
-    /// again.
-    fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Finished<T>> {
-        if cqe.user_data() == CANCEL {
-            return None;
-        }
-        let id = OpId(cqe.user_data());
-        let mut res = cqe.result();
-        {
-            let (p, s) = self.ops.get_mut(id)?;
-            if res == -libc::ECANCELED && !p.cancelled && !self.closing && p.reissues < MAX_REISSUES
-            {
-                // Nobody cancelled it: the thread that issued it exited, and
-                // the kernel ended the request before it did anything (a
-                // receive took no bytes). The operation belongs to its handle,
-                // not to that thread: issue it again from this live one. It
-                // stays first in its lane, so order holds.
-                p.reissues += 1;
-                self.ready.push(sqe(p, s).user_data(id.0));
-                return None;
-            }
-            if p.op == Op::Connect && p.reissues > 0 && res >= 0 {
-                res = so_error(p.fd);
-            }
-        }
-        let (p, s) = self.ops.complete(id)?;
-        let lane = p.op.lane(p.kind).map(|d| (p.fd, d));
-        if let (Some((fd, d)), Op::Recv | Op::Send, FdKind::Stream) = (lane, p.op, p.kind) {
-            let asked = match d {
-                Direction::Read => p.buf.as_ref().map_or(0, Buf::capacity),
-                Direction::Write => p.buf.as_ref().map_or(0, Buf::len),
-            };
-            let exhausted = res >= 0 && (res as usize) < asked;
-            if let Some(l) = self.lanes.get_mut(&fd) {
-                l.exhausted[lane_index(d)] = exhausted;
-            }
-        }
-        let finished = op::finish(p, res, s);
-        if let Some((fd, d)) = lane {
-            self.advance(fd, d, id);
-        }
-        Some(finished)
-    }
-
-    /// `done` left its lane: the next one goes to the kernel.
-    fn advance(&mut self, fd: RawFd, d: Direction, done: OpId) {
-        let q = self.lane(fd, d);
-        if q.front() != Some(&done) {
-            q.retain(|&i| i != done);
-            return;
-        }
-        q.pop_front();
-        if q.is_empty() {
-            return;
-        }
-        let drained = d == Direction::Read && self.receive_batch(fd);
-        if let Some(&next) = self.lane(fd, d).front() {
-            if let Some((p, s)) = self.ops.get_mut(next) {
-                p.poll_first |= drained;
-                self.ready.push(sqe(p, s).user_data(next.0));
-            }
-        }
-    }
-
-    /// Datagrams already waiting on `fd` go straight into the receives
-    /// queued in its lane, with one `recvmmsg` on this thread instead of a
-    /// trip through the ring each. Returns whether the socket was found
-    /// drained (the lane's next receive should then poll first).
-    fn receive_batch(&mut self, fd: RawFd) -> bool {
-        if self.closing {
-            return false;
-        }
-        let Some(lanes) = self.lanes.get_mut(&fd) else {
-            return false;
-        };
-        let lane = &mut lanes[lane_index(Direction::Read)];
-        self.batch.receive(fd, &mut self.ops, lane, &mut self.extra) == Batched::Drained
-    }
-
-    /// Completes, with `ECANCELED`, operations that wait their turn in a lane
-    /// (they never reached the kernel): `which` picks them by id.
-    fn cancel_waiting(&mut self, fd: RawFd, which: impl Fn(OpId) -> bool) -> Vec<Finished<T>> {
-        let mut ids = Vec::new();
-        if let Some(lanes) = self.lanes.get_mut(&fd) {
-            for q in lanes.queues.iter_mut() {
-                let mut i = 1;
-                while i < q.len() {
-                    if which(q[i]) {
-                        ids.extend(q.remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-        }
-        let mut done = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some((p, s)) = self.ops.complete(id) {
-                done.push(op::finish(p, -libc::ECANCELED, s));
-            }
-        }
-        done
-    }
 }
 
 impl<T> UringDriver<T> {

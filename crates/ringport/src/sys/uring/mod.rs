@@ -18,6 +18,8 @@ use crate::sync::{AtomicBool, Mutex, Ordering};
 
 pub(crate) mod driver;
 pub(crate) mod ring;
+mod sqe;
+mod table;
 
 use self::ring::{Purpose, Ring};
 

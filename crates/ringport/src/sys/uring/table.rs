@@ -1,0 +1,188 @@
+//! The driver's table: every operation it holds, the lanes that keep each
+//! socket's issue order, and what a completion turns into.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+
+use io_uring::{cqueue, squeue};
+
+use super::sqe::{so_error, sqe};
+use crate::port::Buf;
+use crate::sys::batch::{Batched, DatagramBatch};
+use crate::sys::fd::FdKind;
+use crate::sys::inflight::{Inflight, OpId};
+use crate::sys::op::{self, Direction, Finished, Op};
+
+/// `user_data` of cancel requests, whose own completions are not packets.
+pub(super) const CANCEL: u64 = u64::MAX - 1;
+
+/// Everything the driver knows of its operations, under one mutex.
+pub(super) struct Table<T> {
+    pub(super) ops: Inflight<T>,
+    /// Per ordered descriptor, each direction's unfinished operations in
+    /// issue order. Only the first of each is in the kernel: io_uring wakes
+    /// the requests that wait on one socket newest first, so two pending
+    /// receives would take a stream's bytes in reverse issue order.
+    pub(super) lanes: HashMap<RawFd, Lanes>,
+    /// Entries made while reaping (a lane's next operation, an operation
+    /// issued again), submitted together once the reap is done.
+    pub(super) ready: Vec<squeue::Entry>,
+    /// The port is closing: an `ECANCELED` is final.
+    pub(super) closing: bool,
+    /// Completions made on this thread while reaping (a batch of datagram
+    /// receives), queued with the reaped ones.
+    pub(super) extra: Vec<Finished<T>>,
+    pub(super) batch: DatagramBatch,
+}
+
+/// Times an operation is issued again after its issuer exited before its
+/// `ECANCELED` is taken as final (a guard against a kernel that cancels it
+/// for another reason, which would otherwise be retried for ever).
+const MAX_REISSUES: u8 = 64;
+
+/// One ordered descriptor's operations, per direction.
+#[derive(Default)]
+pub(super) struct Lanes {
+    pub(super) queues: [VecDeque<OpId>; 2],
+    /// The last operation of that direction found the socket drained (a
+    /// short receive) or full (a short send): the next one arms its poll
+    /// first instead of trying at once a transfer that would fail
+    /// (`IORING_RECVSEND_POLL_FIRST`, as liburing advises).
+    pub(super) exhausted: [bool; 2],
+}
+
+impl std::ops::Index<usize> for Lanes {
+    type Output = VecDeque<OpId>;
+    fn index(&self, i: usize) -> &VecDeque<OpId> {
+        &self.queues[i]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Lanes {
+    fn index_mut(&mut self, i: usize) -> &mut VecDeque<OpId> {
+        &mut self.queues[i]
+    }
+}
+
+pub(super) fn lane_index(d: Direction) -> usize {
+    match d {
+        Direction::Read => 0,
+        Direction::Write => 1,
+    }
+}
+
+impl<T> Table<T> {
+    pub(super) fn lane(&mut self, fd: RawFd, d: Direction) -> &mut VecDeque<OpId> {
+        &mut self.lanes.entry(fd).or_default()[lane_index(d)]
+    }
+
+    /// Turns a completion into a packet (or a watch to settle), freeing its
+    /// slot and queueing the next operation of its lane. `None` for the
+    /// completions of cancel requests, unknown ids, and operations issued
+    /// again.
+    pub(super) fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Finished<T>> {
+        if cqe.user_data() == CANCEL {
+            return None;
+        }
+        let id = OpId(cqe.user_data());
+        let mut res = cqe.result();
+        {
+            let (p, s) = self.ops.get_mut(id)?;
+            if res == -libc::ECANCELED && !p.cancelled && !self.closing && p.reissues < MAX_REISSUES
+            {
+                // Nobody cancelled it: the thread that issued it exited, and
+                // the kernel ended the request before it did anything (a
+                // receive took no bytes). The operation belongs to its handle,
+                // not to that thread: issue it again from this live one. It
+                // stays first in its lane, so order holds.
+                p.reissues += 1;
+                self.ready.push(sqe(p, s).user_data(id.0));
+                return None;
+            }
+            if p.op == Op::Connect && p.reissues > 0 && res >= 0 {
+                res = so_error(p.fd);
+            }
+        }
+        let (p, s) = self.ops.complete(id)?;
+        let lane = p.op.lane(p.kind).map(|d| (p.fd, d));
+        if let (Some((fd, d)), Op::Recv | Op::Send, FdKind::Stream) = (lane, p.op, p.kind) {
+            let asked = match d {
+                Direction::Read => p.buf.as_ref().map_or(0, Buf::capacity),
+                Direction::Write => p.buf.as_ref().map_or(0, Buf::len),
+            };
+            let exhausted = res >= 0 && (res as usize) < asked;
+            if let Some(l) = self.lanes.get_mut(&fd) {
+                l.exhausted[lane_index(d)] = exhausted;
+            }
+        }
+        let finished = op::finish(p, res, s);
+        if let Some((fd, d)) = lane {
+            self.advance(fd, d, id);
+        }
+        Some(finished)
+    }
+
+    /// `done` left its lane: the next one goes to the kernel.
+    pub(super) fn advance(&mut self, fd: RawFd, d: Direction, done: OpId) {
+        let q = self.lane(fd, d);
+        if q.front() != Some(&done) {
+            q.retain(|&i| i != done);
+            return;
+        }
+        q.pop_front();
+        if q.is_empty() {
+            return;
+        }
+        let drained = d == Direction::Read && self.receive_batch(fd);
+        if let Some(&next) = self.lane(fd, d).front() {
+            if let Some((p, s)) = self.ops.get_mut(next) {
+                p.poll_first |= drained;
+                self.ready.push(sqe(p, s).user_data(next.0));
+            }
+        }
+    }
+
+    /// Datagrams already waiting on `fd` go straight into the receives
+    /// queued in its lane, with one `recvmmsg` on this thread instead of a
+    /// trip through the ring each. Returns whether the socket was found
+    /// drained (the lane's next receive should then poll first).
+    pub(super) fn receive_batch(&mut self, fd: RawFd) -> bool {
+        if self.closing {
+            return false;
+        }
+        let Some(lanes) = self.lanes.get_mut(&fd) else {
+            return false;
+        };
+        let lane = &mut lanes[lane_index(Direction::Read)];
+        self.batch.receive(fd, &mut self.ops, lane, &mut self.extra) == Batched::Drained
+    }
+
+    /// Completes, with `ECANCELED`, operations that wait their turn in a lane
+    /// (they never reached the kernel): `which` picks them by id.
+    pub(super) fn cancel_waiting(
+        &mut self,
+        fd: RawFd,
+        which: impl Fn(OpId) -> bool,
+    ) -> Vec<Finished<T>> {
+        let mut ids = Vec::new();
+        if let Some(lanes) = self.lanes.get_mut(&fd) {
+            for q in lanes.queues.iter_mut() {
+                let mut i = 1;
+                while i < q.len() {
+                    if which(q[i]) {
+                        ids.extend(q.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        let mut done = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some((p, s)) = self.ops.complete(id) {
+                done.push(op::finish(p, -libc::ECANCELED, s));
+            }
+        }
+        done
+    }
+}
