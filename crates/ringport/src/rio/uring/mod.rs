@@ -28,6 +28,7 @@
 //! under the request table.
 
 mod chain;
+mod harvest;
 mod lane;
 mod notification;
 mod queue;
