@@ -202,6 +202,76 @@ fn datagram_receives_take_the_datagrams_in_posting_order() {
     }
 }
 
+/// 48 receives posted one by one on a datagram socket (every third with
+/// addresses), then 64 datagrams, two of them longer than their receive's
+/// slice: each receive takes the datagram of its posting rank, in posting
+/// order, a long one as `EMSGSIZE` with the bytes that fit; then 16 more
+/// receives take the other 16, in order. On io_uring most of them are
+/// taken in batches straight from the socket (a `recvmmsg`), not through
+/// the ring: the results and their order must not show it.
+#[test]
+fn datagram_receives_posted_one_by_one_take_a_burst_in_posting_order() {
+    const N: u64 = 64;
+    const FIRST: u64 = 48;
+    const LEN: u32 = 8;
+    let long = |i: u64| i == 20 || i == 33 || i == 57;
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(N as u32, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, N as u32, 0, &cq, &cq, 3).unwrap();
+    let id = rio::register_buffer(N as usize * 64).unwrap();
+    let slice = |i: u64| RioBuf::new(id, i as u32 * 64, LEN);
+    let remote = |i: u64| RioBuf::new(id, i as u32 * 64 + 16, rio::ADDRESS_LEN);
+    let post = |i: u64| {
+        if i % 3 == 1 {
+            rq.receive_ex(slice(i), None, Some(remote(i)), RioFlags::NONE, i)
+                .unwrap();
+        } else {
+            rq.receive(slice(i), RioFlags::NONE, i).unwrap();
+        }
+    };
+    for i in 0..FIRST {
+        post(i);
+    }
+    thread::sleep(SETTLE);
+    let (client, client_addr) = udp();
+    let datagram = |i: u64| vec![i as u8 + 1; if long(i) { 12 } else { LEN as usize }];
+    for i in 0..N {
+        client.send_to(&datagram(i), addr).unwrap();
+    }
+    let check = |results: &[RioResult], from: u64| {
+        let contexts: Vec<u64> = results.iter().map(|r| r.request_context).collect();
+        assert_eq!(
+            contexts,
+            (from..from + results.len() as u64).collect::<Vec<_>>(),
+            "results out of posting order ({} backend)",
+            cq.backend()
+        );
+        for r in results {
+            let i = r.request_context;
+            let status = if long(i) { libc::EMSGSIZE } else { 0 };
+            assert_eq!((r.status, r.bytes), (status, LEN), "receive {i}: {r:?}");
+            assert_eq!(
+                bytes(slice(i)),
+                datagram(i)[..LEN as usize],
+                "receive {i} got another datagram ({} backend)",
+                cq.backend()
+            );
+            if i % 3 == 1 {
+                let sender = rio::read_addr(&rio::borrow(&remote(i)).unwrap());
+                assert_eq!(sender, Some(client_addr), "receive {i}'s sender");
+            }
+        }
+    };
+    let results = take(&cq, FIRST as usize);
+    check(&results, 0);
+    for i in FIRST..N {
+        post(i);
+    }
+    let results = take(&cq, (N - FIRST) as usize);
+    check(&results, FIRST);
+    assert_eq!(cq.dequeue(&mut [RioResult::default(); 4]).unwrap(), 0);
+}
+
 /// Eight sends posted on a stream whose send buffer is full: once the peer
 /// reads, their bytes come out in posting order.
 #[test]

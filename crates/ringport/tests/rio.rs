@@ -528,6 +528,52 @@ fn a_dont_notify_result_does_not_wake_an_event_waiter() {
     );
 }
 
+/// A quiet receive, then three that may notify posted behind it, then four
+/// datagrams: the quiet one's result alone must not notify, the other
+/// three's must, though on io_uring they are taken straight from the
+/// socket (a `recvmmsg` once the quiet one is out of the ring), not
+/// through the ring the event or the port watches.
+fn datagrams_taken_from_the_socket_notify(cq: &CompletionQueue, woken: impl FnOnce()) {
+    let (server, addr) = udp();
+    let rq = RequestQueue::new(server, 4, 4, cq, cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    rq.receive(RioBuf::new(id, 0, 100), RioFlags::DONT_NOTIFY, 0)
+        .unwrap();
+    for i in 1..4u32 {
+        rq.receive(RioBuf::new(id, i * 100, 100), RioFlags::NONE, i as u64)
+            .unwrap();
+    }
+    cq.notify().unwrap();
+    let c = client();
+    for i in 0..4u8 {
+        c.send_to(&[i; 10][..1 + i as usize], addr).unwrap();
+    }
+    woken();
+    let r = take(cq, 4);
+    assert_eq!(
+        r.iter()
+            .map(|r| (r.request_context, r.bytes))
+            .collect::<Vec<_>>(),
+        [(0, 1), (1, 2), (2, 3), (3, 4)]
+    );
+}
+
+#[test]
+fn datagrams_taken_from_the_socket_wake_an_event_waiter() {
+    let cq = CompletionQueue::new(8, Notify::Event).unwrap();
+    datagrams_taken_from_the_socket_notify(&cq, || cq.wait(Some(5 * SECOND)).unwrap());
+}
+
+#[test]
+fn datagrams_taken_from_the_socket_queue_a_port_packet() {
+    let port = CompletionPort::<u64>::new(0).unwrap();
+    let cq = CompletionQueue::new(8, Notify::port(&port, 23, 0)).unwrap();
+    datagrams_taken_from_the_socket_notify(&cq, || {
+        assert_eq!(port.get(Some(5 * SECOND)).unwrap().key, 23);
+    });
+    assert!(matches!(port.get(Some(SHORT)), Err(Error::Timeout)));
+}
+
 #[test]
 fn waitall_is_refused_on_datagram_sockets_and_fills_stream_buffers() {
     let (server, _) = udp();

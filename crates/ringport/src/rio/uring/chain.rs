@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::harvest::Harvest;
 use super::lane::{Lane, LaneState};
 use super::request_table::RequestTable;
 use crate::sys::uring::ring::Ring;
@@ -24,19 +25,23 @@ pub(super) fn commit_lanes(deferred: &mut Vec<Arc<Lane>>, kick: &mut Vec<Arc<Lan
 
 /// Starts the next chain of every lane in `kick` on `ring`, each in posting
 /// order, linked so that each request starts when the one before it is
-/// over. Returns whether any entry was queued; the caller submits. The
-/// caller holds the submission lock (it owns `ring`'s SQ).
+/// over. With `harvest` (the caller holds the consumer lock), datagrams
+/// already waiting go into a lane's datagram receives first (see
+/// [`harvest`](super::harvest)) and only the rest start. Returns whether any
+/// entry was queued; the caller submits. The caller holds the submission
+/// lock (it owns `ring`'s SQ).
 pub(super) fn start_lanes(
     table: &mut RequestTable,
     ring: &Ring,
     chain: &mut Vec<u64>,
     kick: &mut Vec<Arc<Lane>>,
+    mut harvest: Option<&mut Harvest<'_>>,
 ) -> std::io::Result<bool> {
     let mut queued = false;
     let mut result = Ok(());
     for lane in kick.drain(..) {
         if result.is_ok() {
-            match start_lane(table, ring, chain, &mut lane.lock()) {
+            match start_lane(table, ring, chain, &mut lane.lock(), harvest.as_deref_mut()) {
                 Ok(q) => queued |= q,
                 // The lane stays idle with its requests waiting; its next
                 // request or commit starts it.
@@ -52,11 +57,19 @@ pub(super) fn start_lane(
     ring: &Ring,
     chain: &mut Vec<u64>,
     lane: &mut LaneState,
+    harvest: Option<&mut Harvest<'_>>,
 ) -> std::io::Result<bool> {
     if lane.in_kernel > 0 {
         return Ok(false);
     }
     lane.requeue_again();
+    let drained = match (harvest, lane.waiting.front()) {
+        (Some(h), Some(&ud)) if lane.ready() > 0 => match table.socket(ud) {
+            Some(fd) => h.take(table, lane, fd),
+            None => false,
+        },
+        _ => false,
+    };
     // A link does not span two submissions: a chain fits in the SQ.
     let n = lane.ready().min(ring.sq_entries());
     if n == 0 {
@@ -74,7 +87,8 @@ pub(super) fn start_lane(
     let mut queued = 0;
     while queued < chain.len() {
         let ud = chain[queued];
-        let Some(entry) = table.entry(ud, queued + 1 < chain.len(), false) else {
+        let poll_first = drained && queued == 0;
+        let Some(entry) = table.entry(ud, queued + 1 < chain.len(), false, poll_first) else {
             break;
         };
         // SAFETY: the submission lock is held. The entry points at

@@ -8,7 +8,11 @@
 //!
 //! Results the queue has taken out of the ring but not yet handed over (when
 //! `wait` looks for a result that may notify, or a resize moves to a bigger
-//! ring) wait in `carry`, which is always read before the ring.
+//! ring) wait in `carry`, which is always read before the ring. So do the
+//! results of datagram receives carried out in user space: where a lane's
+//! next chain would start, datagrams already waiting in the socket go into
+//! its waiting receives with one `recvmmsg` (see [`harvest`]), and only the
+//! rest go to the ring.
 //!
 //! Requests reach the ring through their request queue's [`Lane`] of their
 //! kind (held by the request queue and, beside each request, by the table), one linked chain at a time, so that they complete in posting order
@@ -21,13 +25,15 @@
 //! The files: [`queue`] (the queue, its submission and consumer sides,
 //! taking requests in, handing results over, cancelling, closing),
 //! [`notification`], [`resize`], [`chain`] (starting lanes' chains),
-//! [`request_table`], [`lane`].
+//! [`harvest`] (datagrams taken straight from the socket), [`request_table`],
+//! [`lane`].
 //!
 //! Lock order: consumer, then submission, then the request table, then a
 //! lane, then capacity; the buffer registry's lock is taken last, alone or
 //! under the request table.
 
 mod chain;
+mod harvest;
 mod lane;
 mod notification;
 mod queue;

@@ -35,8 +35,9 @@ impl UringCq {
                 if c.armed && !c.fired {
                     // SAFETY: the consumer lock is held.
                     let notifying = unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) };
-                    let _ = self.restart(common, &mut c.kick);
-                    if notifying {
+                    // Results made for datagrams may fire it here too.
+                    let _ = self.restart(common, c);
+                    if notifying || c.fired {
                         c.fired = true;
                     } else {
                         return Err(RioError::AlreadyArmed.into());
@@ -126,7 +127,7 @@ impl UringCq {
         if !c.fired && unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) } {
             c.fired = true;
         }
-        let _ = self.restart(common, &mut c.kick);
+        let _ = self.restart(common, c);
         c.fired
     }
 
@@ -165,7 +166,7 @@ impl UringCq {
                 if !c.fired && unsafe { self.absorb(&ring, &mut c.carry, &mut c.kick) } {
                     c.fired = true;
                 }
-                let _ = self.restart(common, &mut c.kick);
+                let _ = self.restart(common, c);
                 if c.fired {
                     // SAFETY: the consumer lock is held.
                     unsafe { ring.set_eventfd(false) };

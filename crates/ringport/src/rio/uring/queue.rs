@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use io_uring::cqueue;
-
 use super::super::buffer::{self, Claim};
 use super::super::charge::CqCommon;
 use super::super::error::RioError;
@@ -17,8 +15,9 @@ use super::super::notify::{Notifier, Notify};
 use super::super::request::{Request, RioResult};
 use super::super::rq_shared::RqShared;
 use super::chain::{commit_lanes, start_lanes};
+use super::harvest::{Batch, Harvest};
 use super::lane::Lane;
-use super::request_table::{is_quiet, RequestTable, NOP};
+use super::request_table::{is_quiet, Done, RequestTable, NOP};
 use crate::sync::lock;
 use crate::sys::uring::ring::{Purpose, Ring};
 use crate::Error;
@@ -40,8 +39,12 @@ pub(super) struct Submission {
 /// The consumer side.
 pub(super) struct Consumer {
     pub(super) ring: Option<Arc<Ring>>,
-    /// Completions taken from the ring (or an old ring), oldest first.
-    pub(super) carry: VecDeque<cqueue::Entry>,
+    /// Completions taken from the ring (or an old ring), and results made
+    /// in user space for datagram receives (see [`harvest`](super::harvest)),
+    /// oldest first.
+    pub(super) carry: VecDeque<Done>,
+    /// Memory for the `recvmmsg` of those receives.
+    pub(super) batch: Batch,
     /// Slices to release after a dequeue (kept to reuse its memory).
     pub(super) claims: Vec<Claim>,
     /// Lanes whose chain ended in what was taken out of the ring.
@@ -85,7 +88,7 @@ pub(in crate::rio) struct UringCq {
 ///
 /// # Safety
 /// The caller holds the consumer lock.
-pub(super) unsafe fn waiting(ring: &Ring, carry: &VecDeque<cqueue::Entry>) -> bool {
+pub(super) unsafe fn waiting(ring: &Ring, carry: &VecDeque<Done>) -> bool {
     // SAFETY: the caller holds the consumer lock.
     !carry.is_empty() || !unsafe { ring.completions() }.is_empty()
 }
@@ -118,6 +121,7 @@ impl UringCq {
             consumer: Mutex::new(Consumer {
                 ring: Some(ring),
                 carry: VecDeque::with_capacity(cap as usize),
+                batch: Batch::default(),
                 claims: Vec::with_capacity(256),
                 kick: Vec::new(),
                 armed: false,
@@ -143,7 +147,7 @@ impl UringCq {
     pub(super) unsafe fn absorb(
         &self,
         ring: &Ring,
-        carry: &mut VecDeque<cqueue::Entry>,
+        carry: &mut VecDeque<Done>,
         kick: &mut Vec<Arc<Lane>>,
     ) -> bool {
         // SAFETY: the caller holds the consumer lock.
@@ -152,48 +156,98 @@ impl UringCq {
             let mut table = lock(&self.table);
             for e in cq {
                 if e.user_data() != NOP && table.taken(e.user_data(), e.result(), kick) {
-                    carry.push_back(e);
+                    carry.push_back(e.into());
                 }
             }
         }
-        carry.iter().any(|e| !is_quiet(e.user_data()))
+        carry.iter().any(|e| !is_quiet(e.user_data))
     }
 
-    /// Takes what the ring holds into carry, unless a consumer is at it, so
-    /// that a lane whose chain the kernel has finished (a send that went out
-    /// at once, say) starts its next one now rather than at the next
-    /// dequeue; its lane goes to `kick`. The caller holds the submission
-    /// lock, which comes after the consumer lock: hence only a try.
-    pub(super) fn catch_up(&self, kick: &mut Vec<Arc<Lane>>) {
-        let Ok(mut guard) = self.consumer.try_lock() else {
+    /// Takes what the ring holds into the consumer's carry, so that a lane
+    /// whose chain the kernel has finished (a send that went out at once,
+    /// say) starts its next one now rather than at the next dequeue; its
+    /// lane goes to `kick`. The caller holds the submission lock, which
+    /// comes after the consumer lock: hence the consumer only if it was
+    /// free (see [`try_consumer`](Self::try_consumer)).
+    pub(super) fn catch_up(&self, consumer: Option<&mut Consumer>, kick: &mut Vec<Arc<Lane>>) {
+        let Some(Consumer { ring, carry, .. }) = consumer else {
             return;
         };
-        let Consumer { ring, carry, .. } = &mut *guard;
         if let Some(ring) = ring.as_ref() {
             // SAFETY: the consumer lock is held.
             unsafe { self.absorb(ring, carry, kick) };
         }
     }
 
-    /// Starts the next chain of the lanes in `kick`, in one `io_uring_enter`.
-    /// On failure the entries queued stay in the SQ for the next submission.
-    pub(super) fn restart(
-        &self,
-        common: &CqCommon,
-        kick: &mut Vec<Arc<Lane>>,
-    ) -> Result<(), Error> {
-        if kick.is_empty() {
+    /// The consumer side, unless a consumer is at it: taken under the
+    /// submission lock, which comes after it, hence only a try. With it, a
+    /// submission can take what the ring holds, and datagrams waiting in a
+    /// socket (see [`harvest`](super::harvest)).
+    pub(super) fn try_consumer(&self) -> Option<std::sync::MutexGuard<'_, Consumer>> {
+        match self.consumer.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Results were made in user space (see [`harvest`](super::harvest)),
+    /// one of which may notify: an armed notification fires as a ring
+    /// completion would have made it. Returns whether a NOP was queued on
+    /// `ring` (for a port's poll of the ring), for the caller to submit. The
+    /// caller holds the consumer lock (for `c`) and the submission lock.
+    pub(super) fn made(&self, c: &mut Consumer, ring: &Ring) -> bool {
+        if !c.armed || c.fired {
+            return false;
+        }
+        c.fired = true;
+        match &self.notifier {
+            Notifier::Event(efd) => {
+                // SAFETY: the consumer lock is held.
+                unsafe { ring.set_eventfd(false) };
+                efd.wake();
+                false
+            }
+            Notifier::Port(_) => {
+                // The port polls the ring: a completion makes it readable,
+                // and the poll's recheck finds the notification due.
+                let nop = io_uring::opcode::Nop::new().build().user_data(NOP);
+                // SAFETY: the submission lock is held; a NOP points at no memory.
+                unsafe { ring.push(&nop) }.is_ok()
+            }
+            Notifier::Polled => false,
+        }
+    }
+
+    /// Starts the next chain of the lanes in `c.kick`, in one
+    /// `io_uring_enter`, datagrams already waiting taken first (into
+    /// `c.carry`). On failure the entries queued stay in the SQ for the next
+    /// submission. The caller holds the consumer lock.
+    pub(super) fn restart(&self, common: &CqCommon, c: &mut Consumer) -> Result<(), Error> {
+        if c.kick.is_empty() {
             return Ok(());
         }
         let mut guard = lock(&self.submission);
         let Submission { ring, chain, .. } = &mut *guard;
         let Some(ring) = ring.as_ref() else {
             // Closed: closing ends every request.
-            kick.clear();
+            c.kick.clear();
             return Ok(());
         };
-        let queued = start_lanes(&mut lock(&self.table), ring, chain, kick)?;
-        if queued {
+        let mut harvest = Harvest {
+            carry: &mut c.carry,
+            batch: &mut c.batch,
+            notifying: false,
+        };
+        let started = start_lanes(
+            &mut lock(&self.table),
+            ring,
+            chain,
+            &mut c.kick,
+            Some(&mut harvest),
+        );
+        let nop = harvest.notifying && self.made(c, ring);
+        if started? || nop {
             common.counters.submits.fetch_add(1, Ordering::Relaxed);
             ring.submit()?;
         }
@@ -207,6 +261,23 @@ impl UringCq {
         out: &mut [RioResult],
     ) -> Result<usize, Error> {
         let mut guard = lock(&self.consumer);
+        let n = self.take(common, &mut guard, out)?;
+        if !guard.kick.is_empty() {
+            // The results are taken: a failed submission must not lose
+            // them. What it queued stays in the SQ for the next one.
+            let _ = self.restart(common, &mut guard);
+        }
+        Ok(n)
+    }
+
+    /// Hands over up to `out.len()` results, from carry, then the ring;
+    /// lanes whose chain ended go to the consumer's kick.
+    fn take(
+        &self,
+        common: &CqCommon,
+        c: &mut Consumer,
+        out: &mut [RioResult],
+    ) -> Result<usize, Error> {
         let Consumer {
             ring,
             carry,
@@ -215,7 +286,7 @@ impl UringCq {
             armed,
             fired,
             ..
-        } = &mut *guard;
+        } = c;
         let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
         common.counters.dequeues.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the consumer lock is held for the view's life.
@@ -231,16 +302,16 @@ impl UringCq {
                 None => match cq.next() {
                     Some(e) if e.user_data() == NOP => continue,
                     Some(e) if !table.taken(e.user_data(), e.result(), kick) => continue,
-                    Some(e) => e,
+                    Some(e) => Done::from(e),
                     None => break,
                 },
             };
-            let ud = e.user_data();
+            let ud = e.user_data;
             if *armed && !is_quiet(ud) {
                 // The armed notification has fired (or is firing) for this.
                 *fired = true;
             }
-            if let Some(r) = table.complete(ud, e.result(), claims) {
+            if let Some(r) = table.complete(ud, e.result, claims) {
                 out[n] = r;
                 n += 1;
             }
@@ -253,9 +324,6 @@ impl UringCq {
             .counters
             .results
             .fetch_add(n as u64, Ordering::Relaxed);
-        // The results are taken: a failed submission must not lose them.
-        // What it queued stays in the SQ for the next one.
-        let _ = self.restart(common, kick);
         Ok(n)
     }
 
@@ -303,13 +371,13 @@ impl UringCq {
         }
         commit_lanes(deferred, kick);
         kick.push(lane.clone());
-        if busy {
-            drop(table);
-            self.catch_up(kick);
-            table = lock(&self.table);
-        }
-        let started = start_lanes(&mut table, ring, chain, kick);
         drop(table);
+        let mut consumer = self.try_consumer();
+        if busy {
+            self.catch_up(consumer.as_deref_mut(), kick);
+        }
+        let started = self.start_with(ring, chain, kick, consumer.as_deref_mut());
+        drop(consumer);
         // SAFETY: the submission lock is held.
         if unsafe { ring.queued() } > 0 {
             common.counters.submits.fetch_add(1, Ordering::Relaxed);
@@ -317,6 +385,38 @@ impl UringCq {
         }
         started?;
         Ok(())
+    }
+
+    /// Starts the lanes in `kick` on `ring` (a submission's), with the
+    /// consumer if it was free: then datagrams already waiting go first
+    /// into its carry, and an armed notification fires for them (a NOP
+    /// for a port is queued on `ring`). The caller holds the submission
+    /// lock and submits what was queued.
+    fn start_with(
+        &self,
+        ring: &Ring,
+        chain: &mut Vec<u64>,
+        kick: &mut Vec<Arc<Lane>>,
+        consumer: Option<&mut Consumer>,
+    ) -> std::io::Result<bool> {
+        let mut table = lock(&self.table);
+        let Some(c) = consumer else {
+            return start_lanes(&mut table, ring, chain, kick, None);
+        };
+        if c.ring.is_none() {
+            return start_lanes(&mut table, ring, chain, kick, None);
+        }
+        let mut harvest = Harvest {
+            carry: &mut c.carry,
+            batch: &mut c.batch,
+            notifying: false,
+        };
+        let started = start_lanes(&mut table, ring, chain, kick, Some(&mut harvest));
+        drop(table);
+        if harvest.notifying {
+            self.made(c, ring);
+        }
+        started
     }
 
     /// Commits every deferred request and submits, in one `io_uring_enter`,
@@ -331,8 +431,10 @@ impl UringCq {
         } = &mut *guard;
         let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
         commit_lanes(deferred, kick);
-        self.catch_up(kick);
-        let started = start_lanes(&mut lock(&self.table), ring, chain, kick);
+        let mut consumer = self.try_consumer();
+        self.catch_up(consumer.as_deref_mut(), kick);
+        let started = self.start_with(ring, chain, kick, consumer.as_deref_mut());
+        drop(consumer);
         // SAFETY: the submission lock is held.
         if unsafe { ring.queued() } > 0 {
             common.counters.submits.fetch_add(1, Ordering::Relaxed);
@@ -360,7 +462,7 @@ impl UringCq {
             lane.deferred = 0;
             lane.requeue_again();
             while let Some(ud) = lane.waiting.pop_front() {
-                let Some(nop) = table.entry(ud, false, true) else {
+                let Some(nop) = table.entry(ud, false, true, false) else {
                     continue;
                 };
                 // SAFETY: the submission lock is held; a NOP points at no memory.
@@ -417,7 +519,7 @@ impl UringCq {
         let c = &mut *consumer;
         // Results are dropped: completing them ends their requests.
         for e in c.carry.drain(..) {
-            table.complete(e.user_data(), e.result(), &mut c.claims);
+            table.complete(e.user_data, e.result, &mut c.claims);
         }
         // Requests that never reached the kernel end here; it owes nothing
         // for them.

@@ -11,7 +11,7 @@
 
 use std::cell::UnsafeCell;
 
-use io_uring::{opcode, squeue, types};
+use io_uring::{cqueue, opcode, squeue, types};
 
 use std::sync::Arc;
 
@@ -25,6 +25,28 @@ use super::lane::Lane;
 pub(super) const NOP: u64 = u64::MAX;
 
 const QUIET_BIT: u64 = 1 << 63;
+
+/// `IORING_RECVSEND_POLL_FIRST` (the io-uring crate does not export it): a
+/// receive that arms its poll before trying, for a socket known drained.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// A result taken out of the ring, or made in user space for a datagram
+/// receive carried out with `recvmmsg` (see [`harvest`](super::harvest)):
+/// the request's `user_data` and what its operation returned.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Done {
+    pub(super) user_data: u64,
+    pub(super) result: i32,
+}
+
+impl From<cqueue::Entry> for Done {
+    fn from(e: cqueue::Entry) -> Done {
+        Done {
+            user_data: e.user_data(),
+            result: e.result(),
+        }
+    }
+}
 
 /// Whether a completion with this `user_data` must not fire a notification.
 pub(super) fn is_quiet(user_data: u64) -> bool {
@@ -148,12 +170,15 @@ impl RequestTable {
     /// The entry that starts the request behind `user_data` (linked to the
     /// next entry if `link`), counted as in the kernel from now on; or, with
     /// `cancel`, a NOP standing for it, whose completion ends it as
-    /// cancelled. `None` for a `user_data` that is no request waiting here.
+    /// cancelled. With `poll_first`, a receive waits for readiness before it
+    /// tries (its socket was just found drained). `None` for a `user_data`
+    /// that is no request waiting here.
     pub(super) fn entry(
         &mut self,
         user_data: u64,
         link: bool,
         cancel: bool,
+        poll_first: bool,
     ) -> Option<squeue::Entry> {
         let slot = self.slot(user_data)?;
         if slot.in_kernel {
@@ -165,7 +190,7 @@ impl RequestTable {
         } else {
             let scratch = slot.scratch.get();
             let request = slot.request.as_ref()?;
-            let entry = build(request, scratch, user_data);
+            let entry = build(request, scratch, user_data, poll_first);
             if link {
                 entry.flags(squeue::Flags::IO_LINK)
             } else {
@@ -257,6 +282,70 @@ impl RequestTable {
         Some(result)
     }
 
+    /// The socket of the request behind `user_data`.
+    pub(super) fn socket(&mut self, user_data: u64) -> Option<i32> {
+        Some(self.slot(user_data)?.request.as_ref()?.rq.raw_fd())
+    }
+
+    /// For a datagram receive waiting in its lane (not in the kernel, its
+    /// request queue not closing), the header a `recvmmsg` fills for it:
+    /// its slot's scratch header, pointing at the request's data slice (and
+    /// address slices, and the scratch's control buffer). `None` for any
+    /// other request.
+    pub(super) fn batch_header(&mut self, user_data: u64) -> Option<libc::msghdr> {
+        let slot = self.slot(user_data)?;
+        if slot.in_kernel {
+            return None;
+        }
+        let request = slot.request.as_ref()?;
+        if !request.rq.datagram || request.rq.is_closing() {
+            return None;
+        }
+        let s = slot.scratch.get_mut();
+        match request.op {
+            Op::Recv { ptr, len, flags } if flags & libc::MSG_WAITALL == 0 => message(s, ptr, len),
+            Op::RecvMsg {
+                ptr,
+                len,
+                remote,
+                local,
+                flags,
+            } if flags & libc::MSG_WAITALL as u32 == 0 => {
+                message(s, ptr, len);
+                addr::receive_names(&mut s.msg, remote, local.is_some(), &mut s.control);
+            }
+            _ => return None,
+        }
+        Some(s.msg)
+    }
+
+    /// A `recvmmsg` filled `header` (from [`batch_header`](Self::batch_header))
+    /// with a datagram of which it kept `kept` bytes: the request's scratch
+    /// takes what the kernel wrote in the header, and the result its ring
+    /// completion would have had is returned (the bytes; for a receive
+    /// asked with `MSG_TRUNC`, more than its slice when the datagram was
+    /// cut, as the kernel reports it), for [`complete`](Self::complete).
+    pub(super) fn batch_done(&mut self, user_data: u64, header: &libc::msghdr, kept: u32) -> i32 {
+        let kept = kept.min(i32::MAX as u32) as i32;
+        let Some(slot) = self.slot(user_data) else {
+            return kept;
+        };
+        let s = slot.scratch.get_mut();
+        s.msg.msg_namelen = header.msg_namelen;
+        s.msg.msg_controllen = header.msg_controllen;
+        s.msg.msg_flags = header.msg_flags;
+        match slot.request.as_ref().map(|r| &r.op) {
+            Some(Op::Recv { len, flags, .. })
+                if flags & libc::MSG_TRUNC != 0 && header.msg_flags & libc::MSG_TRUNC != 0 =>
+            {
+                // The datagram's full length is not known here, only that
+                // it was longer than the slice, which is all the result says.
+                (*len).min(i32::MAX as u32 - 1) as i32 + 1
+            }
+            _ => kept,
+        }
+    }
+
     /// Ends every request that is not in the kernel (waiting in its lane,
     /// or to be started again) as its completion queue closes: each lane
     /// forgets its requests, whose slices are added to `claims`.
@@ -282,10 +371,19 @@ impl RequestTable {
 }
 
 /// The submission entry for `request`, filling its slot's scratch memory.
-fn build(request: &Request, scratch: *mut Scratch, user_data: u64) -> squeue::Entry {
+fn build(
+    request: &Request,
+    scratch: *mut Scratch,
+    user_data: u64,
+    poll_first: bool,
+) -> squeue::Entry {
     let fd = types::Fd(request.rq.raw_fd());
+    let prio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
     let entry = match request.op {
-        Op::Recv { ptr, len, flags } => opcode::Recv::new(fd, ptr, len).flags(flags).build(),
+        Op::Recv { ptr, len, flags } => opcode::Recv::new(fd, ptr, len)
+            .flags(flags)
+            .ioprio(prio)
+            .build(),
         Op::Send { ptr, len, flags } => opcode::Send::new(fd, ptr, len).flags(flags).build(),
         Op::RecvMsg {
             ptr,
@@ -300,7 +398,10 @@ fn build(request: &Request, scratch: *mut Scratch, user_data: u64) -> squeue::En
             let s = unsafe { &mut *scratch };
             message(s, ptr, len);
             addr::receive_names(&mut s.msg, remote, local.is_some(), &mut s.control);
-            opcode::RecvMsg::new(fd, &mut s.msg).flags(flags).build()
+            opcode::RecvMsg::new(fd, &mut s.msg)
+                .flags(flags)
+                .ioprio(prio)
+                .build()
         }
         Op::SendMsg {
             ptr,

@@ -7,14 +7,12 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::cqueue;
-
 use super::super::charge::CqCommon;
 use super::super::error::RioError;
 use super::super::notify::Notifier;
 use super::chain::start_lanes;
 use super::queue::{queue_ring, UringCq, KERNEL_WAIT};
-use super::request_table::NOP;
+use super::request_table::{Done, NOP};
 use crate::sync::lock;
 use crate::sys::uring::ring::Ring;
 use crate::Error;
@@ -66,7 +64,7 @@ impl UringCq {
         &self,
         old: &Ring,
         new: &Ring,
-        carry: &mut VecDeque<cqueue::Entry>,
+        carry: &mut VecDeque<Done>,
         chain: &mut Vec<u64>,
     ) -> Result<(), Error> {
         let _ = old.submit();
@@ -82,7 +80,7 @@ impl UringCq {
             // SAFETY: the caller holds the consumer lock.
             for e in unsafe { old.completions() } {
                 if e.user_data() != NOP && table.taken(e.user_data(), e.result(), &mut kick) {
-                    carry.push_back(e);
+                    carry.push_back(e.into());
                 }
             }
             if table.in_kernel() == 0 || Instant::now() >= deadline {
@@ -98,7 +96,7 @@ impl UringCq {
             table.grow(new.capacity());
             carry.reserve(new.capacity() as usize);
         }
-        start_lanes(&mut table, target, chain, &mut kick)?;
+        start_lanes(&mut table, target, chain, &mut kick, None)?;
         target.submit()?;
         if in_kernel > 0 {
             return Err(RioError::KernelBusy {
