@@ -26,10 +26,6 @@ pub(super) const NOP: u64 = u64::MAX;
 
 const QUIET_BIT: u64 = 1 << 63;
 
-/// `IORING_RECVSEND_POLL_FIRST` (the io-uring crate does not export it): a
-/// receive that arms its poll before trying, for a socket known drained.
-const RECVSEND_POLL_FIRST: u16 = 1;
-
 /// A result taken out of the ring, or made in user space for a datagram
 /// receive carried out with `recvmmsg` (see [`harvest`](super::harvest)):
 /// the request's `user_data` and what its operation returned.
@@ -378,7 +374,11 @@ fn build(
     poll_first: bool,
 ) -> squeue::Entry {
     let fd = types::Fd(request.rq.raw_fd());
-    let prio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
+    let prio = if poll_first {
+        crate::sys::uring::ring::poll_first()
+    } else {
+        0
+    };
     let entry = match request.op {
         Op::Recv { ptr, len, flags } => opcode::Recv::new(fd, ptr, len)
             .flags(flags)

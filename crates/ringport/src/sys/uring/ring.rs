@@ -234,3 +234,32 @@ impl AsRawFd for Ring {
         self.ring.as_raw_fd()
     }
 }
+
+/// The `ioprio` of a receive or send that should arm its poll before trying
+/// (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19+), or 0 where the kernel is
+/// older and would refuse the flag. The io-uring crate does not export it.
+pub(crate) fn poll_first() -> u16 {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let supported = *SUPPORTED.get_or_init(|| {
+        // SAFETY: all-zero is a valid `utsname`, which uname fills in.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: a live utsname for uname to fill in.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return false;
+        }
+        // SAFETY: uname NUL-terminates `release` within the array.
+        let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+        let mut parts = release
+            .to_str()
+            .unwrap_or("")
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u32>().ok());
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (5, 19)
+    });
+    if supported {
+        1
+    } else {
+        0
+    }
+}

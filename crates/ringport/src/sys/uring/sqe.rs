@@ -5,13 +5,11 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
+use super::ring::poll_first;
 use crate::port::Buf;
 use crate::sys::fd::FdKind;
 use crate::sys::inflight::{Operation, Scratch};
 use crate::sys::op::Op;
-
-/// `IORING_RECVSEND_POLL_FIRST` (the io-uring crate does not export it).
-const RECVSEND_POLL_FIRST: u16 = 1;
 
 fn len32(n: usize) -> u32 {
     n.min(u32::MAX as usize) as u32
@@ -21,7 +19,7 @@ fn len32(n: usize) -> u32 {
 /// capacity) and its slot's scratch, both kept by the in-flight table.
 pub(super) fn sqe<T>(p: &mut Operation<T>, s: &mut Scratch) -> squeue::Entry {
     let fd = types::Fd(p.fd);
-    let prio = if p.poll_first { RECVSEND_POLL_FIRST } else { 0 };
+    let prio = if p.poll_first { poll_first() } else { 0 };
     let buf = &mut p.buf;
     let read = |b: &mut Option<Buf>| b.as_mut().map_or((std::ptr::null_mut(), 0), Buf::write_ptr);
     let write = |b: &Option<Buf>| {
