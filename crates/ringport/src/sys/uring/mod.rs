@@ -46,7 +46,7 @@ const PORT_OPS: Purpose = Purpose {
     ],
     // The port's threads wait in the kernel (the sleeper in io_uring_enter,
     // the others on a futex), where task work reaches them without an
-    // interrupt: 1.6-2x less server CPU per TCP echo message (BENCHMARKS.md).
+    // interrupt, which costs most of a TCP echo message on a VM (BENCHMARKS.md).
     coop_taskrun: true,
 };
 
