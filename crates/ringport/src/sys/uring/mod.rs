@@ -46,7 +46,8 @@ const PORT_OPS: Purpose = Purpose {
     ],
     // The port's threads wait in the kernel (the sleeper in io_uring_enter,
     // the others on a futex), where task work reaches them without an
-    // interrupt, which costs most of a TCP echo message on a VM (BENCHMARKS.md).
+    // interrupt, which cost about half of a TCP echo message's server CPU
+    // here (BENCHMARKS.md, io_uring engine).
     coop_taskrun: true,
 };
 
