@@ -6,6 +6,7 @@ mod blast;
 mod load;
 mod log;
 mod measure;
+mod report;
 mod serve;
 mod sum;
 

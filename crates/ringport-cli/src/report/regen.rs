@@ -1,0 +1,1 @@
+//! `ringport report`: BENCHMARKS.md's generated sections from JSON reports.
