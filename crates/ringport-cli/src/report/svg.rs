@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
 use super::{rounds_of, Chart, Report};
@@ -54,7 +53,7 @@ fn rows(r: &Report, c: &Chart) -> Vec<Row> {
 const WIDTH: u32 = 900;
 const ROW: u32 = 26;
 /// Caption, axis and its description.
-const FRAME: u32 = 110;
+const FRAME: u32 = 130;
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("drawing the chart: {e}")
@@ -132,14 +131,15 @@ where
         .flat_map(|r| r.rounds.iter().copied().chain([r.of_medians]));
     // From zero, so that lengths compare: twice as far is twice the ratio.
     let hi = all.fold(1.0f64, f64::max) * 1.15;
-    // A discrete range holds both ends: one value per row.
-    let last = rows.len() as i32 - 1;
+    // Rows at 0..n, first at the top, and an empty step above and below so
+    // that no mark sits on the frame; a tick at every step.
+    let n = rows.len() as i32;
     let mut ctx = ChartBuilder::on(area)
         .caption(&chart.title, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(45)
         .y_label_area_size(label_width)
-        .build_cartesian_2d(0.0..hi, (0..last).into_segmented())
+        .build_cartesian_2d(0.0..hi, -1..n)
         .map_err(err)?;
     let better = if chart.higher_is_better {
         "above 1: ringport better"
@@ -149,12 +149,12 @@ where
     ctx.configure_mesh()
         .disable_y_mesh()
         .light_line_style(TRANSPARENT)
-        .y_labels(rows.len())
+        .y_labels(rows.len() + 2)
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 12))
         .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => rows
-                .get((last - *i) as usize)
-                .map_or(String::new(), |r| r.label.clone()),
-            SegmentValue::Last => String::new(),
+            &i if (0..n).contains(&i) => rows[(n - 1 - i) as usize].label.clone(),
+            _ => String::new(),
         })
         .x_labels(12)
         .x_label_formatter(&|v| format!("{v:.1}×"))
@@ -165,10 +165,10 @@ where
         .draw()
         .map_err(err)?;
     // The first row at the top, as in the table.
-    let at = |i: usize| SegmentValue::CenterOf(last - i as i32);
+    let at = |i: usize| n - 1 - i as i32;
     // Parity.
     ctx.draw_series(std::iter::once(PathElement::new(
-        vec![(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)],
+        vec![(1.0, -1), (1.0, n)],
         BLACK.stroke_width(1),
     )))
     .map_err(err)?;
