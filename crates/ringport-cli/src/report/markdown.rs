@@ -40,7 +40,12 @@ fn load(l: &[f64; 3]) -> String {
 pub fn section(r: &Report) -> String {
     let m = &r.machine;
     let mut out = String::new();
-    out += &format!("`{}`\n\n", r.command.replace('`', "'"));
+    // The program by its name: where a build put it says nothing here.
+    let command = match r.command.split_once(' ') {
+        Some((program, rest)) if program.ends_with("/ringport") => format!("ringport {rest}"),
+        _ => r.command.clone(),
+    };
+    out += &format!("`{}`\n\n", command.replace('`', "'"));
     if r.quick {
         out += "*A `--quick` run: a smoke test, not a figure to quote.*\n\n";
     }

@@ -16,9 +16,15 @@ use serde::{Deserialize, Serialize};
 
 pub use machine::{utc_now, Machine};
 
+/// [`Report::format`] as written by this build.
+pub const FORMAT: u32 = 1;
+
 /// Everything one `ringport bench …` run measured and printed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Report {
+    /// This layout's version, raised when a field changes meaning.
+    #[serde(default)]
+    pub format: u32,
     /// The bench's name: port, tcp, udp, rio, file.
     pub bench: String,
     /// The command line, as given.
@@ -223,6 +229,7 @@ impl Report {
     /// average before the run).
     pub fn start(bench: &str, quick: bool) -> Report {
         Report {
+            format: FORMAT,
             bench: bench.into(),
             command: machine::command_line(),
             started: utc_now(),
