@@ -38,6 +38,7 @@ use ringport::{CompletionPort, Error};
 
 use crate::args::parse_duration;
 use crate::measure::{self, cpu_time, median, Scope};
+use crate::report::{Cell, Chart, Report, RunRecord, Table};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -151,7 +152,12 @@ struct Run {
     cpu_us: f64,
 }
 
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if quick {
+        args.size_mib = 8;
+        args.seconds = Duration::from_millis(200);
+        args.rounds = 1;
+    }
     if args.size_mib == 0 || args.size_mib > 1 << 20 {
         return Err("--size-mib must be between 1 and 1,048,576".into());
     }
@@ -182,7 +188,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("ringport-bench-{}.dat", std::process::id()));
     let blocks = args.size_mib * (1 << 20) / BLOCK as u64;
-    println!(
+    report.say(format!(
         "ringport bench file: random {} KiB reads from a {} MiB file in {}, {} threads, \
          {} reads pending on the port (batch {}), page cache {}, {:?} per run, {} rounds interleaved, median reported",
         BLOCK / 1024,
@@ -194,15 +200,15 @@ pub fn run(args: Args) -> Result<(), String> {
         if args.cold { "dropped before each run" } else { "warm" },
         args.seconds,
         args.rounds
-    );
+    ));
     let t = Instant::now();
     let file = create(&path, blocks)?;
     eprintln!("  wrote the file in {:.2} s", t.elapsed().as_secs_f64());
     if let Some(p) = pin {
-        println!(
+        report.say(format!(
             "readers pinned to CPU {}, the measuring harness to CPU {}",
             p.readers, p.harness
-        );
+        ));
     }
     let result = rounds(&args, &file, blocks, threads, pin);
     if pin.is_some() {
@@ -210,28 +216,71 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     let (port_runs, pread_runs) = result?;
 
-    let rate = |v: &[Run]| median(v.iter().map(|r| r.rate).collect());
-    let cpu = |v: &[Run]| median(v.iter().map(|r| r.cpu_us).collect());
-    println!();
-    println!("{:<10} {:>12} {:>14}", "reader", "reads/s", "CPU µs/read");
-    println!(
-        "{:<10} {:>12.0} {:>14.2}",
-        "ringport",
-        rate(&port_runs),
-        cpu(&port_runs)
+    let sides = [("ringport", &port_runs), ("pread", &pread_runs)];
+    for (name, runs) in sides {
+        for (i, r) in runs.iter().enumerate() {
+            report.run(
+                RunRecord::new("reads", "", i + 1, name)
+                    .with("reads_per_s", r.rate)
+                    .with("cpu_us_per_read", r.cpu_us),
+            );
+        }
+    }
+    let rates = |v: &[Run]| v.iter().map(|r| r.rate).collect::<Vec<_>>();
+    let cpus = |v: &[Run]| v.iter().map(|r| r.cpu_us).collect::<Vec<_>>();
+    let mut t = Table::new(
+        format!(
+            "Random {} KiB reads: median of {} interleaved rounds",
+            BLOCK / 1024,
+            args.rounds
+        ),
+        &[
+            "reader",
+            "reads/s",
+            "reads/s min–max",
+            "CPU µs/read",
+            "CPU µs/read min–max",
+        ],
     );
-    println!(
-        "{:<10} {:>12.0} {:>14.2}",
-        "pread",
-        rate(&pread_runs),
-        cpu(&pread_runs)
+    for (name, runs) in sides {
+        t.row(vec![
+            Cell::text(name),
+            Cell::num(median(rates(runs)), 0),
+            Cell::range(&rates(runs), 0),
+            Cell::num(median(cpus(runs)), 2),
+            Cell::range(&cpus(runs), 2),
+        ]);
+    }
+    report.table(t);
+    let mut t = Table::new(
+        "ringport over pread (medians)",
+        &["", "reads/s", "CPU per read"],
     );
-    println!();
-    println!(
-        "ringport / pread: reads/s {:.2}×   CPU per read {:.2}×",
-        rate(&port_runs) / rate(&pread_runs),
-        cpu(&port_runs) / cpu(&pread_runs)
-    );
+    t.row(vec![
+        Cell::text("ringport / pread"),
+        Cell::ratio(median(rates(&port_runs)) / median(rates(&pread_runs))),
+        Cell::ratio(median(cpus(&port_runs)) / median(cpus(&pread_runs))),
+    ]);
+    report.table(t);
+    let case = [String::new()];
+    report.chart(Chart::new(
+        "File reads per second: ringport over pread",
+        "reads",
+        "reads_per_s",
+        true,
+        &case,
+        &["ringport"],
+        &["pread"],
+    ));
+    report.chart(Chart::new(
+        "CPU per read: ringport over pread (lower is better)",
+        "reads",
+        "cpu_us_per_read",
+        false,
+        &case,
+        &["ringport"],
+        &["pread"],
+    ));
     Ok(())
 }
 

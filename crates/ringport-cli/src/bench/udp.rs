@@ -31,6 +31,7 @@ use super::echo::{
     Tokio,
 };
 use crate::load::Proto;
+use crate::report::Report;
 use crate::serve;
 use crate::serve::rio_udp_echo::{EchoMode, RioUdpEcho};
 
@@ -65,11 +66,15 @@ const PEERS: [(&str, Start); 9] = [
     ("blocking", start_blocking),
 ];
 
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if quick {
+        args.run.quick();
+    }
     let peers = select(&args.peers, &PEERS)?;
     compare(
         &args.run.plan("udp", Proto::Udp, Duration::from_secs(1)),
         &peers,
+        report,
     )
 }
 

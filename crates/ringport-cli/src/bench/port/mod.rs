@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use ringport::{CompletionPort, Packet};
 
 use crate::measure::{allowed_cpus, context_switches, cpu_time, pin, Scope};
+use crate::report::{Cell, Chart, Report, Table};
 
 mod bursty;
 mod flood;
@@ -169,36 +170,73 @@ fn validate(args: &Args) -> Result<Vec<Peer>, String> {
     Ok(peers)
 }
 
-/// Prints `what` for ringport over each other peer, where both ran.
-fn ratio_line(what: &str, peers: &[Peer], value: &PerPeer) {
-    if !peers.contains(&Peer::Port) {
-        return;
+/// ringport's ratio to each other peer on each figure (`name`, value per
+/// peer), where ringport ran.
+fn ratio_table(title: &str, peers: &[Peer], figures: &[(&str, &PerPeer)]) -> Option<Table> {
+    let others: Vec<Peer> = peers.iter().copied().filter(|&p| p != Peer::Port).collect();
+    if !peers.contains(&Peer::Port) || others.is_empty() {
+        return None;
     }
-    for &p in peers.iter().filter(|&&p| p != Peer::Port) {
-        println!(
-            "ringport / {}: {what} {:.2}×",
-            p.name(),
-            value[Peer::Port as usize] / value[p as usize]
+    let mut columns = vec!["figure".to_string()];
+    columns.extend(others.iter().map(|p| format!("ringport / {}", p.name())));
+    let mut t = Table {
+        title: title.into(),
+        columns,
+        ..Table::default()
+    };
+    for (what, value) in figures {
+        let mut row = vec![Cell::text(*what)];
+        row.extend(
+            others
+                .iter()
+                .map(|&p| Cell::ratio(value[Peer::Port as usize] / value[p as usize])),
         );
+        t.row(row);
     }
+    Some(t)
 }
 
-pub fn run(args: Args) -> Result<(), String> {
+/// The chart of ringport over each other peer on `figure` of `part`.
+fn chart(
+    title: &str,
+    part: &str,
+    figure: &str,
+    higher: bool,
+    cases: &[String],
+    peers: &[Peer],
+) -> Chart {
+    let names: Vec<&str> = peers.iter().map(|p| p.name()).collect();
+    let ours: &[&str] = if peers.contains(&Peer::Port) {
+        &["ringport"]
+    } else {
+        &[]
+    };
+    Chart::new(title, part, figure, higher, cases, ours, &names)
+}
+
+pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if quick {
+        args.items = 20_000;
+        args.rounds = 1;
+        args.workers = vec![1, 2];
+        args.bursts = 20;
+        args.samples = 200;
+    }
     let peers = validate(&args)?;
     let wants = |p: &str| args.only.iter().any(|o| o == p);
-    println!(
+    report.say(format!(
         "ringport bench port: {} CPUs, {} rounds interleaved, median reported",
         ringport::cpu_count(),
         args.rounds
-    );
+    ));
     if wants("flood") {
-        flood::flood(&args, &peers)?;
+        flood::flood(&args, &peers, report)?;
     }
     if wants("bursty") {
-        bursty::bursty(&args, &peers)?;
+        bursty::bursty(&args, &peers, report)?;
     }
     if wants("latency") {
-        latency::latency(&args, &peers)?;
+        latency::latency(&args, &peers, report)?;
     }
     Ok(())
 }
