@@ -11,6 +11,9 @@
 //! - **ringport**: the file is associated with a port served by `--threads`
 //!   workers; `--depth` reads are kept pending, each completion checked and
 //!   replaced by a read at a new random offset with the same buffer.
+//! - **ringport-now**: the same with skip-on-success (`read_at_now`): a read
+//!   the page cache serves whole comes back at once and is handled on the
+//!   spot, and the next one started, with no packet through the port.
 //! - **pread**: `--threads` threads, each reading one block at a time.
 //!
 //! By default the file sits in the page cache (it was just written), so the
@@ -34,7 +37,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringport::{CompletionPort, Error};
+use ringport::{CompletionPort, Error, Started};
 
 use crate::args::parse_duration;
 use crate::measure::{self, cpu_time, median, Scope};
@@ -214,9 +217,13 @@ pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), Strin
     if pin.is_some() {
         measure::pin(&allowed);
     }
-    let (port_runs, pread_runs) = result?;
+    let [port_runs, now_runs, pread_runs] = result?;
 
-    let sides = [("ringport", &port_runs), ("pread", &pread_runs)];
+    let sides = [
+        ("ringport", &port_runs),
+        ("ringport-now", &now_runs),
+        ("pread", &pread_runs),
+    ];
     for (name, runs) in sides {
         for (i, r) in runs.iter().enumerate() {
             report.run(
@@ -256,11 +263,13 @@ pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), Strin
         "ringport over pread (medians)",
         &["", "reads/s", "CPU per read"],
     );
-    t.row(vec![
-        Cell::text("ringport / pread"),
-        Cell::ratio(median(rates(&port_runs)) / median(rates(&pread_runs))),
-        Cell::ratio(median(cpus(&port_runs)) / median(cpus(&pread_runs))),
-    ]);
+    for (name, runs) in [("ringport", &port_runs), ("ringport-now", &now_runs)] {
+        t.row(vec![
+            Cell::text(format!("{name} / pread")),
+            Cell::ratio(median(rates(runs)) / median(rates(&pread_runs))),
+            Cell::ratio(median(cpus(runs)) / median(cpus(&pread_runs))),
+        ]);
+    }
     report.table(t);
     let case = [String::new()];
     report.chart(Chart::new(
@@ -269,7 +278,7 @@ pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), Strin
         "reads_per_s",
         true,
         &case,
-        &["ringport"],
+        &["ringport", "ringport-now"],
         &["pread"],
     ));
     report.chart(Chart::new(
@@ -278,70 +287,91 @@ pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), Strin
         "cpu_us_per_read",
         false,
         &case,
-        &["ringport"],
+        &["ringport", "ringport-now"],
         &["pread"],
     ));
     Ok(())
 }
 
-/// Every round, ringport then pread: their runs.
+/// Every round, ringport (every read through the port), ringport-now
+/// (skip-on-success: a read the page cache serves comes back at once) and
+/// pread: their runs.
 fn rounds(
     args: &Args,
     file: &File,
     blocks: u64,
     threads: usize,
     pin: Option<Pin>,
-) -> Result<(Vec<Run>, Vec<Run>), String> {
+) -> Result<[Vec<Run>; 3], String> {
     let reopen = || {
         file.try_clone()
             .map_err(|e| format!("duplicating the file's descriptor: {e}"))
     };
     let mut port_runs = Vec::new();
+    let mut now_runs = Vec::new();
     let mut pread_runs = Vec::new();
     for round in 0..args.rounds {
-        if args.cold {
-            drop_cache(file);
+        for (now, runs) in [(false, &mut port_runs), (true, &mut now_runs)] {
+            if args.cold {
+                drop_cache(file);
+            }
+            let r = port_reads(
+                reopen()?,
+                blocks,
+                threads,
+                PortReads {
+                    depth: args.depth,
+                    batch: args.batch,
+                    now,
+                },
+                args.seconds,
+                pin,
+            )?;
+            eprintln!(
+                "  round {}: {:<12} {:>10.0} reads/s  {:.2} µs CPU/read",
+                round + 1,
+                if now { "ringport-now" } else { "ringport" },
+                r.rate,
+                r.cpu_us
+            );
+            runs.push(r);
         }
-        let r = port_reads(
-            reopen()?,
-            blocks,
-            threads,
-            args.depth,
-            args.batch,
-            args.seconds,
-            pin,
-        )?;
-        eprintln!(
-            "  round {}: ringport {:>10.0} reads/s  {:.2} µs CPU/read",
-            round + 1,
-            r.rate,
-            r.cpu_us
-        );
-        port_runs.push(r);
         if args.cold {
             drop_cache(file);
         }
         let r = pread_reads(reopen()?, blocks, threads, args.seconds, pin)?;
         eprintln!(
-            "  round {}: pread    {:>10.0} reads/s  {:.2} µs CPU/read",
+            "  round {}: pread        {:>10.0} reads/s  {:.2} µs CPU/read",
             round + 1,
             r.rate,
             r.cpu_us
         );
         pread_runs.push(r);
     }
-    Ok((port_runs, pread_runs))
+    Ok([port_runs, now_runs, pread_runs])
+}
+
+/// How the port side reads.
+#[derive(Clone, Copy)]
+struct PortReads {
+    /// Reads kept pending on the port.
+    depth: usize,
+    /// Completions a worker takes per get.
+    batch: usize,
+    /// Skip-on-success (`read_at_now`): a read served at once is handled on
+    /// the spot and the next one started, without a trip through the port.
+    now: bool,
 }
 
 fn port_reads(
     file: File,
     blocks: u64,
     threads: usize,
-    depth: usize,
-    batch: usize,
+    how: PortReads,
     seconds: Duration,
     pin: Option<Pin>,
 ) -> Result<Run, String> {
+    let PortReads { depth, batch, now } = how;
     if let Some(p) = pin {
         measure::pin(&[p.readers]);
     }
@@ -387,12 +417,32 @@ fn port_reads(
                             counts[w].store(n, Ordering::Relaxed);
                         }
                         let mut buf = buf.into_vec();
-                        buf.clear();
-                        let next = rng.next(blocks) * BLOCK as u64;
-                        match handle.read_at(buf, next, next) {
-                            Ok(_) => {}
-                            Err(Error::Closed) => break 'outer,
-                            Err(e) => return fail(format!("starting a read: {e}")),
+                        loop {
+                            buf.clear();
+                            let next = rng.next(blocks) * BLOCK as u64;
+                            let started = if now {
+                                handle.read_at_now(buf, next, next)
+                            } else {
+                                handle.read_at(buf, next, next).map(Started::Pending)
+                            };
+                            let mut p = match started {
+                                Ok(Started::Pending(_)) => break,
+                                Ok(Started::Done(p)) => p,
+                                Err(Error::Closed) => break 'outer,
+                                Err(e) => return fail(format!("starting a read: {e}")),
+                            };
+                            // Served at once: checked and counted here.
+                            buf = match (p.take_buf(), &p.result) {
+                                (Some(b), Ok(_)) => b.into_vec(),
+                                (_, r) => return fail(format!("read at {next}: {r:?}")),
+                            };
+                            if let Err(e) = check(&buf, next) {
+                                return fail(e);
+                            }
+                            n += 1;
+                            if n % 64 == 0 {
+                                counts[w].store(n, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
