@@ -8,6 +8,7 @@ mod log;
 mod measure;
 mod serve;
 mod sum;
+mod timeline;
 
 use std::process::ExitCode;
 
