@@ -9,6 +9,7 @@ mod measure;
 mod report;
 mod serve;
 mod sum;
+mod timeline;
 
 use std::process::ExitCode;
 

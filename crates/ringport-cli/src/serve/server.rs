@@ -19,6 +19,7 @@ use std::thread::{self, JoinHandle};
 
 use ringport::{cpu_count, Backend, CompletionPort, Error, Packet};
 
+use super::sockperf::Protocol;
 use super::Kind;
 use crate::args::bounded;
 
@@ -48,6 +49,8 @@ pub struct Options {
     /// handled on the spot instead of going through the port.
     pub skip: bool,
     pub backend: Backend,
+    /// What the echo servers answer.
+    pub protocol: Protocol,
 }
 
 impl Options {
@@ -65,6 +68,7 @@ impl Options {
             batch: 1,
             skip: true,
             backend: Backend::Auto,
+            protocol: Protocol::Echo,
         }
     }
 

@@ -8,13 +8,15 @@
 //! up to 32 in a row without going back to the port, as a `recvfrom` loop
 //! would, and leaves a receive pending when none is. A datagram longer than
 //! the buffer (the receive fails with EMSGSIZE) is counted as truncated and
-//! not echoed: the bytes that fit are not the datagram.
+//! not echoed: the bytes that fit are not the datagram. With `--protocol
+//! sockperf` a datagram is answered only when it asks for a reply.
 
 use std::net::{SocketAddr, UdpSocket};
 
 use ringport::{Error, Handle, Packet, Started};
 
 use super::server::{Counters, Ledger, Options, Running, Tally};
+use super::sockperf::{answer_datagram, Protocol};
 use super::Kind;
 use crate::args::bind_error;
 
@@ -31,6 +33,7 @@ pub struct UdpState {
     sock: Handle<UdpOp>,
     buf_size: usize,
     skip: bool,
+    protocol: Protocol,
     ledger: Ledger,
 }
 
@@ -48,6 +51,7 @@ impl UdpEcho {
             sock,
             buf_size: opts.buf_size,
             skip: opts.skip,
+            protocol: opts.protocol,
             ledger: Ledger::new("udp-echo", opts.threads),
         };
         UdpEcho::run(port, addr, state, opts, UdpState::handle, |s| {
@@ -109,6 +113,16 @@ impl UdpState {
                 if let Some(to) = peer {
                     Counters::bump(&c.messages, 1);
                     buf.truncate(n);
+                    let answered = match self.protocol {
+                        Protocol::Echo => Some(n),
+                        Protocol::Sockperf => answer_datagram(&mut buf),
+                    };
+                    let Some(len) = answered else {
+                        // Asks for no reply: receive into the buffer again.
+                        buf.clear();
+                        return Some(buf);
+                    };
+                    buf.truncate(len);
                     if !self.skip {
                         if let Err(e) = self.sock.send_to(buf, to, UdpOp::Send) {
                             self.lost_buffer(c, e);
