@@ -8,16 +8,15 @@
 //! or accept arrives at whichever worker the port releases (LIFO), as a
 //! packet whose key names the socket and whose token names the operation.
 //!
-//! The workers are a pool of their own beside the library's `WorkerPool`,
-//! which does not yet give a handler its worker's index (the per-worker
-//! counters need it), take a batch per get, or name its threads.
+//! The workers are the library's `WorkerPool`, built with each server's
+//! thread names, its batch per get, and the worker's index for the
+//! per-worker counters.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 
-use ringport::{cpu_count, Backend, CompletionPort, Error, Packet};
+use ringport::{cpu_count, Backend, CompletionPort, Packet, WorkerPool};
 
 use super::sockperf::Protocol;
 use super::Kind;
@@ -204,7 +203,7 @@ pub trait Tally {
 pub struct Running<Op: Send + 'static, S: Tally> {
     port: CompletionPort<Op>,
     state: Option<Arc<S>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Option<WorkerPool<Op>>,
     addr: SocketAddr,
 }
 
@@ -242,11 +241,16 @@ impl<Op: Send + 'static, S: Tally + Send + Sync + 'static> Running<Op, S> {
         let state = Arc::new(state);
         let s = state.clone();
         let name = state.ledger().name;
-        let workers = spawn_workers(&port, opts, name, move |w, p| handle(&s, w, p))?;
+        let workers = WorkerPool::builder(&port)
+            .threads(opts.threads)
+            .name(name)
+            .batch(opts.batch)
+            .start(move |w, p| handle(&s, w, p))
+            .map_err(|e| format!("starting the workers: {e}"))?;
         let mut server = Running {
             port,
             state: Some(state.clone()),
-            workers,
+            workers: Some(workers),
             addr,
         };
         if let Err(e) = prime(&state) {
@@ -264,10 +268,12 @@ impl<Op: Send + 'static, S: Tally> Running<Op, S> {
     }
 
     fn shutdown(&mut self) -> Summary {
-        self.port.close();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
+        if let Some(pool) = self.workers.take() {
+            for (w, e) in pool.close().errors {
+                crate::log::line(format_args!("worker {w}: {e}"));
+            }
         }
+        self.port.close();
         match self.state.take() {
             Some(s) => s.ledger().summary(),
             None => Summary::default(),
@@ -279,55 +285,4 @@ impl<Op: Send + 'static, S: Tally> Drop for Running<Op, S> {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Starts `threads` workers looping on `port`, each handing its packets to
-/// `handle(worker index, packet)`, until the port closes.
-fn spawn_workers<T, F>(
-    port: &CompletionPort<T>,
-    opts: &Options,
-    name: &str,
-    handle: F,
-) -> Result<Vec<JoinHandle<()>>, String>
-where
-    T: Send + 'static,
-    F: Fn(usize, Packet<T>) + Send + Sync + 'static,
-{
-    let handle = Arc::new(handle);
-    let mut workers = Vec::with_capacity(opts.threads);
-    for w in 0..opts.threads {
-        let wport = port.clone();
-        let handle = handle.clone();
-        let batch = opts.batch;
-        let spawned = thread::Builder::new()
-            .name(format!("{name}-{w}"))
-            .spawn(move || {
-                let mut packets = Vec::with_capacity(batch);
-                loop {
-                    match wport.get_into(&mut packets, batch, None) {
-                        Ok(_) => {
-                            for p in packets.drain(..) {
-                                handle(w, p);
-                            }
-                        }
-                        Err(Error::Closed) => break,
-                        Err(e) => {
-                            crate::log::line(format_args!("worker {w}: {e}"));
-                            break;
-                        }
-                    }
-                }
-            });
-        match spawned {
-            Ok(h) => workers.push(h),
-            Err(e) => {
-                port.close();
-                for h in workers {
-                    let _ = h.join();
-                }
-                return Err(format!("starting worker {w}: {e}"));
-            }
-        }
-    }
-    Ok(workers)
 }
