@@ -143,7 +143,7 @@ pub(super) struct Pin {
 }
 
 /// One run of one server.
-struct Run {
+struct ServerRun {
     rate: f64,
     p50: f64,
     p99: f64,
@@ -153,10 +153,10 @@ struct Run {
     lost: u64,
 }
 
-impl Run {
-    fn of(r: &LoadReport) -> Run {
+impl ServerRun {
+    fn of(r: &LoadReport) -> ServerRun {
         let msgs = r.messages.max(1) as f64;
-        Run {
+        ServerRun {
             rate: r.rate(),
             p50: r.quantile_us(0.5),
             p99: r.quantile_us(0.99),
@@ -246,8 +246,8 @@ pub(super) fn compare(
 fn rounds<'a>(
     plan: &Plan,
     peers: &[(&'a str, Start)],
-) -> Result<HashMap<&'a str, Vec<Run>>, String> {
-    let mut runs: HashMap<&str, Vec<Run>> = HashMap::new();
+) -> Result<HashMap<&'a str, Vec<ServerRun>>, String> {
+    let mut runs: HashMap<&str, Vec<ServerRun>> = HashMap::new();
     for round in 0..plan.rounds {
         for &(name, start) in peers {
             if let Some(p) = plan.pin {
@@ -269,7 +269,7 @@ fn rounds<'a>(
             let report = result.map_err(|e| format!("{name}: {e}"))?;
             stopped.map_err(|e| format!("{name}: {e}"))?;
             pinned.map_err(|e| format!("{name}: {e}"))?;
-            let run = Run::of(&report);
+            let run = ServerRun::of(&report);
             eprintln!(
                 "  round {}: {name:<16} {:>10.0} msg/s  p50 {:>7.1} µs  server CPU {:>5.2} µs/msg  \
                  client CPU {:>5.2} µs/msg",
@@ -289,11 +289,16 @@ fn rounds<'a>(
 /// they ran: the runtimes a Rust user would otherwise pick.
 const REFERENCES: [&str; 3] = ["tokio", "mio", "monoio"];
 
-fn report(plan: &Plan, peers: &[(&str, Start)], runs: &HashMap<&str, Vec<Run>>, out: &mut Report) {
-    let all = |name: &str, f: fn(&Run) -> f64| -> Vec<f64> {
+fn report(
+    plan: &Plan,
+    peers: &[(&str, Start)],
+    runs: &HashMap<&str, Vec<ServerRun>>,
+    out: &mut Report,
+) {
+    let all = |name: &str, f: fn(&ServerRun) -> f64| -> Vec<f64> {
         runs.get(name).map_or(vec![], |v| v.iter().map(f).collect())
     };
-    let med = |name: &str, f: fn(&Run) -> f64| median(all(name, f));
+    let med = |name: &str, f: fn(&ServerRun) -> f64| median(all(name, f));
     for &(name, _) in peers {
         for (i, r) in runs.get(name).into_iter().flatten().enumerate() {
             out.run(

@@ -150,7 +150,7 @@ fn drop_cache(f: &File) {
 }
 
 /// One run: reads per second and process CPU µs per read.
-struct Run {
+struct FileRun {
     rate: f64,
     cpu_us: f64,
 }
@@ -233,8 +233,8 @@ pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), Strin
             );
         }
     }
-    let rates = |v: &[Run]| v.iter().map(|r| r.rate).collect::<Vec<_>>();
-    let cpus = |v: &[Run]| v.iter().map(|r| r.cpu_us).collect::<Vec<_>>();
+    let rates = |v: &[FileRun]| v.iter().map(|r| r.rate).collect::<Vec<_>>();
+    let cpus = |v: &[FileRun]| v.iter().map(|r| r.cpu_us).collect::<Vec<_>>();
     let mut t = Table::new(
         format!(
             "Random {} KiB reads: median of {} interleaved rounds",
@@ -302,7 +302,7 @@ fn rounds(
     blocks: u64,
     threads: usize,
     pin: Option<Pin>,
-) -> Result<[Vec<Run>; 3], String> {
+) -> Result<[Vec<FileRun>; 3], String> {
     let reopen = || {
         file.try_clone()
             .map_err(|e| format!("duplicating the file's descriptor: {e}"))
@@ -370,7 +370,7 @@ fn port_reads(
     how: PortReads,
     seconds: Duration,
     pin: Option<Pin>,
-) -> Result<Run, String> {
+) -> Result<FileRun, String> {
     let PortReads { depth, batch, now } = how;
     if let Some(p) = pin {
         measure::pin(&[p.readers]);
@@ -481,7 +481,7 @@ fn port_reads(
 /// Lets the readers warm up a little, then measures `seconds` of reads.
 /// Pinned, the harness first leaves the readers' CPU and then checks that
 /// no reader (nor a thread started for them) is anywhere else.
-fn measure(seconds: Duration, counts: &[AtomicU64], pin: Option<Pin>) -> Result<Run, String> {
+fn measure(seconds: Duration, counts: &[AtomicU64], pin: Option<Pin>) -> Result<FileRun, String> {
     if let Some(p) = pin {
         measure::pin(&[p.harness]);
     }
@@ -510,7 +510,7 @@ fn measure(seconds: Duration, counts: &[AtomicU64], pin: Option<Pin>) -> Result<
     let (c1, t1, cpu1) = (total(), Instant::now(), cpu());
     pinned?;
     let reads = (c1 - c0).max(1) as f64;
-    Ok(Run {
+    Ok(FileRun {
         rate: reads / t1.duration_since(t0).as_secs_f64(),
         cpu_us: cpu1.saturating_sub(cpu0).as_secs_f64() * 1e6 / reads,
     })
@@ -522,7 +522,7 @@ fn pread_reads(
     threads: usize,
     seconds: Duration,
     pin: Option<Pin>,
-) -> Result<Run, String> {
+) -> Result<FileRun, String> {
     if let Some(p) = pin {
         measure::pin(&[p.readers]);
     }

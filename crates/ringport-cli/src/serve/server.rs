@@ -124,7 +124,7 @@ pub struct Summary {
 /// Counters on their own cache lines, one set per worker.
 #[repr(align(128))]
 #[derive(Default)]
-pub struct Counters {
+pub struct WorkerCounters {
     pub(super) connections: AtomicU64,
     pub(super) messages: AtomicU64,
     pub(super) bytes: AtomicU64,
@@ -132,7 +132,7 @@ pub struct Counters {
     pub(super) truncated: AtomicU64,
 }
 
-impl Counters {
+impl WorkerCounters {
     pub(super) fn bump(c: &AtomicU64, n: u64) {
         c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
@@ -142,7 +142,7 @@ impl Counters {
 /// error that stopped the server from going on.
 pub struct Ledger {
     name: &'static str,
-    counters: Vec<Counters>,
+    counters: Vec<WorkerCounters>,
     fatal: Mutex<Option<String>>,
 }
 
@@ -151,13 +151,13 @@ impl Ledger {
     pub(super) fn new(name: &'static str, workers: usize) -> Ledger {
         Ledger {
             name,
-            counters: (0..workers).map(|_| Counters::default()).collect(),
+            counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
             fatal: Mutex::new(None),
         }
     }
 
     /// Worker `w`'s counters.
-    pub(super) fn of(&self, w: usize) -> &Counters {
+    pub(super) fn of(&self, w: usize) -> &WorkerCounters {
         &self.counters[w]
     }
 
@@ -171,7 +171,7 @@ impl Ledger {
     }
 
     fn summary(&self) -> Summary {
-        let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
+        let sum = |f: fn(&WorkerCounters) -> &AtomicU64| -> u64 {
             self.counters
                 .iter()
                 .map(|c| f(c).load(Ordering::Relaxed))
@@ -193,14 +193,14 @@ impl Ledger {
 }
 
 /// A server's shared state, which keeps its [`Ledger`].
-pub trait Tally {
+pub trait ServerState {
     fn ledger(&self) -> &Ledger;
 }
 
 /// A running completion-port server: its port, the workers looping on it
 /// and the state they share. Stopping it closes the port (operations in
 /// flight are cancelled), joins the workers and closes every socket.
-pub struct Running<Op: Send + 'static, S: Tally> {
+pub struct Running<Op: Send + 'static, S: ServerState> {
     port: CompletionPort<Op>,
     state: Option<Arc<S>>,
     workers: Option<WorkerPool<Op>>,
@@ -216,7 +216,7 @@ pub trait Echo: 'static {
     fn stop(self) -> Summary;
 }
 
-impl<Op: Send + 'static, S: Tally + 'static> Echo for Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState + 'static> Echo for Running<Op, S> {
     fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -226,7 +226,7 @@ impl<Op: Send + 'static, S: Tally + 'static> Echo for Running<Op, S> {
     }
 }
 
-impl<Op: Send + 'static, S: Tally + Send + Sync + 'static> Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState + Send + Sync + 'static> Running<Op, S> {
     /// Starts the workers on `port`, each handing its packets to
     /// `handle(state, worker index, packet)`, then lets `prime` start the
     /// server's first operations; stops everything if that fails.
@@ -261,7 +261,7 @@ impl<Op: Send + 'static, S: Tally + Send + Sync + 'static> Running<Op, S> {
     }
 }
 
-impl<Op: Send + 'static, S: Tally> Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState> Running<Op, S> {
     /// The backend its port runs on.
     pub fn backend(&self) -> Backend {
         self.port.backend()
@@ -281,7 +281,7 @@ impl<Op: Send + 'static, S: Tally> Running<Op, S> {
     }
 }
 
-impl<Op: Send + 'static, S: Tally> Drop for Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState> Drop for Running<Op, S> {
     fn drop(&mut self) {
         self.shutdown();
     }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use ringport::{CompletionPort, Error, Handle, Packet, Started};
 
-use super::server::{Counters, Ledger, Options, Running, Tally};
+use super::server::{Ledger, Options, Running, ServerState, WorkerCounters};
 use super::sockperf::{Protocol, Stream};
 use super::Kind;
 use crate::args::bind_error;
@@ -135,7 +135,7 @@ impl TcpEcho {
     }
 }
 
-impl Tally for TcpState {
+impl ServerState for TcpState {
     fn ledger(&self) -> &Ledger {
         &self.ledger
     }
@@ -180,7 +180,7 @@ impl TcpState {
         let next = match p.token {
             TcpOp::Recv => match (p.take_buf(), p.result) {
                 (Some(buf), Ok(n)) if n > 0 => {
-                    Counters::bump(&c.messages, 1);
+                    WorkerCounters::bump(&c.messages, 1);
                     let mut buf = buf.into_vec();
                     match conn.answer(&mut buf) {
                         Err(e) => Err(Some(e)),
@@ -212,7 +212,7 @@ impl TcpState {
                             continue;
                         }
                     };
-                    Counters::bump(&c.bytes, n as u64);
+                    WorkerCounters::bump(&c.bytes, n as u64);
                     let Some(buf) = sent.take_buf() else {
                         next = Err(None);
                         continue;
@@ -229,7 +229,7 @@ impl TcpState {
                 Err(e) => {
                     if let Some(e) = e {
                         if e.raw_os_error() != Some(libc::ECANCELED) {
-                            Counters::bump(&c.errors, 1);
+                            WorkerCounters::bump(&c.errors, 1);
                         }
                     }
                     drop(conn);
@@ -294,7 +294,7 @@ impl TcpState {
                 // the same way until connections close, so retry later,
                 // later each time, and say so once a second at most.
                 static OUT_OF: crate::log::Every = crate::log::Every::second();
-                Counters::bump(&c.errors, 1);
+                WorkerCounters::bump(&c.errors, 1);
                 let streak = self.starved.fetch_add(1, Ordering::Relaxed).min(4);
                 let delay = Duration::from_millis(10 << streak);
                 OUT_OF.line(format_args!(
@@ -306,7 +306,7 @@ impl TcpState {
                 }
                 return;
             }
-            Err(_) => Counters::bump(&c.errors, 1),
+            Err(_) => WorkerCounters::bump(&c.errors, 1),
         }
         self.starved.store(0, Ordering::Relaxed);
         // Keep the number of pending accepts up before serving this one.
@@ -316,7 +316,7 @@ impl TcpState {
         let Some(stream) = p.take_stream() else {
             return;
         };
-        Counters::bump(&c.connections, 1);
+        WorkerCounters::bump(&c.connections, 1);
         let _ = stream.set_nodelay(true);
         let key = {
             let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
@@ -337,7 +337,7 @@ impl TcpState {
             }),
             Err(e) => {
                 if !matches!(e, Error::Closed) {
-                    Counters::bump(&c.errors, 1);
+                    WorkerCounters::bump(&c.errors, 1);
                 }
                 let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
                 conns.free.push(key as usize - 1);

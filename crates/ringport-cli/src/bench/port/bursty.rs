@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    chart, check, ratio_table, run_peer, two_cpus, Args, Peer, Run, BURST, BURSTY_LIMIT,
+    chart, check, ratio_table, run_peer, two_cpus, Args, Peer, PortRun, BURST, BURSTY_LIMIT,
     BURSTY_WORKERS, PERIOD,
 };
 use crate::measure::median;
@@ -41,7 +41,7 @@ pub(super) fn bursty_once(
     bursts: u64,
     iters: u64,
     cpus: &[usize],
-) -> Result<Run, String> {
+) -> Result<PortRun, String> {
     let items = bursts * BURST;
     let (run, tally) = run_peer(
         peer,
@@ -73,7 +73,7 @@ pub(super) fn bursty(args: &Args, peers: &[Peer], report: &mut Report) -> Result
     let iters = calibrate();
     let cpus = two_cpus();
     let items = args.bursts * BURST;
-    let per_item = |r: &Run| {
+    let per_item = |r: &PortRun| {
         (
             r.used.switches as f64 / items as f64,
             r.used.cpu.as_secs_f64() * 1e6 / items as f64,
@@ -85,7 +85,7 @@ pub(super) fn bursty(args: &Args, peers: &[Peer], report: &mut Report) -> Result
     for &peer in peers {
         bursty_once(peer, args.bursts.min(200), iters, &cpus)?;
     }
-    let mut runs: Vec<Vec<Run>> = peers.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<PortRun>> = peers.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
         for (pi, &peer) in peers.iter().enumerate() {
             let r = bursty_once(peer, args.bursts, iters, &cpus)?;

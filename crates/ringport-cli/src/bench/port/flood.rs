@@ -1,7 +1,7 @@
 //! The flood: one producer posts `--items` packets as fast as it can
 //! through 1, 2 and 4 consumers.
 
-use super::{check, flood_limit, run_peer, Args, Peer, Run};
+use super::{check, flood_limit, run_peer, Args, Peer, PortRun};
 use crate::measure::median;
 use crate::report::{Cell, Report, RunRecord, Table};
 
@@ -10,7 +10,7 @@ pub(super) fn flood_once(
     items: u64,
     workers: usize,
     limit: usize,
-) -> Result<Run, String> {
+) -> Result<PortRun, String> {
     let (run, tally) = run_peer(
         peer,
         workers,
@@ -29,7 +29,7 @@ pub(super) fn flood_once(
 
 pub(super) fn flood(args: &Args, peers: &[Peer], report: &mut Report) -> Result<(), String> {
     let items = args.items;
-    let per_item = |r: &Run| {
+    let per_item = |r: &PortRun| {
         (
             items as f64 / r.elapsed.as_secs_f64() / 1e6,
             r.used.switches as f64 / items as f64,
@@ -42,7 +42,7 @@ pub(super) fn flood(args: &Args, peers: &[Peer], report: &mut Report) -> Result<
     for &peer in peers {
         flood_once(peer, items.min(100_000), 2, 2)?;
     }
-    let mut runs: Vec<Vec<Vec<Run>>> = args
+    let mut runs: Vec<Vec<Vec<PortRun>>> = args
         .workers
         .iter()
         .map(|_| peers.iter().map(|_| Vec::new()).collect())

@@ -266,8 +266,8 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 /// Spawns a consumer that says on `done` when it has finished (or panicked).
 fn spawn_consumer(
     done: &mpsc::Sender<()>,
-    f: impl FnOnce() -> Tally + Send + 'static,
-) -> thread::JoinHandle<Tally> {
+    f: impl FnOnce() -> ConsumerTally + Send + 'static,
+) -> thread::JoinHandle<ConsumerTally> {
     let done = done.clone();
     thread::spawn(move || {
         // Sent when the thread ends, even by a panic.
@@ -284,14 +284,14 @@ fn spawn_consumer(
 
 /// What one consumer thread saw.
 #[derive(Default, Clone, Copy)]
-struct Tally {
+struct ConsumerTally {
     sum: u64,
     count: u64,
     sink: u64,
 }
 
-impl Tally {
-    fn add(mut self, o: Tally) -> Tally {
+impl ConsumerTally {
+    fn add(mut self, o: ConsumerTally) -> ConsumerTally {
         self.sum = self.sum.wrapping_add(o.sum);
         self.count += o.count;
         self.sink ^= o.sink;
@@ -300,7 +300,7 @@ impl Tally {
 }
 
 /// One run of one peer.
-struct Run {
+struct PortRun {
     elapsed: Duration,
     used: Usage,
     /// Port only: parked threads released.
@@ -310,8 +310,11 @@ struct Run {
 /// The consumer side of a run: the same loop over each peer's receive call
 /// (`next`, None when the peer is closed). `work` is the per-item work
 /// (besides summing the token).
-fn consume(mut next: impl FnMut() -> Option<(u64, u64)>, work: impl Fn(u64) -> u64) -> Tally {
-    let mut t = Tally::default();
+fn consume(
+    mut next: impl FnMut() -> Option<(u64, u64)>,
+    work: impl Fn(u64) -> u64,
+) -> ConsumerTally {
+    let mut t = ConsumerTally::default();
     while let Some((key, token)) = next() {
         if key == STOP {
             break;
@@ -339,7 +342,7 @@ fn run_peer<W>(
     cpus: Option<&[usize]>,
     work: W,
     produce: impl FnOnce(&mut dyn FnMut(u64)),
-) -> Result<(Run, Tally), String>
+) -> Result<(PortRun, ConsumerTally), String>
 where
     W: Fn(u64) -> u64 + Send + Clone + 'static,
 {
@@ -458,7 +461,7 @@ where
         }
     }
     let elapsed = start.elapsed();
-    let mut total = Tally::default();
+    let mut total = ConsumerTally::default();
     for h in handles {
         total = total.add(h.join().map_err(|_| "a consumer panicked".to_string())?);
     }
@@ -469,7 +472,7 @@ where
     }
     let wakeups = port_handle.map_or(0, |p| p.stats().wakeups);
     Ok((
-        Run {
+        PortRun {
             elapsed,
             used: Usage {
                 cpu: after.cpu.saturating_sub(before.cpu),
@@ -481,7 +484,7 @@ where
     ))
 }
 
-fn check(peer: Peer, t: Tally, items: u64) -> Result<(), String> {
+fn check(peer: Peer, t: ConsumerTally, items: u64) -> Result<(), String> {
     // Tokens are 1..=items.
     let want = (items as u128 * (items as u128 + 1) / 2) as u64;
     if t.count != items || t.sum != want {

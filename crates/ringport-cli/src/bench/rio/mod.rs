@@ -44,7 +44,7 @@ use crate::args::parse_duration;
 use crate::blast::{self, BlastConfig, BlastReport};
 use crate::measure::{self, cpu_time, gettid, median, Scope, SyscallCounter};
 use crate::report::Report;
-use crate::serve::sink::{self, Meter, Mode, Run, Sink, SinkOptions, SinkReport};
+use crate::serve::sink::{self, Meter, Mode, Sink, SinkOptions, SinkReport, SinkRun};
 
 mod report;
 use report::report;
@@ -327,7 +327,7 @@ enum Server {
     Sink(Sink),
     Peer {
         name: &'static str,
-        run: Arc<Run>,
+        run: Arc<SinkRun>,
         thread: JoinHandle<()>,
         addr: SocketAddr,
     },
@@ -360,7 +360,7 @@ const TICK: Duration = Duration::from_millis(20);
 fn start_peer(w: Which, addr: SocketAddr, base: &SinkOptions) -> Result<Server, String> {
     let sock = sink::bind(addr, base.rcvbuf)?;
     let addr = sock.local_addr().map_err(|e| e.to_string())?;
-    let run = Run::new(base.size, 1);
+    let run = SinkRun::new(base.size, 1);
     let name = w.name();
     let slot = base.size.max(64) + 64;
     let (r, pin, count) = (run.clone(), base.pin, base.count_syscalls);
