@@ -136,6 +136,20 @@ pub struct Stats {
     errors: u64,
 }
 
+impl Stats {
+    /// The counts in the words of the other servers (`refused` goes with
+    /// the errors).
+    pub fn summary(&self) -> super::Summary {
+        super::Summary {
+            connections: self.connections,
+            messages: self.messages,
+            bytes: self.bytes,
+            errors: self.errors + self.refused,
+            ..Default::default()
+        }
+    }
+}
+
 /// One connection.
 struct Conn {
     /// None once the connection is closing (dropping it cancelled the rest).
@@ -515,6 +529,12 @@ impl RioTcpEcho {
     pub fn start(addr: SocketAddr, opts: &EchoOptions) -> Result<RioTcpEcho, String> {
         opts.validate()?;
         let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        RioTcpEcho::start_on(listener, opts)
+    }
+
+    /// Serves on a listening socket (a shard of a reuseport group).
+    pub fn start_on(listener: TcpListener, opts: &EchoOptions) -> Result<RioTcpEcho, String> {
+        opts.validate()?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("listener: {e}"))?;
