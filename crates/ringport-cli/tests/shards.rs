@@ -80,12 +80,18 @@ fn count(line: &str, word: &str) -> u64 {
 /// Checks that both shards counted some `word` and that they add up to the
 /// total, which must be `want`.
 fn adds_up(shards: &[String], total: &str, word: &str, want: u64, what: &str) {
-    assert_eq!(shards.len(), 2, "{what}: {shards:?}");
     let per: Vec<u64> = shards.iter().map(|l| count(l, word)).collect();
     assert!(
         per.iter().all(|&n| n > 0),
         "{what}: a shard got nothing: {shards:?}"
     );
+    sums_to(shards, total, word, want, what);
+}
+
+/// Checks that the 2 shards' counts of `word` add up to the total, `want`.
+fn sums_to(shards: &[String], total: &str, word: &str, want: u64, what: &str) {
+    assert_eq!(shards.len(), 2, "{what}: {shards:?}");
+    let per: Vec<u64> = shards.iter().map(|l| count(l, word)).collect();
     assert_eq!(
         per.iter().sum::<u64>(),
         count(total, word),
@@ -133,6 +139,18 @@ fn sharded_udp_echo_answers_every_flow_in_every_mode_on_both_backends() {
             let (shards, total) = report(child, rx, &what);
             adds_up(&shards, &total, "messages", (FLOWS * ROUNDS) as u64, &what);
         }
+    }
+}
+
+#[test]
+fn shards_steered_by_cpu_and_pinned_answer_every_flow_on_both_backends() {
+    for backend in BACKENDS {
+        let what = format!("udp-echo --steer-by-cpu --pin-shards on {backend}");
+        let (child, addr, rx) = serve("udp-echo --steer-by-cpu --pin-shards", backend);
+        udp_flows(addr, &what);
+        let (shards, total) = report(child, rx, &what);
+        // Steered by the sending CPU, every flow may land on one shard.
+        sums_to(&shards, &total, "messages", (FLOWS * ROUNDS) as u64, &what);
     }
 }
 
