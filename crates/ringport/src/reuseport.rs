@@ -61,6 +61,43 @@ const PORT_TRIES: usize = 16;
 /// from any socket's `local_addr`). Fails with `InvalidInput` when `n` is 0,
 /// and with the bind's error (`EADDRINUSE`) when `addr` is taken by a socket
 /// that is not of a reuseport group of this user.
+///
+/// Registered I/O shards: a request queue and a completion queue per
+/// socket, each CQ read by its own thread only.
+///
+/// ```
+/// use ringport::reuseport;
+/// use ringport::rio::{self, CompletionQueue, Notify, RequestQueue, RioBuf, RioFlags, RioResult};
+/// use std::net::UdpSocket;
+/// use std::time::{Duration, Instant};
+///
+/// let group = reuseport::udp_group("127.0.0.1:0".parse().unwrap(), 2)?;
+/// let addr = group[0].local_addr()?;
+/// let mut shards = Vec::new();
+/// for (i, sock) in group.into_iter().enumerate() {
+///     // Room for every datagram of the example, however the hash splits them.
+///     let cq = CompletionQueue::new(16, Notify::Polled)?;
+///     let rq = RequestQueue::new(sock, 16, 0, &cq, &cq, i as u64)?;
+///     let memory = rio::register_buffer(16 * 2048)?;
+///     for k in 0..16 {
+///         rq.receive(RioBuf::new(memory, k * 2048, 2048), RioFlags::NONE, k as u64)?;
+///     }
+///     shards.push((cq, rq));
+/// }
+/// // 16 flows: each datagram completes on the CQ of the shard its flow hashes to.
+/// for _ in 0..16 {
+///     UdpSocket::bind("127.0.0.1:0")?.send_to(b"ping", addr)?;
+/// }
+/// let (mut got, mut results) = (0, [RioResult::default(); 16]);
+/// let deadline = Instant::now() + Duration::from_secs(5);
+/// while got < 16 && Instant::now() < deadline {
+///     for (cq, _) in &shards {
+///         got += cq.dequeue(&mut results)?;
+///     }
+/// }
+/// assert_eq!(got, 16);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn udp_group(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
     let fds = group(addr, n, libc::SOCK_DGRAM)?;
     // SAFETY: each fd is a fresh UDP socket that we own and hand over.
