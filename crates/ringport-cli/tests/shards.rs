@@ -274,3 +274,56 @@ fn shards_are_refused_beyond_their_bounds() {
         );
     }
 }
+
+#[test]
+fn udp_blast_with_flows_feeds_every_shard_of_a_sink() {
+    for backend in BACKENDS {
+        let what = format!("udp-sink fed by udp-blast --flows 16 on {backend}");
+        let (mut child, addr, rx) = serve("udp-sink --mode rio-polled --size 512", backend);
+        let out = common::run(
+            common::ringport_with(&format!(
+                "load udp-blast --addr {addr} --size 512 --flows 16 --count 16000"
+            )),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            common::text(&out.stderr)
+        );
+        let said = common::text(&out.stdout);
+        assert!(
+            said.contains("16 flow(s)") && said.contains("sent 16000 datagrams"),
+            "{said}"
+        );
+        let mut shards = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let total = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{what}: no report in 10 s"));
+            if line.starts_with("shard ") {
+                shards.push(line);
+            } else if line.contains("stopped:") {
+                break line;
+            }
+        };
+        let status = common::wait(&mut child, Duration::from_secs(10));
+        assert!(status.success(), "{what}: {status}");
+        // A flood may overrun a receive buffer: what arrived is counted
+        // once, by the shard it reached, and the marker's total is shown.
+        let got = count(&total, "datagrams");
+        let per: Vec<u64> = shards.iter().map(|l| count(l, "datagrams")).collect();
+        assert_eq!(per.iter().sum::<u64>(), got, "{what}: {shards:?} {total}");
+        assert!(got > 0 && got <= 16_000, "{what}: {total}");
+        assert!(
+            per.iter().all(|&n| n > 0),
+            "{what}: a shard got nothing: {shards:?}"
+        );
+        assert!(
+            total.contains("sender reported 16000 sent"),
+            "{what}: {total}"
+        );
+    }
+}
