@@ -138,10 +138,90 @@ fn send_error(e: io::Error, addr: SocketAddr, sent: u64) -> Result<(), String> {
 
 /// Sends as `cfg` says, then the end marker; returns what was sent.
 pub fn blast(cfg: &BlastConfig) -> Result<BlastReport, String> {
+    blast_flows(cfg, 1)
+}
+
+/// Most flows of one blast.
+pub const MAX_FLOWS: usize = 1024;
+
+/// [`blast`] from `flows` sockets (flows), each on a thread of its own: a
+/// `--count` is split between them, a `--duration` is each one's. Once all
+/// are done, every flow sends the end marker with the total sent, so that
+/// each socket of a reuseport group a flow hashed to sees it.
+pub fn blast_flows(cfg: &BlastConfig, flows: usize) -> Result<BlastReport, String> {
     cfg.validate()?;
-    if let Some(cpu) = cfg.pin {
-        measure::pin(&[cpu]);
+    crate::args::bounded("flows", flows, MAX_FLOWS)?;
+    if let Some(n) = cfg.count.filter(|&n| n < flows as u64) {
+        return Err(format!(
+            "--count {n} is fewer datagrams than --flows {flows}"
+        ));
     }
+    let socks = (0..flows)
+        .map(|_| open(cfg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let share = |i: usize| {
+        cfg.count
+            .map(|n| n / flows as u64 + u64::from((i as u64) < n % flows as u64))
+    };
+    // Flow 0 runs on this thread (as a one-flow blast always did), the
+    // others on threads of their own.
+    let (outcomes, socks) = thread::scope(|s| {
+        let others: Vec<_> = socks[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, sock)| s.spawn(move || send_flow(cfg, sock, share(i + 1))))
+            .collect();
+        let mut outcomes = vec![send_flow(cfg, &socks[0], share(0))];
+        for h in others {
+            outcomes.push(
+                h.join()
+                    .unwrap_or_else(|_| Err("a sender thread panicked".into())),
+            );
+        }
+        (outcomes, &socks)
+    });
+    let mut total: Option<BlastReport> = None;
+    let mut first_error = None;
+    for o in outcomes {
+        match o {
+            Ok(r) => {
+                total = Some(match total {
+                    None => r,
+                    Some(t) => BlastReport {
+                        sent: t.sent + r.sent,
+                        elapsed: t.elapsed.max(r.elapsed),
+                        calls: t.calls + r.calls,
+                        method: t.method,
+                        cpu: t.cpu + r.cpu,
+                    },
+                })
+            }
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    let sent = total.as_ref().map_or(0, |t| t.sent);
+    // The marker is one datagram of its own size: no segmentation.
+    for sock in socks {
+        let _ = set_int(sock.as_raw_fd(), libc::IPPROTO_UDP, UDP_SEGMENT, 0);
+    }
+    let end = marker(cfg.size, sent);
+    let mut waited = 0;
+    for at in [0u64, 1, 2, 5, 10, 20, 50] {
+        thread::sleep(Duration::from_millis(at - waited));
+        waited = at;
+        for sock in socks {
+            let _ = sock.send(&end);
+        }
+    }
+    match (first_error, total) {
+        (Some(e), _) => Err(e),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Err("no flow ran".into()),
+    }
+}
+
+/// A sender socket connected to `cfg.addr`.
+fn open(cfg: &BlastConfig) -> Result<UdpSocket, String> {
     let local: SocketAddr = if cfg.addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -150,8 +230,20 @@ pub fn blast(cfg: &BlastConfig) -> Result<BlastReport, String> {
     let sock = UdpSocket::bind(local).map_err(|e| format!("binding the sender: {e}"))?;
     sock.connect(cfg.addr)
         .map_err(|e| format!("--addr {}: {e}", cfg.addr))?;
+    let _ = set_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
+    Ok(sock)
+}
+
+/// One flow: sends `count` datagrams (or for `cfg.duration`) on `sock`.
+fn send_flow(
+    cfg: &BlastConfig,
+    sock: &UdpSocket,
+    count: Option<u64>,
+) -> Result<BlastReport, String> {
+    if let Some(cpu) = cfg.pin {
+        measure::pin(&[cpu]);
+    }
     let fd = sock.as_raw_fd();
-    let _ = set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
     let size = cfg.size;
     let segments = (MAX_UDP / size).clamp(1, MAX_SEGMENTS);
     let mut method = Method::Sendmmsg;
@@ -163,7 +255,7 @@ pub fn blast(cfg: &BlastConfig) -> Result<BlastReport, String> {
         Method::Sendmmsg => MMSG,
     };
     let mut buf: Vec<u8> = (0..per_call * size).map(|i| (i % 251) as u8).collect();
-    let limit = cfg.count.unwrap_or(u64::MAX);
+    let limit = count.unwrap_or(u64::MAX);
     let cpu0 = cpu_time(Scope::Thread);
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
@@ -208,17 +300,6 @@ pub fn blast(cfg: &BlastConfig) -> Result<BlastReport, String> {
     }
     let elapsed = start.elapsed();
     let cpu = cpu_time(Scope::Thread).saturating_sub(cpu0);
-    // The marker is one datagram of its own size: no segmentation.
-    if matches!(method, Method::Gso(_)) {
-        let _ = set_int(fd, libc::IPPROTO_UDP, UDP_SEGMENT, 0);
-    }
-    let end = marker(size, sent);
-    let mut waited = 0;
-    for at in [0u64, 1, 2, 5, 10, 20, 50] {
-        thread::sleep(Duration::from_millis(at - waited));
-        waited = at;
-        let _ = sock.send(&end);
-    }
     result?;
     Ok(BlastReport {
         sent,
@@ -255,15 +336,15 @@ fn sendmmsg(fd: i32, buf: &[u8], size: usize, k: usize) -> io::Result<usize> {
 }
 
 /// `ringport load udp-blast`.
-pub fn run(cfg: BlastConfig) -> Result<(), String> {
+pub fn run(cfg: BlastConfig, flows: usize) -> Result<(), String> {
     cfg.validate()?;
-    let r = blast(&cfg)?;
+    let r = blast_flows(&cfg, flows)?;
     let how = match r.method {
         Method::Gso(n) => format!("UDP GSO, {n} datagrams per send"),
         Method::Sendmmsg => format!("sendmmsg, {MMSG} datagrams per call"),
     };
     println!(
-        "udp-blast to {}: {}-byte datagrams, {how}",
+        "udp-blast to {}: {}-byte datagrams, {how}, {flows} flow(s)",
         cfg.addr, cfg.size
     );
     println!(

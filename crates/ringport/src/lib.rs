@@ -32,6 +32,8 @@ mod io;
 mod pool;
 mod port;
 #[cfg(not(loom))]
+pub mod reuseport;
+#[cfg(not(loom))]
 pub mod rio;
 mod sync;
 #[cfg(not(loom))]

@@ -5,6 +5,7 @@ mod echo;
 mod file;
 mod port;
 mod rio;
+mod shards;
 mod tcp;
 mod udp;
 

@@ -40,6 +40,11 @@ pub struct Args {
         default_value = "ringport,tokio,mio,monoio,std"
     )]
     peers: Vec<String>,
+    /// Shard counts to compare instead (e.g. 1,2; of 1, 2, 4, 8): ringport
+    /// and its RIO server in that many SO_REUSEPORT shards beside tokio
+    /// with as many threads (see bench/shards.rs).
+    #[arg(long, value_delimiter = ',')]
+    shards: Vec<usize>,
 }
 
 const PEERS: [(&str, Start); 8] = [
@@ -57,6 +62,9 @@ const PEERS: [(&str, Start); 8] = [
 ];
 
 pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if !args.shards.is_empty() {
+        return super::shards::compare_shards(&args.run, Proto::Tcp, &args.shards, report);
+    }
     if quick {
         args.run.quick();
     }
@@ -108,7 +116,7 @@ fn start_rio(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> 
 
 // ---------------------------------------------------------------- tokio
 
-fn start_tokio(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+pub(super) fn start_tokio(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio_runtime(threads)?;
     let std_listener = TcpListener::bind(localhost()).map_err(|e| e.to_string())?;

@@ -49,6 +49,11 @@ pub struct Args {
         default_value = "ringport,rio-polled,rio-event,rio-port,tokio,mio,blocking"
     )]
     peers: Vec<String>,
+    /// Shard counts to compare instead (e.g. 1,2; of 1, 2, 4, 8): ringport
+    /// and its RIO server in that many SO_REUSEPORT shards beside tokio
+    /// with as many threads (see bench/shards.rs).
+    #[arg(long, value_delimiter = ',')]
+    shards: Vec<usize>,
 }
 
 const PEERS: [(&str, Start); 9] = [
@@ -67,6 +72,9 @@ const PEERS: [(&str, Start); 9] = [
 ];
 
 pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if !args.shards.is_empty() {
+        return super::shards::compare_shards(&args.run, Proto::Udp, &args.shards, report);
+    }
     if quick {
         args.run.quick();
     }
@@ -117,7 +125,7 @@ fn start_rio(mode: EchoMode) -> Result<Box<dyn Server>, String> {
 
 // ---------------------------------------------------------------- tokio
 
-fn start_tokio(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
+pub(super) fn start_tokio(threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
     let rt = tokio_runtime(threads)?;
     let (std_sock, addr) = bind()?;
     std_sock.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -88,6 +88,10 @@ pub struct Args {
     /// udp-blast: send with sendmmsg instead of UDP GSO.
     #[arg(long)]
     sendmmsg: bool,
+    /// udp-blast: flows (sender sockets, each on a thread of its own), so
+    /// that a sharded sink (serve --shards) is fed on several 4-tuples.
+    #[arg(long, default_value_t = 1)]
+    flows: usize,
 }
 
 /// What to run; [`run_load`] takes it from the command line or a benchmark.
@@ -188,14 +192,17 @@ pub fn run(args: Args) -> Result<(), String> {
         Target::Tcp => Proto::Tcp,
         Target::Udp => Proto::Udp,
         Target::UdpBlast => {
-            return crate::blast::run(crate::blast::BlastConfig {
-                addr,
-                size: args.size.unwrap_or(1024),
-                duration,
-                count: args.count,
-                gso: !args.sendmmsg,
-                pin: None,
-            })
+            return crate::blast::run(
+                crate::blast::BlastConfig {
+                    addr,
+                    size: args.size.unwrap_or(1024),
+                    duration,
+                    count: args.count,
+                    gso: !args.sendmmsg,
+                    pin: None,
+                },
+                args.flows,
+            )
         }
     };
     let cfg = LoadConfig {

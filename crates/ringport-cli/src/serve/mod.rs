@@ -15,6 +15,7 @@
 pub mod rio_tcp_echo;
 pub mod rio_udp_echo;
 pub mod server;
+pub mod shards;
 pub mod sink;
 pub mod sockperf;
 pub mod tcp_echo;
@@ -106,6 +107,18 @@ pub struct Args {
     /// system call they make).
     #[arg(long)]
     count_syscalls: bool,
+    /// Serve on N sockets bound to --addr with SO_REUSEPORT, each with its
+    /// own port and workers (or RIO queues); auto: one per CPU. --threads
+    /// and --concurrency are then per shard (see serve/shards.rs).
+    #[arg(long, value_parser = shards::parse_shards)]
+    shards: Option<usize>,
+    /// With --shards: steer each packet to the shard of the CPU that
+    /// received it (SO_ATTACH_REUSEPORT_CBPF) instead of the 4-tuple hash.
+    #[arg(long, requires = "shards")]
+    steer_by_cpu: bool,
+    /// With --shards: pin shard i's threads to CPU i % CPUs.
+    #[arg(long, requires = "shards")]
+    pin_shards: bool,
 }
 
 /// Set by SIGINT/SIGTERM.
@@ -137,6 +150,10 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     if args.kind == Kind::UdpSink && args.protocol != sockperf::Protocol::Echo {
         return Err("--protocol applies to tcp-echo and udp-echo only".into());
+    }
+    if let Some(n) = args.shards {
+        catch_stop_signals();
+        return shards::run(args, addr, n, &STOP);
     }
     if args.kind == Kind::UdpSink {
         let mode = args.mode.unwrap_or(sink::Mode::RioPolled);

@@ -114,6 +114,33 @@ impl RioUdpEcho {
             .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
             .ok_or("--buf-size must be 1 to 65,507")?;
         let socket = UdpSocket::bind(addr).map_err(|e| crate::args::bind_error(addr, e))?;
+        RioUdpEcho::start_on(
+            socket,
+            mode,
+            pending as usize,
+            slot_size as usize,
+            backend,
+            protocol,
+        )
+    }
+
+    /// [`start`](Self::start) on a bound socket (a shard of a reuseport group).
+    pub fn start_on(
+        socket: UdpSocket,
+        mode: EchoMode,
+        pending: usize,
+        slot_size: usize,
+        backend: Backend,
+        protocol: Protocol,
+    ) -> Result<RioUdpEcho, String> {
+        let pending = u32::try_from(pending)
+            .ok()
+            .filter(|p| (1..=4096).contains(p))
+            .ok_or("--pending must be 1 to 4096 in the RIO modes")?;
+        let slot_size = u32::try_from(slot_size)
+            .ok()
+            .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
+            .ok_or("--buf-size must be 1 to 65,507")?;
         let addr = socket.local_addr().map_err(|e| e.to_string())?;
         let rio = |e: Error| format!("setting up RIO: {e}");
         let port = match mode {

@@ -106,6 +106,12 @@ impl TcpEcho {
     pub fn start(addr: SocketAddr, opts: &Options) -> Result<TcpEcho, String> {
         opts.validate(Kind::TcpEcho)?;
         let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        TcpEcho::start_on(listener, opts)
+    }
+
+    /// Starts serving on a listening socket (a shard of a reuseport group).
+    pub fn start_on(listener: TcpListener, opts: &Options) -> Result<TcpEcho, String> {
+        opts.validate(Kind::TcpEcho)?;
         // std listens with a backlog of 128; a burst of connects wants more.
         // SAFETY: listen on a socket we own; it only changes the backlog.
         unsafe { libc::listen(listener.as_raw_fd(), 1024) };

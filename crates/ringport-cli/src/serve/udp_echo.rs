@@ -42,6 +42,12 @@ impl UdpEcho {
     pub fn start(addr: SocketAddr, opts: &Options) -> Result<UdpEcho, String> {
         opts.validate(Kind::UdpEcho)?;
         let sock = UdpSocket::bind(addr).map_err(|e| bind_error(addr, e))?;
+        UdpEcho::start_on(sock, opts)
+    }
+
+    /// Starts serving on a bound socket (a shard of a reuseport group).
+    pub fn start_on(sock: UdpSocket, opts: &Options) -> Result<UdpEcho, String> {
+        opts.validate(Kind::UdpEcho)?;
         let addr = sock.local_addr().map_err(|e| e.to_string())?;
         let port = opts.port()?;
         let sock = port

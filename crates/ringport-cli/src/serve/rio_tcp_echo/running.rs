@@ -18,6 +18,12 @@ impl RioTcpEcho {
     pub fn start(addr: SocketAddr, opts: &EchoOptions) -> Result<RioTcpEcho, String> {
         opts.validate()?;
         let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+        RioTcpEcho::start_on(listener, opts)
+    }
+
+    /// Serves on a listening socket (a shard of a reuseport group).
+    pub fn start_on(listener: TcpListener, opts: &EchoOptions) -> Result<RioTcpEcho, String> {
+        opts.validate()?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("listener: {e}"))?;

@@ -203,6 +203,13 @@ impl Sink {
     pub fn start(addr: SocketAddr, opts: &SinkOptions) -> Result<Sink, String> {
         opts.validate()?;
         let sock = bind(addr, opts.rcvbuf)?;
+        Sink::start_on(sock, opts)
+    }
+
+    /// Starts the server threads on a bound socket (a shard of a reuseport
+    /// group).
+    pub fn start_on(sock: UdpSocket, opts: &SinkOptions) -> Result<Sink, String> {
+        opts.validate()?;
         let addr = sock.local_addr().map_err(|e| e.to_string())?;
         let run = SinkRun::new(opts.size, opts.thread_count());
         let mut sink = Sink {
