@@ -6,8 +6,10 @@ mod blast;
 mod load;
 mod log;
 mod measure;
+mod report;
 mod serve;
 mod sum;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,9 @@ enum Command {
     Load(load::Args),
     /// Benchmarks, each against its peers in the same run.
     Bench(bench::BenchArgs),
+    /// Markdown sections from `bench --json` files, written between their
+    /// markers in a document (BENCHMARKS.md), the rest of it left alone.
+    Report(report::regen::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Load(args) => load::run(args),
         Command::Bench(b) => bench::run(b),
+        Command::Report(args) => report::regen::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,12 +5,25 @@
 //! [`WorkerPool`] of 2 × CPUs threads. Each worker sums its chunk and posts the
 //! partial sum to a results port; the main thread learns that the work is done
 //! by taking `items` packets from there (a completion, never a sleep).
+//!
+//! The workers are `WorkerPool`'s loop written out, because `--timeline`
+//! needs what the pool's handler cannot see: the moment each thread calls
+//! `get` (where its activity ends), and its own lane to record into.
+//! `--verbose` prints inside `port.blocking`: a worker waiting for stdout
+//! gives up its slot, as a Windows thread blocked on another object does.
 
 use std::ops::Range;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use ringport::{cpu_count, CompletionPort, WorkerPool};
+
+use crate::timeline::{self, Clock, Lane, Recording, Take};
+
+/// The most items `--timeline` records (each worker reserves a record for
+/// every item before the run).
+const MAX_TIMELINE_ITEMS: u64 = 100_000;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,6 +42,11 @@ pub struct Args {
     /// Print a line for every packet a worker takes.
     #[arg(long, short)]
     verbose: bool,
+    /// Draw the run as an SVG: a lane per worker with a mark for each packet
+    /// it took, the active threads against the limit, who was woken for
+    /// each post.
+    #[arg(long, value_name = "FILE.svg")]
+    timeline: Option<PathBuf>,
 }
 
 /// Checks the arguments and returns (threads, concurrency, total count).
@@ -47,6 +65,11 @@ fn validate(args: &Args) -> Result<(usize, usize, u64), String> {
     if concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
+    if args.timeline.is_some() && args.items > MAX_TIMELINE_ITEMS {
+        return Err(format!(
+            "--timeline records at most {MAX_TIMELINE_ITEMS} items; use fewer --items"
+        ));
+    }
     let n = args
         .items
         .checked_mul(args.chunk)
@@ -61,35 +84,116 @@ fn validate(args: &Args) -> Result<(usize, usize, u64), String> {
     Ok((threads, concurrency, n))
 }
 
-pub fn run(args: Args) -> Result<(), String> {
-    let (threads, concurrency, n) = validate(&args)?;
-    let work = CompletionPort::<Range<u64>>::new(concurrency).map_err(|e| e.to_string())?;
-    let results = CompletionPort::<u64>::new(0).map_err(|e| e.to_string())?;
+/// What one worker did.
+struct Worker {
+    handled: u64,
+    /// When it first called `get` (ns on the run's clock).
+    first_get: u64,
+    lane: Option<Lane>,
+}
 
-    let started = Instant::now();
-    let sink = results.clone();
-    let verbose = args.verbose;
-    let pool = WorkerPool::start(&work, threads, move |packet| {
+/// One worker: `WorkerPool`'s loop, recording each packet into its own
+/// lane when there is one (reserved before the run: no allocation here).
+fn work(
+    port: CompletionPort<Range<u64>>,
+    sink: CompletionPort<u64>,
+    clock: Clock,
+    mut lane: Option<Lane>,
+    verbose: bool,
+) -> Worker {
+    let mut handled = 0;
+    let mut asked = clock.now();
+    let first_get = asked;
+    while let Ok(packet) = port.get(None) {
+        let taken = if lane.is_some() { clock.now() } else { 0 };
+        if packet.key == WorkerPool::<()>::STOP_KEY {
+            break;
+        }
         let range = packet.token;
-        let partial: u64 = range.clone().sum();
+        // Each number through black_box: otherwise the compiler turns the
+        // sum into a formula and no item is work worth sharing out.
+        let partial: u64 = range.clone().fold(0, |a, x| a + std::hint::black_box(x));
+        let mut blocked = (0, 0);
         if verbose {
-            let me = thread::current();
-            println!(
-                "{}: item {} sums {}..{} = {partial}",
-                me.name().unwrap_or("?"),
-                packet.key,
-                range.start,
-                range.end
-            );
+            let from = if lane.is_some() { clock.now() } else { 0 };
+            port.blocking(|| {
+                let me = thread::current();
+                println!(
+                    "{}: item {} sums {}..{} = {partial}",
+                    me.name().unwrap_or("?"),
+                    packet.key,
+                    range.start,
+                    range.end
+                )
+            });
+            if lane.is_some() {
+                blocked = (from, clock.now());
+            }
         }
         // The result packet is the completion the main thread waits on.
         let _ = sink.post(packet.key, partial, Ok((range.end - range.start) as usize));
-    })
-    .map_err(|e| e.to_string())?;
+        handled += 1;
+        if let Some(l) = lane.as_mut() {
+            let done = clock.now();
+            l.takes.push(Take {
+                item: packet.key,
+                asked,
+                taken,
+                blocked,
+                done,
+            });
+            asked = done;
+        }
+    }
+    Worker {
+        handled,
+        first_get,
+        lane,
+    }
+}
 
+pub fn run(args: Args) -> Result<(), String> {
+    let (threads, concurrency, n) = validate(&args)?;
+    let work_port = CompletionPort::<Range<u64>>::new(concurrency).map_err(|e| e.to_string())?;
+    let results = CompletionPort::<u64>::new(0).map_err(|e| e.to_string())?;
+    let record = args.timeline.is_some();
+    let items = args.items as usize;
+
+    let clock = Clock::start();
+    let mut workers: Vec<JoinHandle<Worker>> = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (port, sink) = (work_port.clone(), results.clone());
+        let lane = record.then(|| Lane::with_capacity(items));
+        let verbose = args.verbose;
+        let spawned = thread::Builder::new()
+            .name(format!("ringport-worker-{i}"))
+            .spawn(move || work(port, sink, clock, lane, verbose));
+        match spawned {
+            Ok(h) => workers.push(h),
+            Err(e) => {
+                work_port.close();
+                return Err(format!("starting worker {i}: {e}"));
+            }
+        }
+    }
+
+    // The demo is about how a port releases waiting threads, so let every
+    // worker reach its first get before the first post (bounded: a worker
+    // that never gets there only makes the picture less tidy).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while work_port.stats().waiting < threads as u64 && std::time::Instant::now() < deadline {
+        thread::yield_now();
+    }
+
+    let mut posted = Vec::with_capacity(if record { items } else { 0 });
+    let started = clock.now();
     for i in 0..args.items {
         let start = i * args.chunk;
-        work.post(i, start..start + args.chunk, Ok(0))
+        if record {
+            posted.push(clock.now());
+        }
+        work_port
+            .post(i, start..start + args.chunk, Ok(0))
             .map_err(|e| e.to_string())?;
     }
     let mut total: u64 = 0;
@@ -101,8 +205,31 @@ pub fn run(args: Args) -> Result<(), String> {
         total += p.token;
         counted += p.result.map_err(|e| e.to_string())? as u64;
     }
-    let elapsed = started.elapsed();
-    let report = pool.stop_with(|| 0..0).map_err(|e| e.to_string())?;
+    let elapsed = Duration::from_nanos(clock.now() - started);
+    // Stop packets queue behind the work, one per worker, as
+    // WorkerPool::stop_with posts them.
+    for _ in 0..threads {
+        work_port
+            .post(WorkerPool::<()>::STOP_KEY, 0..0, Ok(0))
+            .map_err(|e| format!("stopping the workers: {e}"))?;
+    }
+    let mut done = Vec::with_capacity(threads);
+    let mut panicked = 0;
+    for h in workers {
+        match h.join() {
+            Ok(w) => done.push(w),
+            Err(_) => {
+                panicked += 1;
+                done.push(Worker {
+                    handled: 0,
+                    first_get: 0,
+                    lane: None,
+                })
+            }
+        }
+    }
+    let stats = work_port.stats();
+    let per_worker: Vec<u64> = done.iter().map(|w| w.handled).collect();
 
     println!("the final results are [{total}]");
     if counted != n {
@@ -114,7 +241,7 @@ pub fn run(args: Args) -> Result<(), String> {
         args.items, args.chunk
     );
     println!("{:<20} {:>8} {:>7}", "thread", "items", "share");
-    for (i, handled) in report.per_worker.iter().enumerate() {
+    for (i, handled) in per_worker.iter().enumerate() {
         let share = 100.0 * *handled as f64 / args.items as f64;
         println!(
             "{:<20} {:>8} {:>6.1}% {}",
@@ -126,15 +253,40 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     println!(
         "most threads active at once: {} (limit {concurrency})",
-        report.stats.max_active
+        stats.max_active
     );
     println!(
         "wake-ups: {}, of which handoffs from a post: {}",
-        report.stats.wakeups, report.stats.handoffs
+        stats.wakeups, stats.handoffs
     );
     println!("wall time: {:.3} ms", elapsed.as_secs_f64() * 1e3);
-    if report.panicked > 0 {
-        return Err(format!("{} workers panicked", report.panicked));
+    if panicked > 0 {
+        return Err(format!("{panicked} workers panicked"));
+    }
+    if let Some(path) = &args.timeline {
+        let rec = Recording {
+            first_get: done.iter().map(|w| w.first_get).collect(),
+            lanes: done
+                .into_iter()
+                .map(|w| w.lane.unwrap_or_default())
+                .collect(),
+            posted,
+            limit: concurrency,
+            title: format!(
+                "ringport sum{}: {} items on {threads} workers, concurrency {concurrency}",
+                if args.verbose { " --verbose" } else { "" },
+                args.items
+            ),
+        };
+        timeline::draw(&rec, path)?;
+        let f = rec.findings();
+        println!(
+            "timeline: {} ({} packets taken by released waiters, at most {} active; {})",
+            path.display(),
+            f.woken,
+            f.max_active,
+            timeline::lifo_line(&f)
+        );
     }
     Ok(())
 }
@@ -150,6 +302,7 @@ mod tests {
             threads: Some(2),
             concurrency: Some(1),
             verbose: false,
+            timeline: None,
         }
     }
 

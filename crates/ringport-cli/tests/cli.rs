@@ -294,14 +294,27 @@ fn bench_tcp_pin_counts_every_servers_own_cpu() {
     ] {
         assert!(stdout.contains(want), "no {want:?} in\n{stdout}");
     }
-    // Each peer's row ends in its server CPU per message: a server whose
-    // threads were missed (as a thread per connection once was, gone
-    // before it was read) would show zero.
-    let table: Vec<&str> = stdout
+    // Each peer's row (a markdown row) ends in its server CPU per message:
+    // a server whose threads were missed (as a thread per connection once
+    // was, gone before it was read) would show zero.
+    let cells = |l: &str| -> Vec<String> {
+        l.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let table: Vec<Vec<String>> = stdout
         .lines()
-        .skip_while(|l| !(l.starts_with("server") && l.contains("msgs/s")))
-        .take_while(|l| !l.is_empty())
+        .skip_while(|l| !(l.starts_with("| server |") && l.contains("msgs/s")))
+        .take_while(|l| l.starts_with('|'))
+        .map(cells)
         .collect();
+    assert_eq!(
+        table.first().and_then(|h| h.last()).map(String::as_str),
+        Some("server µs/msg"),
+        "{stdout}"
+    );
     for peer in [
         "ringport",
         "ringport-epoll",
@@ -313,10 +326,9 @@ fn bench_tcp_pin_counts_every_servers_own_cpu() {
     ] {
         let row = table
             .iter()
-            .find(|l| l.split_whitespace().next() == Some(peer))
+            .find(|r| r.first().map(String::as_str) == Some(peer))
             .unwrap_or_else(|| panic!("no row for {peer} in\n{stdout}"));
         let cpu: f64 = row
-            .split_whitespace()
             .last()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no server CPU in {row:?}"));

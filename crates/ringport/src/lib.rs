@@ -43,7 +43,7 @@ pub use error::Error;
 #[cfg(not(loom))]
 pub use io::Handle;
 #[cfg(not(loom))]
-pub use pool::{PoolReport, WorkerPool};
+pub use pool::{PoolBuilder, PoolReport, WorkerPool};
 pub use port::Buf;
 #[cfg(not(loom))]
 pub use port::{

@@ -30,11 +30,77 @@ use crate::{CompletionPort, Error, Packet, Stats};
 /// ```
 pub struct WorkerPool<T: Send + 'static> {
     port: CompletionPort<T>,
-    workers: Vec<JoinHandle<u64>>,
+    workers: Vec<JoinHandle<(u64, Option<Error>)>>,
+}
+
+/// Builds a [`WorkerPool`]; see [`WorkerPool::builder`].
+#[derive(Debug)]
+pub struct PoolBuilder<'a, T: Send + 'static> {
+    port: &'a CompletionPort<T>,
+    threads: usize,
+    name: String,
+    batch: usize,
+}
+
+impl<T: Send + 'static> PoolBuilder<'_, T> {
+    /// Worker threads; 0 (the default) means 2 × the number of CPUs.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// Threads are named `{prefix}-{index}` (default `ringport-worker`).
+    pub fn name(mut self, prefix: impl Into<String>) -> Self {
+        self.name = prefix.into();
+        self
+    }
+
+    /// Packets a worker takes per get (`get_into`, one update of the port's
+    /// state for the batch); at least 1, the default.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// Starts the workers; `handler(worker index, packet)` runs for every
+    /// packet but stop packets. Fails if a thread cannot be started (the
+    /// ones already started are stopped).
+    pub fn start<F>(self, handler: F) -> Result<WorkerPool<T>, Error>
+    where
+        F: Fn(usize, Packet<T>) + Send + Sync + 'static,
+    {
+        let threads = match self.threads {
+            0 => 2 * crate::cpu_count(),
+            n => n,
+        };
+        let handler: Arc<dyn Fn(usize, Packet<T>) + Send + Sync> = Arc::new(handler);
+        let mut pool = WorkerPool {
+            port: self.port.clone(),
+            workers: Vec::with_capacity(threads),
+        };
+        for i in 0..threads {
+            let port = self.port.clone();
+            let handler = handler.clone();
+            let batch = self.batch;
+            let spawned = thread::Builder::new()
+                .name(format!("{}-{i}", self.name))
+                .spawn(move || WorkerPool::work(&port, i, batch, &*handler));
+            match spawned {
+                Ok(h) => pool.workers.push(h),
+                Err(e) => {
+                    // Don't leave the threads already started running.
+                    pool.port.close();
+                    pool.join();
+                    return Err(Error::Io(e));
+                }
+            }
+        }
+        Ok(pool)
+    }
 }
 
 /// What each worker did, from [`WorkerPool::stop`] or [`WorkerPool::close`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct PoolReport {
     /// Packets each worker handled (stop packets not counted), by worker index.
@@ -44,6 +110,9 @@ pub struct PoolReport {
     pub panicked: usize,
     /// The port's counters when the pool had stopped.
     pub stats: Stats,
+    /// Errors other than the port's close that ended a worker's loop (a
+    /// `get` refused), by worker index.
+    pub errors: Vec<(usize, Error)>,
 }
 
 impl PoolReport {
@@ -60,47 +129,87 @@ impl<T: Send + 'static> WorkerPool<T> {
 
     /// Starts `threads` workers (0 means 2 × the number of CPUs, the classic
     /// choice) named `ringport-worker-N`, each looping on `port.get(None)`.
+    /// [`builder`](Self::builder) chooses more.
     pub fn start<F>(port: &CompletionPort<T>, threads: usize, handler: F) -> Result<Self, Error>
     where
         F: Fn(Packet<T>) + Send + Sync + 'static,
     {
-        let threads = if threads == 0 {
-            2 * crate::cpu_count()
-        } else {
-            threads
-        };
-        let handler = Arc::new(handler);
-        let mut pool = WorkerPool {
-            port: port.clone(),
-            workers: Vec::with_capacity(threads),
-        };
-        for i in 0..threads {
-            let port = port.clone();
-            let handler = handler.clone();
-            let spawned = thread::Builder::new()
-                .name(format!("ringport-worker-{i}"))
-                .spawn(move || {
-                    let mut handled = 0;
-                    while let Ok(packet) = port.get(None) {
-                        if packet.key == Self::STOP_KEY {
-                            break;
-                        }
-                        handler(packet);
-                        handled += 1;
-                    }
-                    handled
-                });
-            match spawned {
-                Ok(h) => pool.workers.push(h),
-                Err(e) => {
-                    // Don't leave the threads already started running.
-                    pool.port.close();
-                    pool.join();
-                    return Err(Error::Io(e));
+        Self::builder(port)
+            .threads(threads)
+            .start(move |_, packet| handler(packet))
+    }
+
+    /// A pool with more chosen: its threads' names, the packets a worker
+    /// takes per get, and a handler that is told which worker runs it.
+    ///
+    /// ```
+    /// use ringport::{CompletionPort, WorkerPool};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let port = CompletionPort::<u64>::new(2)?;
+    /// // A counter per worker, indexed by the worker's number.
+    /// let counts: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
+    /// let c = counts.clone();
+    /// let pool = WorkerPool::builder(&port)
+    ///     .threads(3)
+    ///     .name("echo")
+    ///     .batch(16)
+    ///     .start(move |worker, _packet| {
+    ///         c[worker].fetch_add(1, Ordering::Relaxed);
+    ///     })?;
+    /// for i in 0..100 {
+    ///     port.post(0, i, Ok(0))?;
+    /// }
+    /// let report = pool.stop()?;
+    /// let total: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    /// assert_eq!((total, report.handled()), (100, 100));
+    /// # Ok::<(), ringport::Error>(())
+    /// ```
+    pub fn builder(port: &CompletionPort<T>) -> PoolBuilder<'_, T> {
+        PoolBuilder {
+            port,
+            threads: 0,
+            name: "ringport-worker".into(),
+            batch: 1,
+        }
+    }
+
+    /// One worker's loop: packets in batches of up to `batch`, each handed to
+    /// `handler` with the worker's index, until a stop packet or the close.
+    /// Returns the packets handled and the error that ended it, if any.
+    fn work(
+        port: &CompletionPort<T>,
+        index: usize,
+        batch: usize,
+        handler: &(dyn Fn(usize, Packet<T>) + Send + Sync),
+    ) -> (u64, Option<Error>) {
+        let mut handled = 0;
+        let mut packets = Vec::with_capacity(batch);
+        loop {
+            match port.get_into(&mut packets, batch, None) {
+                Ok(_) => {}
+                Err(Error::Closed) => return (handled, None),
+                Err(e) => return (handled, Some(e)),
+            }
+            let mut stops = Vec::new();
+            for packet in packets.drain(..) {
+                if packet.key == Self::STOP_KEY {
+                    stops.push(packet);
+                } else {
+                    handler(index, packet);
+                    handled += 1;
                 }
             }
+            if !stops.is_empty() {
+                // One stop is this worker's; a batch that took others' gives
+                // them back, so that every worker gets one.
+                for extra in stops.into_iter().skip(1) {
+                    let _ = port.post_packet(extra);
+                }
+                return (handled, None);
+            }
         }
-        Ok(pool)
     }
 
     /// The number of worker threads.
@@ -143,9 +252,13 @@ impl<T: Send + 'static> WorkerPool<T> {
     fn join(mut self) -> PoolReport {
         let mut per_worker = Vec::with_capacity(self.workers.len());
         let mut panicked = 0;
-        for h in self.workers.drain(..) {
+        let mut errors = Vec::new();
+        for (i, h) in self.workers.drain(..).enumerate() {
             match h.join() {
-                Ok(n) => per_worker.push(n),
+                Ok((n, error)) => {
+                    per_worker.push(n);
+                    errors.extend(error.map(|e| (i, e)));
+                }
                 Err(_) => {
                     per_worker.push(0);
                     panicked += 1;
@@ -156,6 +269,7 @@ impl<T: Send + 'static> WorkerPool<T> {
             per_worker,
             panicked,
             stats: self.port.stats(),
+            errors,
         }
     }
 }

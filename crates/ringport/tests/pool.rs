@@ -238,3 +238,40 @@ fn dropping_a_pool_closes_its_port() {
     assert!(port.is_closed());
     assert_eq!(port.stats().waiting, 0);
 }
+
+/// A pool that takes packets in batches still gives every worker its own
+/// stop packet (a batch that took others' stop packets gives them back),
+/// runs the handler with the worker's index, and names its threads.
+#[test]
+fn a_batching_pool_stops_every_worker_and_tells_the_handler_its_index() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let port = CompletionPort::<u64>::new(4).unwrap();
+    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..4).map(|_| AtomicU64::new(0)).collect());
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let (c, n) = (counts.clone(), names.clone());
+    let pool = WorkerPool::builder(&port)
+        .threads(4)
+        .name("batcher")
+        .batch(64)
+        .start(move |w, _| {
+            c[w].fetch_add(1, Ordering::Relaxed);
+            let name = std::thread::current().name().map(str::to_owned);
+            n.lock().unwrap().push((w, name));
+        })
+        .unwrap();
+    for i in 0..1000 {
+        port.post(0, i, Ok(0)).unwrap();
+    }
+    let report = within("stop", move || pool.stop().unwrap());
+    assert_eq!(report.handled(), 1000);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let per: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    assert_eq!(
+        per, report.per_worker,
+        "the index the handler saw is the worker's"
+    );
+    for (w, name) in names.lock().unwrap().iter() {
+        assert_eq!(name.as_deref(), Some(format!("batcher-{w}").as_str()));
+    }
+}

@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::args::parse_duration;
 use crate::load::{self, LoadConfig, LoadReport, Proto};
 use crate::measure::median;
+use crate::report::{Cell, Chart, Report, RunRecord, Table};
 use crate::serve::{self, Echo};
 
 /// How `bench tcp` and `bench udp` run their echo servers.
@@ -60,6 +61,15 @@ pub(super) struct EchoRun {
 }
 
 impl EchoRun {
+    /// `--quick`: a fraction of a second per server, one round, few
+    /// connections.
+    pub(super) fn quick(&mut self) {
+        self.seconds = Duration::from_millis(200);
+        self.warmup = Duration::from_millis(50);
+        self.rounds = 1;
+        self.connections = 8;
+    }
+
     /// The plan for `bench <name>`: `proto` load, a reply awaited at most
     /// `timeout`.
     pub(super) fn plan(&self, name: &str, proto: Proto, timeout: Duration) -> Plan {
@@ -133,7 +143,7 @@ pub(super) struct Pin {
 }
 
 /// One run of one server.
-struct Run {
+struct ServerRun {
     rate: f64,
     p50: f64,
     p99: f64,
@@ -143,10 +153,10 @@ struct Run {
     lost: u64,
 }
 
-impl Run {
-    fn of(r: &LoadReport) -> Run {
+impl ServerRun {
+    fn of(r: &LoadReport) -> ServerRun {
         let msgs = r.messages.max(1) as f64;
-        Run {
+        ServerRun {
             rate: r.rate(),
             p50: r.quantile_us(0.5),
             p99: r.quantile_us(0.99),
@@ -185,7 +195,11 @@ pub(super) fn select(
 
 /// Runs every peer `plan.rounds` times, interleaved, and prints the medians
 /// and ringport's ratio to each.
-pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<(), String> {
+pub(super) fn compare(
+    plan: &Plan,
+    peers: &[(&'static str, Start)],
+    out: &mut Report,
+) -> Result<(), String> {
     if plan.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
@@ -199,8 +213,8 @@ pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<()
     if plan.pin_asked && plan.pin.is_none() {
         return Err("--pin needs two CPUs this process may run on".into());
     }
-    println!("{}", plan.title);
-    println!(
+    out.say(plan.title.clone());
+    out.say(format!(
         "{} connections × 1 message of {} bytes in flight, {} server threads, {} client thread(s), \
          {:?} per run (+{:?} warm-up), {} rounds interleaved, median reported",
         plan.load.connections,
@@ -210,21 +224,21 @@ pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<()
         plan.load.duration.unwrap_or_default(),
         plan.load.warmup,
         plan.rounds
-    );
-    match plan.pin {
-        Some(p) => println!(
+    ));
+    out.say(match plan.pin {
+        Some(p) => format!(
             "server threads pinned to CPU {}, the load client to CPU {}; server CPU from the \
              server's own threads",
             p.server, p.client
         ),
-        None => println!("nothing pinned; server CPU from the server's own threads"),
-    }
+        None => "nothing pinned; server CPU from the server's own threads".to_string(),
+    });
     let home = crate::measure::allowed_cpus();
     let result = rounds(plan, peers);
     if plan.pin.is_some() {
         crate::measure::pin(&home);
     }
-    report(plan, peers, &result?);
+    report(plan, peers, &result?, out);
     Ok(())
 }
 
@@ -232,8 +246,8 @@ pub(super) fn compare(plan: &Plan, peers: &[(&'static str, Start)]) -> Result<()
 fn rounds<'a>(
     plan: &Plan,
     peers: &[(&'a str, Start)],
-) -> Result<HashMap<&'a str, Vec<Run>>, String> {
-    let mut runs: HashMap<&str, Vec<Run>> = HashMap::new();
+) -> Result<HashMap<&'a str, Vec<ServerRun>>, String> {
+    let mut runs: HashMap<&str, Vec<ServerRun>> = HashMap::new();
     for round in 0..plan.rounds {
         for &(name, start) in peers {
             if let Some(p) = plan.pin {
@@ -255,7 +269,7 @@ fn rounds<'a>(
             let report = result.map_err(|e| format!("{name}: {e}"))?;
             stopped.map_err(|e| format!("{name}: {e}"))?;
             pinned.map_err(|e| format!("{name}: {e}"))?;
-            let run = Run::of(&report);
+            let run = ServerRun::of(&report);
             eprintln!(
                 "  round {}: {name:<16} {:>10.0} msg/s  p50 {:>7.1} µs  server CPU {:>5.2} µs/msg  \
                  client CPU {:>5.2} µs/msg",
@@ -275,73 +289,140 @@ fn rounds<'a>(
 /// they ran: the runtimes a Rust user would otherwise pick.
 const REFERENCES: [&str; 3] = ["tokio", "mio", "monoio"];
 
-fn report(plan: &Plan, peers: &[(&str, Start)], runs: &HashMap<&str, Vec<Run>>) {
-    let med = |name: &str, f: fn(&Run) -> f64| -> f64 {
-        median(runs.get(name).map_or(vec![], |v| v.iter().map(f).collect()))
+fn report(
+    plan: &Plan,
+    peers: &[(&str, Start)],
+    runs: &HashMap<&str, Vec<ServerRun>>,
+    out: &mut Report,
+) {
+    let all = |name: &str, f: fn(&ServerRun) -> f64| -> Vec<f64> {
+        runs.get(name).map_or(vec![], |v| v.iter().map(f).collect())
     };
+    let med = |name: &str, f: fn(&ServerRun) -> f64| median(all(name, f));
+    for &(name, _) in peers {
+        for (i, r) in runs.get(name).into_iter().flatten().enumerate() {
+            out.run(
+                RunRecord::new("echo", "", i + 1, name)
+                    .with("msgs_per_s", r.rate)
+                    .with("p50_us", r.p50)
+                    .with("p99_us", r.p99)
+                    .with("p999_us", r.p999)
+                    .with("server_cpu_us_per_msg", r.server_cpu_us)
+                    .with("client_cpu_us_per_msg", r.client_cpu_us)
+                    .with("lost", r.lost as f64),
+            );
+        }
+    }
     let udp = plan.load.proto == Proto::Udp;
-    println!();
-    println!(
-        "{:<16} {:>12} {:>9} {:>9} {:>9} {:>14}{}",
+    let mut columns = vec![
         "server",
         "msgs/s",
+        "msgs/s min–max",
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
+        "server µs/msg min–max",
         "server µs/msg",
-        if udp { "       lost" } else { "" }
+    ];
+    if udp {
+        columns.push("lost");
+    }
+    let mut t = Table::new(
+        format!("Echo servers: median of {} interleaved rounds", plan.rounds),
+        &columns,
     );
     for &(name, _) in peers {
         let lost: u64 = runs.get(name).map_or(0, |v| v.iter().map(|r| r.lost).sum());
-        println!(
-            "{:<16} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>14.2}{}",
-            name,
-            med(name, |r| r.rate),
-            med(name, |r| r.p50),
-            med(name, |r| r.p99),
-            med(name, |r| r.p999),
-            med(name, |r| r.server_cpu_us),
-            if udp {
-                format!(" {lost:>10}")
-            } else {
-                String::new()
-            }
-        );
+        let mut row = vec![
+            Cell::text(name),
+            Cell::num(med(name, |r| r.rate), 0),
+            Cell::range(&all(name, |r| r.rate), 0),
+            Cell::num(med(name, |r| r.p50), 1),
+            Cell::num(med(name, |r| r.p99), 1),
+            Cell::num(med(name, |r| r.p999), 1),
+            Cell::range(&all(name, |r| r.server_cpu_us), 2),
+            Cell::num(med(name, |r| r.server_cpu_us), 2),
+        ];
+        if udp {
+            row.push(Cell::num(lost as f64, 0));
+        }
+        t.row(row);
     }
-    if peers.iter().any(|(n, _)| *n == "ringport") {
-        println!();
+    out.table(t);
+    if peers.iter().any(|(n, _)| *n == "ringport") && peers.len() > 1 {
+        let mut t = Table::new(
+            "ringport over each peer (medians)",
+            &["", "msgs/s", "p50 latency", "server CPU per msg"],
+        );
         let ours = med("ringport", |r| r.rate);
         let our_cpu = med("ringport", |r| r.server_cpu_us);
         let our_p50 = med("ringport", |r| r.p50);
         for &(name, _) in peers.iter().filter(|(n, _)| *n != "ringport") {
-            println!(
-                "ringport / {name:<16}: msgs/s {:.2}×   p50 latency {:.2}×   server CPU per msg {:.2}×",
-                ours / med(name, |r| r.rate),
-                our_p50 / med(name, |r| r.p50),
-                our_cpu / med(name, |r| r.server_cpu_us),
-            );
+            t.row(vec![
+                Cell::text(format!("ringport / {name}")),
+                Cell::ratio(ours / med(name, |r| r.rate)),
+                Cell::ratio(our_p50 / med(name, |r| r.p50)),
+                Cell::ratio(our_cpu / med(name, |r| r.server_cpu_us)),
+            ]);
         }
+        out.table(t);
     }
     let refs: Vec<&str> = REFERENCES
         .into_iter()
         .filter(|r| peers.iter().any(|(n, _)| n == r))
         .collect();
     if !refs.is_empty() {
-        println!();
-        print!("{:<16}", "server CPU/msg");
-        for r in &refs {
-            print!(" {:>10}", format!("÷ {r}"));
-        }
-        println!();
+        let mut columns = vec!["server CPU/msg".to_string()];
+        columns.extend(refs.iter().map(|r| format!("÷ {r}")));
+        let mut t = Table {
+            title: "Server CPU per message over each runtime's (medians)".into(),
+            columns,
+            ..Table::default()
+        };
         for &(name, _) in peers {
-            print!("{name:<16}");
             let ours = med(name, |r| r.server_cpu_us);
-            for r in &refs {
-                print!(" {:>9.2}×", ours / med(r, |r| r.server_cpu_us));
-            }
-            println!();
+            let mut row = vec![Cell::text(name)];
+            row.extend(
+                refs.iter()
+                    .map(|r| Cell::ratio(ours / med(r, |r| r.server_cpu_us))),
+            );
+            t.row(row);
         }
+        out.table(t);
     }
+    // ringport's servers (and their variants) over every other server.
+    let ours: Vec<&str> = peers
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| n.starts_with("ringport") || n.starts_with("rio"))
+        .collect();
+    let mut theirs: Vec<&str> = peers
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !ours.contains(n))
+        .collect();
+    if theirs.is_empty() && ours.contains(&"ringport") {
+        theirs.push("ringport");
+    }
+    let case = [String::new()];
+    out.chart(Chart::new(
+        "Server CPU per message: ringport over each peer (lower is better)",
+        "echo",
+        "server_cpu_us_per_msg",
+        false,
+        &case,
+        &ours,
+        &theirs,
+    ));
+    out.chart(Chart::new(
+        "Messages per second: ringport over each peer",
+        "echo",
+        "msgs_per_s",
+        true,
+        &case,
+        &ours,
+        &theirs,
+    ));
 }
 
 pub(super) fn localhost() -> SocketAddr {

@@ -11,6 +11,9 @@
 //! - **ringport**: the file is associated with a port served by `--threads`
 //!   workers; `--depth` reads are kept pending, each completion checked and
 //!   replaced by a read at a new random offset with the same buffer.
+//! - **ringport-now**: the same with skip-on-success (`read_at_now`): a read
+//!   the page cache serves whole comes back at once and is handled on the
+//!   spot, and the next one started, with no packet through the port.
 //! - **pread**: `--threads` threads, each reading one block at a time.
 //!
 //! By default the file sits in the page cache (it was just written), so the
@@ -34,10 +37,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringport::{CompletionPort, Error};
+use ringport::{CompletionPort, Error, Started};
 
 use crate::args::parse_duration;
 use crate::measure::{self, cpu_time, median, Scope};
+use crate::report::{Cell, Chart, Report, RunRecord, Table};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -146,12 +150,17 @@ fn drop_cache(f: &File) {
 }
 
 /// One run: reads per second and process CPU µs per read.
-struct Run {
+struct FileRun {
     rate: f64,
     cpu_us: f64,
 }
 
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if quick {
+        args.size_mib = 8;
+        args.seconds = Duration::from_millis(200);
+        args.rounds = 1;
+    }
     if args.size_mib == 0 || args.size_mib > 1 << 20 {
         return Err("--size-mib must be between 1 and 1,048,576".into());
     }
@@ -182,7 +191,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("ringport-bench-{}.dat", std::process::id()));
     let blocks = args.size_mib * (1 << 20) / BLOCK as u64;
-    println!(
+    report.say(format!(
         "ringport bench file: random {} KiB reads from a {} MiB file in {}, {} threads, \
          {} reads pending on the port (batch {}), page cache {}, {:?} per run, {} rounds interleaved, median reported",
         BLOCK / 1024,
@@ -194,105 +203,175 @@ pub fn run(args: Args) -> Result<(), String> {
         if args.cold { "dropped before each run" } else { "warm" },
         args.seconds,
         args.rounds
-    );
+    ));
     let t = Instant::now();
     let file = create(&path, blocks)?;
     eprintln!("  wrote the file in {:.2} s", t.elapsed().as_secs_f64());
     if let Some(p) = pin {
-        println!(
+        report.say(format!(
             "readers pinned to CPU {}, the measuring harness to CPU {}",
             p.readers, p.harness
-        );
+        ));
     }
     let result = rounds(&args, &file, blocks, threads, pin);
     if pin.is_some() {
         measure::pin(&allowed);
     }
-    let (port_runs, pread_runs) = result?;
+    let [port_runs, now_runs, pread_runs] = result?;
 
-    let rate = |v: &[Run]| median(v.iter().map(|r| r.rate).collect());
-    let cpu = |v: &[Run]| median(v.iter().map(|r| r.cpu_us).collect());
-    println!();
-    println!("{:<10} {:>12} {:>14}", "reader", "reads/s", "CPU µs/read");
-    println!(
-        "{:<10} {:>12.0} {:>14.2}",
-        "ringport",
-        rate(&port_runs),
-        cpu(&port_runs)
+    let sides = [
+        ("ringport", &port_runs),
+        ("ringport-now", &now_runs),
+        ("pread", &pread_runs),
+    ];
+    for (name, runs) in sides {
+        for (i, r) in runs.iter().enumerate() {
+            report.run(
+                RunRecord::new("reads", "", i + 1, name)
+                    .with("reads_per_s", r.rate)
+                    .with("cpu_us_per_read", r.cpu_us),
+            );
+        }
+    }
+    let rates = |v: &[FileRun]| v.iter().map(|r| r.rate).collect::<Vec<_>>();
+    let cpus = |v: &[FileRun]| v.iter().map(|r| r.cpu_us).collect::<Vec<_>>();
+    let mut t = Table::new(
+        format!(
+            "Random {} KiB reads: median of {} interleaved rounds",
+            BLOCK / 1024,
+            args.rounds
+        ),
+        &[
+            "reader",
+            "reads/s",
+            "reads/s min–max",
+            "CPU µs/read",
+            "CPU µs/read min–max",
+        ],
     );
-    println!(
-        "{:<10} {:>12.0} {:>14.2}",
-        "pread",
-        rate(&pread_runs),
-        cpu(&pread_runs)
+    for (name, runs) in sides {
+        t.row(vec![
+            Cell::text(name),
+            Cell::num(median(rates(runs)), 0),
+            Cell::range(&rates(runs), 0),
+            Cell::num(median(cpus(runs)), 2),
+            Cell::range(&cpus(runs), 2),
+        ]);
+    }
+    report.table(t);
+    let mut t = Table::new(
+        "ringport over pread (medians)",
+        &["", "reads/s", "CPU per read"],
     );
-    println!();
-    println!(
-        "ringport / pread: reads/s {:.2}×   CPU per read {:.2}×",
-        rate(&port_runs) / rate(&pread_runs),
-        cpu(&port_runs) / cpu(&pread_runs)
-    );
+    for (name, runs) in [("ringport", &port_runs), ("ringport-now", &now_runs)] {
+        t.row(vec![
+            Cell::text(format!("{name} / pread")),
+            Cell::ratio(median(rates(runs)) / median(rates(&pread_runs))),
+            Cell::ratio(median(cpus(runs)) / median(cpus(&pread_runs))),
+        ]);
+    }
+    report.table(t);
+    let case = [String::new()];
+    report.chart(Chart::new(
+        "File reads per second: ringport over pread",
+        "reads",
+        "reads_per_s",
+        true,
+        &case,
+        &["ringport", "ringport-now"],
+        &["pread"],
+    ));
+    report.chart(Chart::new(
+        "CPU per read: ringport over pread (lower is better)",
+        "reads",
+        "cpu_us_per_read",
+        false,
+        &case,
+        &["ringport", "ringport-now"],
+        &["pread"],
+    ));
     Ok(())
 }
 
-/// Every round, ringport then pread: their runs.
+/// Every round, ringport (every read through the port), ringport-now
+/// (skip-on-success: a read the page cache serves comes back at once) and
+/// pread: their runs.
 fn rounds(
     args: &Args,
     file: &File,
     blocks: u64,
     threads: usize,
     pin: Option<Pin>,
-) -> Result<(Vec<Run>, Vec<Run>), String> {
+) -> Result<[Vec<FileRun>; 3], String> {
     let reopen = || {
         file.try_clone()
             .map_err(|e| format!("duplicating the file's descriptor: {e}"))
     };
     let mut port_runs = Vec::new();
+    let mut now_runs = Vec::new();
     let mut pread_runs = Vec::new();
     for round in 0..args.rounds {
-        if args.cold {
-            drop_cache(file);
+        for (now, runs) in [(false, &mut port_runs), (true, &mut now_runs)] {
+            if args.cold {
+                drop_cache(file);
+            }
+            let r = port_reads(
+                reopen()?,
+                blocks,
+                threads,
+                PortReads {
+                    depth: args.depth,
+                    batch: args.batch,
+                    now,
+                },
+                args.seconds,
+                pin,
+            )?;
+            eprintln!(
+                "  round {}: {:<12} {:>10.0} reads/s  {:.2} µs CPU/read",
+                round + 1,
+                if now { "ringport-now" } else { "ringport" },
+                r.rate,
+                r.cpu_us
+            );
+            runs.push(r);
         }
-        let r = port_reads(
-            reopen()?,
-            blocks,
-            threads,
-            args.depth,
-            args.batch,
-            args.seconds,
-            pin,
-        )?;
-        eprintln!(
-            "  round {}: ringport {:>10.0} reads/s  {:.2} µs CPU/read",
-            round + 1,
-            r.rate,
-            r.cpu_us
-        );
-        port_runs.push(r);
         if args.cold {
             drop_cache(file);
         }
         let r = pread_reads(reopen()?, blocks, threads, args.seconds, pin)?;
         eprintln!(
-            "  round {}: pread    {:>10.0} reads/s  {:.2} µs CPU/read",
+            "  round {}: pread        {:>10.0} reads/s  {:.2} µs CPU/read",
             round + 1,
             r.rate,
             r.cpu_us
         );
         pread_runs.push(r);
     }
-    Ok((port_runs, pread_runs))
+    Ok([port_runs, now_runs, pread_runs])
+}
+
+/// How the port side reads.
+#[derive(Clone, Copy)]
+struct PortReads {
+    /// Reads kept pending on the port.
+    depth: usize,
+    /// Completions a worker takes per get.
+    batch: usize,
+    /// Skip-on-success (`read_at_now`): a read served at once is handled on
+    /// the spot and the next one started, without a trip through the port.
+    now: bool,
 }
 
 fn port_reads(
     file: File,
     blocks: u64,
     threads: usize,
-    depth: usize,
-    batch: usize,
+    how: PortReads,
     seconds: Duration,
     pin: Option<Pin>,
-) -> Result<Run, String> {
+) -> Result<FileRun, String> {
+    let PortReads { depth, batch, now } = how;
     if let Some(p) = pin {
         measure::pin(&[p.readers]);
     }
@@ -338,12 +417,32 @@ fn port_reads(
                             counts[w].store(n, Ordering::Relaxed);
                         }
                         let mut buf = buf.into_vec();
-                        buf.clear();
-                        let next = rng.next(blocks) * BLOCK as u64;
-                        match handle.read_at(buf, next, next) {
-                            Ok(_) => {}
-                            Err(Error::Closed) => break 'outer,
-                            Err(e) => return fail(format!("starting a read: {e}")),
+                        loop {
+                            buf.clear();
+                            let next = rng.next(blocks) * BLOCK as u64;
+                            let started = if now {
+                                handle.read_at_now(buf, next, next)
+                            } else {
+                                handle.read_at(buf, next, next).map(Started::Pending)
+                            };
+                            let mut p = match started {
+                                Ok(Started::Pending(_)) => break,
+                                Ok(Started::Done(p)) => p,
+                                Err(Error::Closed) => break 'outer,
+                                Err(e) => return fail(format!("starting a read: {e}")),
+                            };
+                            // Served at once: checked and counted here.
+                            buf = match (p.take_buf(), &p.result) {
+                                (Some(b), Ok(_)) => b.into_vec(),
+                                (_, r) => return fail(format!("read at {next}: {r:?}")),
+                            };
+                            if let Err(e) = check(&buf, next) {
+                                return fail(e);
+                            }
+                            n += 1;
+                            if n % 64 == 0 {
+                                counts[w].store(n, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
@@ -382,7 +481,7 @@ fn port_reads(
 /// Lets the readers warm up a little, then measures `seconds` of reads.
 /// Pinned, the harness first leaves the readers' CPU and then checks that
 /// no reader (nor a thread started for them) is anywhere else.
-fn measure(seconds: Duration, counts: &[AtomicU64], pin: Option<Pin>) -> Result<Run, String> {
+fn measure(seconds: Duration, counts: &[AtomicU64], pin: Option<Pin>) -> Result<FileRun, String> {
     if let Some(p) = pin {
         measure::pin(&[p.harness]);
     }
@@ -411,7 +510,7 @@ fn measure(seconds: Duration, counts: &[AtomicU64], pin: Option<Pin>) -> Result<
     let (c1, t1, cpu1) = (total(), Instant::now(), cpu());
     pinned?;
     let reads = (c1 - c0).max(1) as f64;
-    Ok(Run {
+    Ok(FileRun {
         rate: reads / t1.duration_since(t0).as_secs_f64(),
         cpu_us: cpu1.saturating_sub(cpu0).as_secs_f64() * 1e6 / reads,
     })
@@ -423,7 +522,7 @@ fn pread_reads(
     threads: usize,
     seconds: Duration,
     pin: Option<Pin>,
-) -> Result<Run, String> {
+) -> Result<FileRun, String> {
     if let Some(p) = pin {
         measure::pin(&[p.readers]);
     }

@@ -9,7 +9,11 @@ mod shards;
 mod tcp;
 mod udp;
 
+use std::path::PathBuf;
+
 use clap::{Args, Subcommand};
+
+use crate::report::{svg, Report};
 
 /// `ringport bench [--backend B] <which>`.
 #[derive(Args)]
@@ -19,6 +23,21 @@ pub struct BenchArgs {
     /// tcp and udp benchmarks also run a `ringport-epoll` peer beside it.
     #[arg(long, global = true)]
     backend: Option<ringport::Backend>,
+    /// Write the report to FILE as JSON: every round of every peer with its
+    /// raw figures, every table as printed (medians, min–max, ratios), the
+    /// machine (CPUs, kernel, backend, load average before and after, the
+    /// commit), the command line and the time. `ringport report` turns
+    /// such files into BENCHMARKS.md's tables.
+    #[arg(long, global = true, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw ringport's ratio to each peer on the bench's main figure, with
+    /// every round's ratio and their spread, to FILE as SVG.
+    #[arg(long, global = true, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// A short run of every part (tiny counts, one round, a fraction of a
+    /// second each; it replaces those options): a smoke test, not a figure.
+    #[arg(long, global = true)]
+    quick: bool,
     #[command(subcommand)]
     which: Bench,
 }
@@ -50,11 +69,28 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         // thread exists yet.
         std::env::set_var("RINGPORT_BACKEND", b.to_string());
     }
+    let name = match &args.which {
+        Bench::Port(_) => "port",
+        Bench::Tcp(_) => "tcp",
+        Bench::Udp(_) => "udp",
+        Bench::File(_) => "file",
+        Bench::Rio(_) => "rio",
+    };
+    let quick = args.quick;
+    let mut report = Report::start(name, quick);
     match args.which {
-        Bench::Port(args) => port::run(args),
-        Bench::Tcp(args) => tcp::run(args),
-        Bench::Udp(args) => udp::run(args),
-        Bench::File(args) => file::run(args),
-        Bench::Rio(args) => rio::run(args),
+        Bench::Port(a) => port::run(a, quick, &mut report),
+        Bench::Tcp(a) => tcp::run(a, quick, &mut report),
+        Bench::Udp(a) => udp::run(a, quick, &mut report),
+        Bench::File(a) => file::run(a, quick, &mut report),
+        Bench::Rio(a) => rio::run(a, quick, &mut report),
+    }?;
+    report.finish();
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
     }
+    if let Some(path) = &args.svg {
+        svg::write(&report, path)?;
+    }
+    Ok(())
 }

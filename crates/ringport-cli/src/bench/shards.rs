@@ -18,6 +18,7 @@ use ringport::reuseport;
 
 use super::echo::{compare, localhost, EchoRun, Ringport, Server, Start};
 use crate::load::Proto;
+use crate::report::Report;
 use crate::serve::{self, rio_tcp_echo, rio_udp_echo};
 
 /// The shard counts the benchmark knows.
@@ -81,7 +82,8 @@ fn rio_udp<const S: usize>(_threads: usize, _batch: usize) -> Result<Box<dyn Ser
     for sock in group {
         let mode = rio_udp_echo::EchoMode::Port;
         let auto = ringport::Backend::Auto;
-        let s = rio_udp_echo::RioUdpEcho::start_on(sock, mode, pending, 2048, auto)?;
+        let echo = crate::serve::sockperf::Protocol::Echo;
+        let s = rio_udp_echo::RioUdpEcho::start_on(sock, mode, pending, 2048, auto, echo)?;
         shards.push(Box::new(Ringport(s)));
     }
     Ok(Box::new(Sharded { addr, shards }))
@@ -204,7 +206,12 @@ const TCP: [Row; 4] = [
 ];
 
 /// `bench udp|tcp --shards …`: every shard count's servers, interleaved.
-pub(super) fn compare_shards(run: &EchoRun, proto: Proto, counts: &[usize]) -> Result<(), String> {
+pub(super) fn compare_shards(
+    run: &EchoRun,
+    proto: Proto,
+    counts: &[usize],
+    report: &mut Report,
+) -> Result<(), String> {
     let (name, table, timeout) = match proto {
         Proto::Udp => ("udp --shards", &UDP, Duration::from_secs(1)),
         Proto::Tcp => ("tcp --shards", &TCP, Duration::from_secs(5)),
@@ -224,5 +231,5 @@ pub(super) fn compare_shards(run: &EchoRun, proto: Proto, counts: &[usize]) -> R
          notification); tokio-S: tokio's multi-thread runtime with as many threads as \
          ringport-S in all, on one socket"
     );
-    compare(&plan, &peers)
+    compare(&plan, &peers, report)
 }

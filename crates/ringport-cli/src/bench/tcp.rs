@@ -23,6 +23,7 @@ use super::echo::{
     compare, localhost, ringport_with, select, tokio_runtime, EchoRun, Server, Start, Tokio,
 };
 use crate::load::Proto;
+use crate::report::Report;
 use crate::serve;
 
 #[derive(clap::Args)]
@@ -60,14 +61,18 @@ const PEERS: [(&str, Start); 8] = [
     ("std", start_std),
 ];
 
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if quick {
+        args.run.quick();
+    }
     if !args.shards.is_empty() {
-        return super::shards::compare_shards(&args.run, Proto::Tcp, &args.shards);
+        return super::shards::compare_shards(&args.run, Proto::Tcp, &args.shards, report);
     }
     let peers = select(&args.peers, &PEERS)?;
     compare(
         &args.run.plan("tcp", Proto::Tcp, Duration::from_secs(5)),
         &peers,
+        report,
     )
 }
 

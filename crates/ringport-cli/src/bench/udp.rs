@@ -31,6 +31,7 @@ use super::echo::{
     Tokio,
 };
 use crate::load::Proto;
+use crate::report::Report;
 use crate::serve;
 use crate::serve::rio_udp_echo::{EchoMode, RioUdpEcho};
 
@@ -70,14 +71,18 @@ const PEERS: [(&str, Start); 9] = [
     ("blocking", start_blocking),
 ];
 
-pub fn run(args: Args) -> Result<(), String> {
+pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if quick {
+        args.run.quick();
+    }
     if !args.shards.is_empty() {
-        return super::shards::compare_shards(&args.run, Proto::Udp, &args.shards);
+        return super::shards::compare_shards(&args.run, Proto::Udp, &args.shards, report);
     }
     let peers = select(&args.peers, &PEERS)?;
     compare(
         &args.run.plan("udp", Proto::Udp, Duration::from_secs(1)),
         &peers,
+        report,
     )
 }
 

@@ -110,7 +110,7 @@ impl Endpoint {
 }
 
 /// What one client thread measured.
-pub(super) struct Tally {
+pub(super) struct ClientTally {
     pub(super) messages: u64,
     pub(super) lost: u64,
     pub(super) latency: Histogram<u64>,
@@ -129,10 +129,10 @@ pub(super) fn client_thread(
     shared: &Shared,
     measure_from: Instant,
     deadline: Option<Instant>,
-) -> Result<Tally, String> {
+) -> Result<ClientTally, String> {
     let mut poll = Poll::new().map_err(|e| format!("epoll_create: {e}"))?;
     let mut events = Events::with_capacity(256);
-    let mut tally = Tally {
+    let mut tally = ClientTally {
         messages: 0,
         lost: 0,
         latency: histogram(),
@@ -257,7 +257,7 @@ fn pump(
     cfg: &LoadConfig,
     ep: &mut Endpoint,
     i: usize,
-    tally: &mut Tally,
+    tally: &mut ClientTally,
     measure_from: Instant,
 ) -> Result<u64, String> {
     let mut completed = 0;

@@ -17,6 +17,7 @@ pub mod rio_udp_echo;
 pub mod server;
 pub mod shards;
 pub mod sink;
+pub mod sockperf;
 pub mod tcp_echo;
 pub mod udp_echo;
 
@@ -95,6 +96,12 @@ pub struct Args {
     /// io_uring or epoll (RINGPORT_BACKEND overrides).
     #[arg(long, default_value = "auto")]
     backend: Backend,
+    /// tcp-echo and udp-echo: what to answer. echo sends every byte back;
+    /// sockperf answers sockperf's messages that ask for a reply, as
+    /// `sockperf server` does, so that `sockperf ping-pong` and `sockperf
+    /// under-load` can drive the server.
+    #[arg(long, value_enum, default_value = "echo")]
+    protocol: sockperf::Protocol,
     /// udp-sink: count the system calls of the server threads (a
     /// per-thread tracepoint counter, which adds its own cost to every
     /// system call they make).
@@ -141,6 +148,9 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.count_syscalls && args.kind != Kind::UdpSink {
         return Err("--count-syscalls applies to udp-sink only".into());
     }
+    if args.kind == Kind::UdpSink && args.protocol != sockperf::Protocol::Echo {
+        return Err("--protocol applies to tcp-echo and udp-echo only".into());
+    }
     if let Some(n) = args.shards {
         catch_stop_signals();
         return shards::run(args, addr, n, &STOP);
@@ -172,6 +182,7 @@ pub fn run(args: Args) -> Result<(), String> {
         opts.buf_size = args.buf_size.unwrap_or(opts.buf_size);
         opts.batch = args.batch.unwrap_or(opts.batch);
         opts.backend = args.backend;
+        opts.protocol = args.protocol;
         catch_stop_signals();
         return rio_tcp_echo::serve(addr, &opts, args.duration, &|| STOP.load(Ordering::Relaxed));
     }
@@ -198,6 +209,7 @@ pub fn run(args: Args) -> Result<(), String> {
     opts.batch = args.batch.unwrap_or(opts.batch);
     opts.skip = !args.no_skip;
     opts.backend = args.backend;
+    opts.protocol = args.protocol;
     opts.validate(args.kind)?;
     catch_stop_signals();
 
@@ -212,7 +224,14 @@ pub fn run(args: Args) -> Result<(), String> {
         Kind::UdpEcho if rio_udp.is_some() => {
             let mode = rio_udp.unwrap_or(rio_udp_echo::EchoMode::Polled);
             let size = opts.buf_size.min(crate::args::MAX_UDP);
-            let s = rio_udp_echo::RioUdpEcho::start(addr, mode, opts.pending, size, opts.backend)?;
+            let s = rio_udp_echo::RioUdpEcho::start_with(
+                addr,
+                mode,
+                opts.pending,
+                size,
+                opts.backend,
+                opts.protocol,
+            )?;
             println!(
                 "listening on {} (udp-echo, Registered I/O, {mode:?} notification, one \
                  thread, {} receives pending)",
@@ -231,7 +250,9 @@ pub fn run(args: Args) -> Result<(), String> {
         Kind::UdpSink => return Err("udp-sink runs on its own (see serve/sink)".into()),
     };
     println!(
-        "backend {backend}, {} worker threads, concurrency {}, batch {}, skip-on-success {}",
+        "backend {backend}, protocol {:?}, {} worker threads, concurrency {}, batch {}, \
+         skip-on-success {}",
+        opts.protocol,
         opts.threads,
         opts.concurrency,
         opts.batch,

@@ -13,6 +13,10 @@
 //!   `dequeue` (rio-polled), waits on the queue's event and dequeues until
 //!   empty (rio-event), or takes the packet the queue sends to a completion
 //!   port (rio-port). It re-arms the notification only after the batch.
+//! - With `--protocol sockperf` the thread borrows a received slot's bytes
+//!   (`rio::borrow_mut`) to read the header and clear its client flag, and
+//!   sends back only what asks for a reply; the slot receives again at once
+//!   otherwise.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +29,7 @@ use ringport::rio::{
 };
 use ringport::{Backend, CompletionPort, Error};
 
+use super::sockperf::{answer_datagram, Protocol};
 use super::Summary;
 
 /// How the server learns that results are waiting.
@@ -74,6 +79,7 @@ struct Echo {
     buffer: BufferId,
     slot_size: u32,
     pending: u32,
+    protocol: Protocol,
     summary: Summary,
 }
 
@@ -87,6 +93,18 @@ impl RioUdpEcho {
         slot_size: usize,
         backend: Backend,
     ) -> Result<RioUdpEcho, String> {
+        Self::start_with(addr, mode, pending, slot_size, backend, Protocol::Echo)
+    }
+
+    /// [`start`](Self::start), speaking `protocol`.
+    pub fn start_with(
+        addr: SocketAddr,
+        mode: EchoMode,
+        pending: usize,
+        slot_size: usize,
+        backend: Backend,
+        protocol: Protocol,
+    ) -> Result<RioUdpEcho, String> {
         let pending = u32::try_from(pending)
             .ok()
             .filter(|p| (1..=4096).contains(p))
@@ -96,16 +114,19 @@ impl RioUdpEcho {
             .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
             .ok_or("--buf-size must be 1 to 65,507")?;
         let socket = UdpSocket::bind(addr).map_err(|e| crate::args::bind_error(addr, e))?;
-        RioUdpEcho::start_on(socket, mode, pending as usize, slot_size as usize, backend)
+        let (pending, slot_size) = (pending as usize, slot_size as usize);
+        RioUdpEcho::start_on(socket, mode, pending, slot_size, backend, protocol)
     }
 
-    /// [`start`](Self::start) on a bound socket (a shard of a reuseport group).
+    /// [`start_with`](Self::start_with) on a bound socket (a shard of a
+    /// reuseport group).
     pub fn start_on(
         socket: UdpSocket,
         mode: EchoMode,
         pending: usize,
         slot_size: usize,
         backend: Backend,
+        protocol: Protocol,
     ) -> Result<RioUdpEcho, String> {
         let pending = u32::try_from(pending)
             .ok()
@@ -146,6 +167,7 @@ impl RioUdpEcho {
             buffer,
             slot_size,
             pending,
+            protocol,
             summary: Summary::default(),
         };
         for slot in 0..pending {
@@ -291,7 +313,17 @@ impl Echo {
             // echoes it).
             0 => {
                 self.summary.messages += 1;
-                let (data, remote) = (self.data(slot, r.bytes), self.remote(slot));
+                let bytes = match self.protocol {
+                    Protocol::Echo => Some(r.bytes),
+                    Protocol::Sockperf => {
+                        let mut msg = rio::borrow_mut(&self.data(slot, r.bytes))?;
+                        answer_datagram(&mut msg).map(|n| n as u32)
+                    }
+                };
+                let Some(bytes) = bytes else {
+                    return self.receive(slot, RioFlags::DEFER);
+                };
+                let (data, remote) = (self.data(slot, bytes), self.remote(slot));
                 return self.rq.send_ex(
                     data,
                     None,

@@ -8,17 +8,17 @@
 //! or accept arrives at whichever worker the port releases (LIFO), as a
 //! packet whose key names the socket and whose token names the operation.
 //!
-//! The workers are a pool of their own beside the library's `WorkerPool`,
-//! which does not yet give a handler its worker's index (the per-worker
-//! counters need it), take a batch per get, or name its threads.
+//! The workers are the library's `WorkerPool`, built with each server's
+//! thread names, its batch per get, and the worker's index for the
+//! per-worker counters.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 
-use ringport::{cpu_count, Backend, CompletionPort, Error, Packet};
+use ringport::{cpu_count, Backend, CompletionPort, Packet, WorkerPool};
 
+use super::sockperf::Protocol;
 use super::Kind;
 use crate::args::bounded;
 
@@ -48,6 +48,8 @@ pub struct Options {
     /// handled on the spot instead of going through the port.
     pub skip: bool,
     pub backend: Backend,
+    /// What the echo servers answer.
+    pub protocol: Protocol,
 }
 
 impl Options {
@@ -65,6 +67,7 @@ impl Options {
             batch: 1,
             skip: true,
             backend: Backend::Auto,
+            protocol: Protocol::Echo,
         }
     }
 
@@ -121,7 +124,7 @@ pub struct Summary {
 /// Counters on their own cache lines, one set per worker.
 #[repr(align(128))]
 #[derive(Default)]
-pub struct Counters {
+pub struct WorkerCounters {
     pub(super) connections: AtomicU64,
     pub(super) messages: AtomicU64,
     pub(super) bytes: AtomicU64,
@@ -129,7 +132,7 @@ pub struct Counters {
     pub(super) truncated: AtomicU64,
 }
 
-impl Counters {
+impl WorkerCounters {
     pub(super) fn bump(c: &AtomicU64, n: u64) {
         c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
@@ -139,7 +142,7 @@ impl Counters {
 /// error that stopped the server from going on.
 pub struct Ledger {
     name: &'static str,
-    counters: Vec<Counters>,
+    counters: Vec<WorkerCounters>,
     fatal: Mutex<Option<String>>,
 }
 
@@ -148,13 +151,13 @@ impl Ledger {
     pub(super) fn new(name: &'static str, workers: usize) -> Ledger {
         Ledger {
             name,
-            counters: (0..workers).map(|_| Counters::default()).collect(),
+            counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
             fatal: Mutex::new(None),
         }
     }
 
     /// Worker `w`'s counters.
-    pub(super) fn of(&self, w: usize) -> &Counters {
+    pub(super) fn of(&self, w: usize) -> &WorkerCounters {
         &self.counters[w]
     }
 
@@ -168,7 +171,7 @@ impl Ledger {
     }
 
     fn summary(&self) -> Summary {
-        let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
+        let sum = |f: fn(&WorkerCounters) -> &AtomicU64| -> u64 {
             self.counters
                 .iter()
                 .map(|c| f(c).load(Ordering::Relaxed))
@@ -190,17 +193,17 @@ impl Ledger {
 }
 
 /// A server's shared state, which keeps its [`Ledger`].
-pub trait Tally {
+pub trait ServerState {
     fn ledger(&self) -> &Ledger;
 }
 
 /// A running completion-port server: its port, the workers looping on it
 /// and the state they share. Stopping it closes the port (operations in
 /// flight are cancelled), joins the workers and closes every socket.
-pub struct Running<Op: Send + 'static, S: Tally> {
+pub struct Running<Op: Send + 'static, S: ServerState> {
     port: CompletionPort<Op>,
     state: Option<Arc<S>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Option<WorkerPool<Op>>,
     addr: SocketAddr,
 }
 
@@ -213,7 +216,7 @@ pub trait Echo: 'static {
     fn stop(self) -> Summary;
 }
 
-impl<Op: Send + 'static, S: Tally + 'static> Echo for Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState + 'static> Echo for Running<Op, S> {
     fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -223,7 +226,7 @@ impl<Op: Send + 'static, S: Tally + 'static> Echo for Running<Op, S> {
     }
 }
 
-impl<Op: Send + 'static, S: Tally + Send + Sync + 'static> Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState + Send + Sync + 'static> Running<Op, S> {
     /// Starts the workers on `port`, each handing its packets to
     /// `handle(state, worker index, packet)`, then lets `prime` start the
     /// server's first operations; stops everything if that fails.
@@ -238,11 +241,16 @@ impl<Op: Send + 'static, S: Tally + Send + Sync + 'static> Running<Op, S> {
         let state = Arc::new(state);
         let s = state.clone();
         let name = state.ledger().name;
-        let workers = spawn_workers(&port, opts, name, move |w, p| handle(&s, w, p))?;
+        let workers = WorkerPool::builder(&port)
+            .threads(opts.threads)
+            .name(name)
+            .batch(opts.batch)
+            .start(move |w, p| handle(&s, w, p))
+            .map_err(|e| format!("starting the workers: {e}"))?;
         let mut server = Running {
             port,
             state: Some(state.clone()),
-            workers,
+            workers: Some(workers),
             addr,
         };
         if let Err(e) = prime(&state) {
@@ -253,17 +261,19 @@ impl<Op: Send + 'static, S: Tally + Send + Sync + 'static> Running<Op, S> {
     }
 }
 
-impl<Op: Send + 'static, S: Tally> Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState> Running<Op, S> {
     /// The backend its port runs on.
     pub fn backend(&self) -> Backend {
         self.port.backend()
     }
 
     fn shutdown(&mut self) -> Summary {
-        self.port.close();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
+        if let Some(pool) = self.workers.take() {
+            for (w, e) in pool.close().errors {
+                crate::log::line(format_args!("worker {w}: {e}"));
+            }
         }
+        self.port.close();
         match self.state.take() {
             Some(s) => s.ledger().summary(),
             None => Summary::default(),
@@ -271,59 +281,8 @@ impl<Op: Send + 'static, S: Tally> Running<Op, S> {
     }
 }
 
-impl<Op: Send + 'static, S: Tally> Drop for Running<Op, S> {
+impl<Op: Send + 'static, S: ServerState> Drop for Running<Op, S> {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Starts `threads` workers looping on `port`, each handing its packets to
-/// `handle(worker index, packet)`, until the port closes.
-fn spawn_workers<T, F>(
-    port: &CompletionPort<T>,
-    opts: &Options,
-    name: &str,
-    handle: F,
-) -> Result<Vec<JoinHandle<()>>, String>
-where
-    T: Send + 'static,
-    F: Fn(usize, Packet<T>) + Send + Sync + 'static,
-{
-    let handle = Arc::new(handle);
-    let mut workers = Vec::with_capacity(opts.threads);
-    for w in 0..opts.threads {
-        let wport = port.clone();
-        let handle = handle.clone();
-        let batch = opts.batch;
-        let spawned = thread::Builder::new()
-            .name(format!("{name}-{w}"))
-            .spawn(move || {
-                let mut packets = Vec::with_capacity(batch);
-                loop {
-                    match wport.get_into(&mut packets, batch, None) {
-                        Ok(_) => {
-                            for p in packets.drain(..) {
-                                handle(w, p);
-                            }
-                        }
-                        Err(Error::Closed) => break,
-                        Err(e) => {
-                            crate::log::line(format_args!("worker {w}: {e}"));
-                            break;
-                        }
-                    }
-                }
-            });
-        match spawned {
-            Ok(h) => workers.push(h),
-            Err(e) => {
-                port.close();
-                for h in workers {
-                    let _ = h.join();
-                }
-                return Err(format!("starting worker {w}: {e}"));
-            }
-        }
-    }
-    Ok(workers)
 }

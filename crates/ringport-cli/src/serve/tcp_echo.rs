@@ -17,9 +17,16 @@
 //! use skip-on-success (`send_now`, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS)
 //! unless `--no-skip`: a send that completes at once, as nearly all do, is
 //! followed on the spot by the next receive instead of by a packet.
+//!
+//! With `--protocol sockperf` the received bytes go through the
+//! connection's [`Stream`] first, and only the replies they complete are
+//! sent (nothing, and the next receive at once, when a read completes
+//! none); the connection's one operation in flight keeps its `Stream`
+//! uncontended.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,7 +34,8 @@ use std::time::Duration;
 
 use ringport::{CompletionPort, Error, Handle, Packet, Started};
 
-use super::server::{Counters, Ledger, Options, Running, Tally};
+use super::server::{Ledger, Options, Running, ServerState, WorkerCounters};
+use super::sockperf::{Protocol, Stream};
 use super::Kind;
 use crate::args::bind_error;
 
@@ -46,10 +54,37 @@ pub enum TcpOp {
 
 const LISTENER: u64 = 0;
 
+/// A connection: its handle and, with `--protocol sockperf`, the message
+/// a read cut off. Only the worker holding the connection's one packet
+/// locks it, so the lock is never contended.
+struct Conn {
+    handle: Handle<TcpOp>,
+    stream: Option<Mutex<Stream>>,
+}
+
+impl Deref for Conn {
+    type Target = Handle<TcpOp>;
+    fn deref(&self) -> &Handle<TcpOp> {
+        &self.handle
+    }
+}
+
+impl Conn {
+    /// Turns received bytes into what goes back.
+    fn answer(&self, buf: &mut Vec<u8>) -> io::Result<()> {
+        let Some(stream) = &self.stream else {
+            return Ok(());
+        };
+        let mut s = stream.lock().unwrap_or_else(PoisonError::into_inner);
+        s.feed(buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+}
+
 /// The connections, by key (index + 1).
 #[derive(Default)]
 struct Conns {
-    slots: Vec<Option<Arc<Handle<TcpOp>>>>,
+    slots: Vec<Option<Arc<Conn>>>,
     free: Vec<usize>,
 }
 
@@ -59,6 +94,7 @@ pub struct TcpState {
     conns: Mutex<Conns>,
     buf_size: usize,
     skip: bool,
+    protocol: Protocol,
     ledger: Ledger,
     /// Accepts failed in a row for want of descriptors or memory: the
     /// retry waits longer the longer it lasts (10 ms to 160 ms).
@@ -90,6 +126,7 @@ impl TcpEcho {
             conns: Mutex::new(Conns::default()),
             buf_size: opts.buf_size,
             skip: opts.skip,
+            protocol: opts.protocol,
             ledger: Ledger::new("tcp-echo", opts.threads),
             starved: AtomicU32::new(0),
         };
@@ -104,14 +141,14 @@ impl TcpEcho {
     }
 }
 
-impl Tally for TcpState {
+impl ServerState for TcpState {
     fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 }
 
 impl TcpState {
-    fn conn(&self, key: u64) -> Option<Arc<Handle<TcpOp>>> {
+    fn conn(&self, key: u64) -> Option<Arc<Conn>> {
         let conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let i = usize::try_from(key).ok()?.checked_sub(1)?;
         conns.slots.get(i)?.clone()
@@ -149,8 +186,13 @@ impl TcpState {
         let next = match p.token {
             TcpOp::Recv => match (p.take_buf(), p.result) {
                 (Some(buf), Ok(n)) if n > 0 => {
-                    Counters::bump(&c.messages, 1);
-                    self.send(&conn, buf.into_vec())
+                    WorkerCounters::bump(&c.messages, 1);
+                    let mut buf = buf.into_vec();
+                    match conn.answer(&mut buf) {
+                        Err(e) => Err(Some(e)),
+                        Ok(()) if buf.is_empty() => self.receive(&conn, buf),
+                        Ok(()) => self.send(&conn, buf),
+                    }
                 }
                 // 0 bytes: the peer closed.
                 (_, Ok(_)) => Err(None),
@@ -176,7 +218,7 @@ impl TcpState {
                             continue;
                         }
                     };
-                    Counters::bump(&c.bytes, n as u64);
+                    WorkerCounters::bump(&c.bytes, n as u64);
                     let Some(buf) = sent.take_buf() else {
                         next = Err(None);
                         continue;
@@ -187,17 +229,13 @@ impl TcpState {
                         buf.drain(..n);
                         next = self.send(&conn, buf);
                     } else {
-                        buf.clear();
-                        next = conn
-                            .recv(buf, TcpOp::Recv)
-                            .map(|_| None)
-                            .map_err(|e| Some(e.into()));
+                        next = self.receive(&conn, buf);
                     }
                 }
                 Err(e) => {
                     if let Some(e) = e {
                         if e.raw_os_error() != Some(libc::ECANCELED) {
-                            Counters::bump(&c.errors, 1);
+                            WorkerCounters::bump(&c.errors, 1);
                         }
                     }
                     drop(conn);
@@ -205,6 +243,22 @@ impl TcpState {
                 }
             }
         }
+    }
+
+    /// Starts the next receive into `buf`, emptied (and grown back to a
+    /// whole receive's room, which framing may have swapped away).
+    fn receive(
+        &self,
+        conn: &Handle<TcpOp>,
+        mut buf: Vec<u8>,
+    ) -> Result<Option<Packet<TcpOp>>, Option<io::Error>> {
+        buf.clear();
+        if buf.capacity() < self.buf_size {
+            buf.reserve_exact(self.buf_size);
+        }
+        conn.recv(buf, TcpOp::Recv)
+            .map(|_| None)
+            .map_err(|e| Some(e.into()))
     }
 
     /// Starts sending `buf`; with skip-on-success, a send that completed at
@@ -246,7 +300,7 @@ impl TcpState {
                 // the same way until connections close, so retry later,
                 // later each time, and say so once a second at most.
                 static OUT_OF: crate::log::Every = crate::log::Every::second();
-                Counters::bump(&c.errors, 1);
+                WorkerCounters::bump(&c.errors, 1);
                 let streak = self.starved.fetch_add(1, Ordering::Relaxed).min(4);
                 let delay = Duration::from_millis(10 << streak);
                 OUT_OF.line(format_args!(
@@ -258,7 +312,7 @@ impl TcpState {
                 }
                 return;
             }
-            Err(_) => Counters::bump(&c.errors, 1),
+            Err(_) => WorkerCounters::bump(&c.errors, 1),
         }
         self.starved.store(0, Ordering::Relaxed);
         // Keep the number of pending accepts up before serving this one.
@@ -268,7 +322,7 @@ impl TcpState {
         let Some(stream) = p.take_stream() else {
             return;
         };
-        Counters::bump(&c.connections, 1);
+        WorkerCounters::bump(&c.connections, 1);
         let _ = stream.set_nodelay(true);
         let key = {
             let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
@@ -282,10 +336,14 @@ impl TcpState {
         } as u64
             + 1;
         let conn = match self.port.associate(stream, key) {
-            Ok(h) => Arc::new(h),
+            Ok(handle) => Arc::new(Conn {
+                handle,
+                stream: (self.protocol == Protocol::Sockperf)
+                    .then(|| Mutex::new(Stream::default())),
+            }),
             Err(e) => {
                 if !matches!(e, Error::Closed) {
-                    Counters::bump(&c.errors, 1);
+                    WorkerCounters::bump(&c.errors, 1);
                 }
                 let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
                 conns.free.push(key as usize - 1);

@@ -8,13 +8,15 @@
 //! up to 32 in a row without going back to the port, as a `recvfrom` loop
 //! would, and leaves a receive pending when none is. A datagram longer than
 //! the buffer (the receive fails with EMSGSIZE) is counted as truncated and
-//! not echoed: the bytes that fit are not the datagram.
+//! not echoed: the bytes that fit are not the datagram. With `--protocol
+//! sockperf` a datagram is answered only when it asks for a reply.
 
 use std::net::{SocketAddr, UdpSocket};
 
 use ringport::{Error, Handle, Packet, Started};
 
-use super::server::{Counters, Ledger, Options, Running, Tally};
+use super::server::{Ledger, Options, Running, ServerState, WorkerCounters};
+use super::sockperf::{answer_datagram, Protocol};
 use super::Kind;
 use crate::args::bind_error;
 
@@ -31,6 +33,7 @@ pub struct UdpState {
     sock: Handle<UdpOp>,
     buf_size: usize,
     skip: bool,
+    protocol: Protocol,
     ledger: Ledger,
 }
 
@@ -54,6 +57,7 @@ impl UdpEcho {
             sock,
             buf_size: opts.buf_size,
             skip: opts.skip,
+            protocol: opts.protocol,
             ledger: Ledger::new("udp-echo", opts.threads),
         };
         UdpEcho::run(port, addr, state, opts, UdpState::handle, |s| {
@@ -71,7 +75,7 @@ impl UdpEcho {
 /// completed at once) before it goes back to the port.
 const EAGER_MAX: usize = 32;
 
-impl Tally for UdpState {
+impl ServerState for UdpState {
     fn ledger(&self) -> &Ledger {
         &self.ledger
     }
@@ -113,8 +117,18 @@ impl UdpState {
         match (p.token, p.result) {
             (UdpOp::Recv, Ok(n)) => {
                 if let Some(to) = peer {
-                    Counters::bump(&c.messages, 1);
+                    WorkerCounters::bump(&c.messages, 1);
                     buf.truncate(n);
+                    let answered = match self.protocol {
+                        Protocol::Echo => Some(n),
+                        Protocol::Sockperf => answer_datagram(&mut buf),
+                    };
+                    let Some(len) = answered else {
+                        // Asks for no reply: receive into the buffer again.
+                        buf.clear();
+                        return Some(buf);
+                    };
+                    buf.truncate(len);
                     if !self.skip {
                         if let Err(e) = self.sock.send_to(buf, to, UdpOp::Send) {
                             self.lost_buffer(c, e);
@@ -125,8 +139,8 @@ impl UdpState {
                         Ok(Started::Pending(_)) => return None,
                         Ok(Started::Done(mut sent)) => {
                             match sent.result {
-                                Ok(n) => Counters::bump(&c.bytes, n as u64),
-                                Err(_) => Counters::bump(&c.errors, 1),
+                                Ok(n) => WorkerCounters::bump(&c.bytes, n as u64),
+                                Err(_) => WorkerCounters::bump(&c.errors, 1),
                             }
                             buf = sent.take_buf()?.into_vec();
                         }
@@ -137,15 +151,15 @@ impl UdpState {
                     }
                 }
             }
-            (UdpOp::Send, Ok(n)) => Counters::bump(&c.bytes, n as u64),
+            (UdpOp::Send, Ok(n)) => WorkerCounters::bump(&c.bytes, n as u64),
             // Longer than the buffer: the bytes that fit are not the
             // datagram, so it is not echoed cut short.
             (UdpOp::Recv, Err(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                Counters::bump(&c.truncated, 1)
+                WorkerCounters::bump(&c.truncated, 1)
             }
             // A receive can fail with the ICMP error of an earlier send
             // (ECONNREFUSED from a client that went away): not fatal.
-            (_, Err(_)) => Counters::bump(&c.errors, 1),
+            (_, Err(_)) => WorkerCounters::bump(&c.errors, 1),
         }
         buf.clear();
         if buf.capacity() < self.buf_size {
@@ -155,11 +169,11 @@ impl UdpState {
     }
 
     /// An operation could not be started: one receive fewer is pending.
-    fn lost_buffer(&self, c: &Counters, e: Error) {
+    fn lost_buffer(&self, c: &WorkerCounters, e: Error) {
         if matches!(e, Error::Closed) {
             return;
         }
-        Counters::bump(&c.errors, 1);
+        WorkerCounters::bump(&c.errors, 1);
         self.ledger.fail(format!("cannot start an operation: {e}"));
     }
 }

@@ -6,10 +6,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    check, ratio_line, run_peer, two_cpus, Args, Peer, Run, BURST, BURSTY_LIMIT, BURSTY_WORKERS,
-    PERIOD,
+    chart, check, ratio_table, run_peer, two_cpus, Args, Peer, PortRun, BURST, BURSTY_LIMIT,
+    BURSTY_WORKERS, PERIOD,
 };
 use crate::measure::median;
+use crate::report::{Cell, Report, RunRecord, Table};
 
 /// A dependent chain of multiply-adds that the optimiser cannot skip.
 fn spin(iters: u64, seed: u64) -> u64 {
@@ -40,7 +41,7 @@ pub(super) fn bursty_once(
     bursts: u64,
     iters: u64,
     cpus: &[usize],
-) -> Result<Run, String> {
+) -> Result<PortRun, String> {
     let items = bursts * BURST;
     let (run, tally) = run_peer(
         peer,
@@ -68,11 +69,11 @@ pub(super) fn bursty_once(
     Ok(run)
 }
 
-pub(super) fn bursty(args: &Args, peers: &[Peer]) -> Result<(), String> {
+pub(super) fn bursty(args: &Args, peers: &[Peer], report: &mut Report) -> Result<(), String> {
     let iters = calibrate();
     let cpus = two_cpus();
     let items = args.bursts * BURST;
-    let per_item = |r: &Run| {
+    let per_item = |r: &PortRun| {
         (
             r.used.switches as f64 / items as f64,
             r.used.cpu.as_secs_f64() * 1e6 / items as f64,
@@ -84,11 +85,11 @@ pub(super) fn bursty(args: &Args, peers: &[Peer]) -> Result<(), String> {
     for &peer in peers {
         bursty_once(peer, args.bursts.min(200), iters, &cpus)?;
     }
-    let mut runs: Vec<Vec<Run>> = peers.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<PortRun>> = peers.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
         for (pi, &peer) in peers.iter().enumerate() {
             let r = bursty_once(peer, args.bursts, iters, &cpus)?;
-            let (cs, cpu, wake, _) = per_item(&r);
+            let (cs, cpu, wake, wall) = per_item(&r);
             eprintln!(
                 "bursty round {}/{} {:<10} {cs:.4} switches/item {cpu:.3} CPU µs/item \
                  {wake:.4} wake-ups/item",
@@ -96,40 +97,77 @@ pub(super) fn bursty(args: &Args, peers: &[Peer]) -> Result<(), String> {
                 args.rounds,
                 peer.name(),
             );
+            let rec = RunRecord::new("bursty", "", round + 1, peer.name())
+                .with("switches_per_item", cs)
+                .with("cpu_us_per_item", cpu)
+                .with("wall_ms", wall);
+            report.run(if peer == Peer::Port {
+                rec.with("wakeups_per_item", wake)
+            } else {
+                rec
+            });
             runs[pi].push(r);
         }
     }
-    println!();
-    println!(
-        "## Bursty: {BURST} items every {} µs, ~1 µs of work each, {BURSTY_WORKERS} workers on \
-         CPUs {cpus:?}, port limit {BURSTY_LIMIT}; {items} items a run, median of {} rounds",
-        PERIOD.as_micros(),
-        args.rounds
+    let mut t = Table::new(
+        format!(
+            "Bursty: {BURST} items every {} µs, ~1 µs of work each, {BURSTY_WORKERS} workers on \
+             CPUs {cpus:?}, port limit {BURSTY_LIMIT}; {items} items a run, median of {} rounds",
+            PERIOD.as_micros(),
+            args.rounds
+        ),
+        &[
+            "peer",
+            "ctx switches/item",
+            "CPU µs/item",
+            "CPU µs/item min–max",
+            "wall ms",
+            "port wake-ups/item",
+        ],
     );
-    println!();
-    println!("| peer | ctx switches/item | CPU µs/item | wall ms | port wake-ups/item |");
-    println!("|---|---|---|---|---|");
     let mut cs_med = [f64::NAN; super::PEERS.len()];
     let mut cpu_med = [f64::NAN; super::PEERS.len()];
     for (pi, &peer) in peers.iter().enumerate() {
         let figures: Vec<_> = runs[pi].iter().map(per_item).collect();
         let cs = median(figures.iter().map(|f| f.0).collect());
-        let cpu = median(figures.iter().map(|f| f.1).collect());
+        let cpus: Vec<f64> = figures.iter().map(|f| f.1).collect();
+        let spread = Cell::range(&cpus, 3);
+        let cpu = median(cpus);
         let wall = median(figures.iter().map(|f| f.3).collect());
         let wake = if peer == Peer::Port {
-            format!("{:.4}", median(figures.iter().map(|f| f.2).collect()))
+            Cell::num(median(figures.iter().map(|f| f.2).collect()), 4)
         } else {
-            "–".into()
+            Cell::text("–")
         };
-        println!(
-            "| {} | {cs:.4} | {cpu:.3} | {wall:.1} | {wake} |",
-            peer.name()
-        );
+        t.row(vec![
+            Cell::text(peer.name()),
+            Cell::num(cs, 4),
+            Cell::num(cpu, 3),
+            spread,
+            Cell::num(wall, 1),
+            wake,
+        ]);
         cs_med[peer as usize] = cs;
         cpu_med[peer as usize] = cpu;
     }
-    println!();
-    ratio_line("context switches per item", peers, &cs_med);
-    ratio_line("CPU per item", peers, &cpu_med);
+    report.table(t);
+    if let Some(t) = ratio_table(
+        "Bursty: ringport over each peer (medians; lower is better)",
+        peers,
+        &[
+            ("context switches per item", &cs_med),
+            ("CPU per item", &cpu_med),
+        ],
+    ) {
+        report.table(t);
+    }
+    report.chart(chart(
+        "Bursty: ringport's CPU per item over each peer's (lower is better)",
+        "bursty",
+        "cpu_us_per_item",
+        false,
+        &[String::new()],
+        peers,
+    ));
     Ok(())
 }

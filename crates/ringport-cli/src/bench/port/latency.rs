@@ -10,8 +10,9 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use ringport::{CompletionPort, Packet};
 
-use super::{ratio_line, Args, Fields, Peer, LATENCY_PAUSE, STOP};
+use super::{chart, ratio_table, Args, Fields, Peer, LATENCY_PAUSE, STOP};
 use crate::measure::histogram;
+use crate::report::{Cell, Report, RunRecord, Table};
 
 /// A stamped item, or `None` for the stop.
 type Stamped = Packet<Option<Instant>>;
@@ -94,7 +95,7 @@ fn measure_latency(
         .map_err(|_| "the latency consumer panicked".to_string())
 }
 
-pub(super) fn latency(args: &Args, peers: &[Peer]) -> Result<(), String> {
+pub(super) fn latency(args: &Args, peers: &[Peer], report: &mut Report) -> Result<(), String> {
     let mut hists: Vec<Histogram<u64>> = peers.iter().map(|_| histogram()).collect();
     for round in 0..args.rounds {
         for (pi, &peer) in peers.iter().enumerate() {
@@ -107,38 +108,57 @@ pub(super) fn latency(args: &Args, peers: &[Peer]) -> Result<(), String> {
                 h.value_at_quantile(0.5) as f64 / 1e3,
                 h.value_at_quantile(0.99) as f64 / 1e3
             );
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+            report.run(
+                RunRecord::new("latency", "", round + 1, peer.name())
+                    .with("p50_us", us(0.5))
+                    .with("p99_us", us(0.99))
+                    .with("p999_us", us(0.999))
+                    .with("max_us", h.max() as f64 / 1e3),
+            );
             hists[pi].add(&h).map_err(|e| e.to_string())?;
         }
     }
-    println!();
-    println!(
-        "## Post-to-wake latency: one consumer parked, a post every ~{} µs, \
-         {} samples per peer ({} interleaved rounds)",
-        LATENCY_PAUSE.as_micros(),
-        args.samples * args.rounds as u64,
-        args.rounds
+    let mut t = Table::new(
+        format!(
+            "Post-to-wake latency: one consumer parked, a post every ~{} µs, \
+             {} samples per peer ({} interleaved rounds)",
+            LATENCY_PAUSE.as_micros(),
+            args.samples * args.rounds as u64,
+            args.rounds
+        ),
+        &["peer", "p50 µs", "p99 µs", "p99.9 µs", "max µs"],
     );
-    println!();
-    println!("| peer | p50 µs | p99 µs | p99.9 µs | max µs |");
-    println!("|---|---|---|---|---|");
     let us = |v: u64| v as f64 / 1e3;
     let mut p50 = [f64::NAN; super::PEERS.len()];
     let mut p99 = [f64::NAN; super::PEERS.len()];
     for (pi, &peer) in peers.iter().enumerate() {
         let h = &hists[pi];
-        println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            peer.name(),
-            us(h.value_at_quantile(0.5)),
-            us(h.value_at_quantile(0.99)),
-            us(h.value_at_quantile(0.999)),
-            us(h.max())
-        );
+        t.row(vec![
+            Cell::text(peer.name()),
+            Cell::num(us(h.value_at_quantile(0.5)), 1),
+            Cell::num(us(h.value_at_quantile(0.99)), 1),
+            Cell::num(us(h.value_at_quantile(0.999)), 1),
+            Cell::num(us(h.max()), 1),
+        ]);
         p50[peer as usize] = h.value_at_quantile(0.5) as f64;
         p99[peer as usize] = h.value_at_quantile(0.99) as f64;
     }
-    println!();
-    ratio_line("p50 (lower is better)", peers, &p50);
-    ratio_line("p99 (lower is better)", peers, &p99);
+    report.table(t);
+    if let Some(t) = ratio_table(
+        "Latency: ringport over each peer (all rounds' samples; lower is better)",
+        peers,
+        &[("p50", &p50), ("p99", &p99)],
+    ) {
+        report.table(t);
+    }
+    report.chart(chart(
+        "Post-to-wake latency: ringport's p50 over each peer's (lower is better)",
+        "latency",
+        "p50_us",
+        false,
+        &[String::new()],
+        peers,
+    ));
     Ok(())
 }

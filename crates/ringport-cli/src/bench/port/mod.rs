@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use ringport::{CompletionPort, Packet};
 
 use crate::measure::{allowed_cpus, context_switches, cpu_time, pin, Scope};
+use crate::report::{Cell, Chart, Report, Table};
 
 mod bursty;
 mod flood;
@@ -169,36 +170,73 @@ fn validate(args: &Args) -> Result<Vec<Peer>, String> {
     Ok(peers)
 }
 
-/// Prints `what` for ringport over each other peer, where both ran.
-fn ratio_line(what: &str, peers: &[Peer], value: &PerPeer) {
-    if !peers.contains(&Peer::Port) {
-        return;
+/// ringport's ratio to each other peer on each figure (`name`, value per
+/// peer), where ringport ran.
+fn ratio_table(title: &str, peers: &[Peer], figures: &[(&str, &PerPeer)]) -> Option<Table> {
+    let others: Vec<Peer> = peers.iter().copied().filter(|&p| p != Peer::Port).collect();
+    if !peers.contains(&Peer::Port) || others.is_empty() {
+        return None;
     }
-    for &p in peers.iter().filter(|&&p| p != Peer::Port) {
-        println!(
-            "ringport / {}: {what} {:.2}×",
-            p.name(),
-            value[Peer::Port as usize] / value[p as usize]
+    let mut columns = vec!["figure".to_string()];
+    columns.extend(others.iter().map(|p| format!("ringport / {}", p.name())));
+    let mut t = Table {
+        title: title.into(),
+        columns,
+        ..Table::default()
+    };
+    for (what, value) in figures {
+        let mut row = vec![Cell::text(*what)];
+        row.extend(
+            others
+                .iter()
+                .map(|&p| Cell::ratio(value[Peer::Port as usize] / value[p as usize])),
         );
+        t.row(row);
     }
+    Some(t)
 }
 
-pub fn run(args: Args) -> Result<(), String> {
+/// The chart of ringport over each other peer on `figure` of `part`.
+fn chart(
+    title: &str,
+    part: &str,
+    figure: &str,
+    higher: bool,
+    cases: &[String],
+    peers: &[Peer],
+) -> Chart {
+    let names: Vec<&str> = peers.iter().map(|p| p.name()).collect();
+    let ours: &[&str] = if peers.contains(&Peer::Port) {
+        &["ringport"]
+    } else {
+        &[]
+    };
+    Chart::new(title, part, figure, higher, cases, ours, &names)
+}
+
+pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
+    if quick {
+        args.items = 20_000;
+        args.rounds = 1;
+        args.workers = vec![1, 2];
+        args.bursts = 20;
+        args.samples = 200;
+    }
     let peers = validate(&args)?;
     let wants = |p: &str| args.only.iter().any(|o| o == p);
-    println!(
+    report.say(format!(
         "ringport bench port: {} CPUs, {} rounds interleaved, median reported",
         ringport::cpu_count(),
         args.rounds
-    );
+    ));
     if wants("flood") {
-        flood::flood(&args, &peers)?;
+        flood::flood(&args, &peers, report)?;
     }
     if wants("bursty") {
-        bursty::bursty(&args, &peers)?;
+        bursty::bursty(&args, &peers, report)?;
     }
     if wants("latency") {
-        latency::latency(&args, &peers)?;
+        latency::latency(&args, &peers, report)?;
     }
     Ok(())
 }
@@ -228,8 +266,8 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 /// Spawns a consumer that says on `done` when it has finished (or panicked).
 fn spawn_consumer(
     done: &mpsc::Sender<()>,
-    f: impl FnOnce() -> Tally + Send + 'static,
-) -> thread::JoinHandle<Tally> {
+    f: impl FnOnce() -> ConsumerTally + Send + 'static,
+) -> thread::JoinHandle<ConsumerTally> {
     let done = done.clone();
     thread::spawn(move || {
         // Sent when the thread ends, even by a panic.
@@ -246,14 +284,14 @@ fn spawn_consumer(
 
 /// What one consumer thread saw.
 #[derive(Default, Clone, Copy)]
-struct Tally {
+struct ConsumerTally {
     sum: u64,
     count: u64,
     sink: u64,
 }
 
-impl Tally {
-    fn add(mut self, o: Tally) -> Tally {
+impl ConsumerTally {
+    fn add(mut self, o: ConsumerTally) -> ConsumerTally {
         self.sum = self.sum.wrapping_add(o.sum);
         self.count += o.count;
         self.sink ^= o.sink;
@@ -262,7 +300,7 @@ impl Tally {
 }
 
 /// One run of one peer.
-struct Run {
+struct PortRun {
     elapsed: Duration,
     used: Usage,
     /// Port only: parked threads released.
@@ -272,8 +310,11 @@ struct Run {
 /// The consumer side of a run: the same loop over each peer's receive call
 /// (`next`, None when the peer is closed). `work` is the per-item work
 /// (besides summing the token).
-fn consume(mut next: impl FnMut() -> Option<(u64, u64)>, work: impl Fn(u64) -> u64) -> Tally {
-    let mut t = Tally::default();
+fn consume(
+    mut next: impl FnMut() -> Option<(u64, u64)>,
+    work: impl Fn(u64) -> u64,
+) -> ConsumerTally {
+    let mut t = ConsumerTally::default();
     while let Some((key, token)) = next() {
         if key == STOP {
             break;
@@ -301,7 +342,7 @@ fn run_peer<W>(
     cpus: Option<&[usize]>,
     work: W,
     produce: impl FnOnce(&mut dyn FnMut(u64)),
-) -> Result<(Run, Tally), String>
+) -> Result<(PortRun, ConsumerTally), String>
 where
     W: Fn(u64) -> u64 + Send + Clone + 'static,
 {
@@ -420,7 +461,7 @@ where
         }
     }
     let elapsed = start.elapsed();
-    let mut total = Tally::default();
+    let mut total = ConsumerTally::default();
     for h in handles {
         total = total.add(h.join().map_err(|_| "a consumer panicked".to_string())?);
     }
@@ -431,7 +472,7 @@ where
     }
     let wakeups = port_handle.map_or(0, |p| p.stats().wakeups);
     Ok((
-        Run {
+        PortRun {
             elapsed,
             used: Usage {
                 cpu: after.cpu.saturating_sub(before.cpu),
@@ -443,7 +484,7 @@ where
     ))
 }
 
-fn check(peer: Peer, t: Tally, items: u64) -> Result<(), String> {
+fn check(peer: Peer, t: ConsumerTally, items: u64) -> Result<(), String> {
     // Tokens are 1..=items.
     let want = (items as u128 * (items as u128 + 1) / 2) as u64;
     if t.count != items || t.sum != want {

@@ -46,7 +46,7 @@ use crate::args::{bind_error, bounded, MAX_UDP};
 pub use report::SinkReport;
 use rio::RioQueue;
 use run::MARK_LEN;
-pub use run::{marker, wait_run, Meter, Run};
+pub use run::{marker, wait_run, Meter, SinkRun};
 
 /// A server mode of `serve udp-sink`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -171,7 +171,7 @@ impl SinkOptions {
 /// A running sink: its threads, and how to stop them.
 pub struct Sink {
     name: String,
-    run: Arc<Run>,
+    run: Arc<SinkRun>,
     addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
     /// Wakes threads blocked on a port (closes it).
@@ -211,7 +211,7 @@ impl Sink {
     pub fn start_on(sock: UdpSocket, opts: &SinkOptions) -> Result<Sink, String> {
         opts.validate()?;
         let addr = sock.local_addr().map_err(|e| e.to_string())?;
-        let run = Run::new(opts.size, opts.thread_count());
+        let run = SinkRun::new(opts.size, opts.thread_count());
         let mut sink = Sink {
             name: opts.mode.name().to_string(),
             run: run.clone(),

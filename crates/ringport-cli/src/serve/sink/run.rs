@@ -47,7 +47,7 @@ fn parse_marker(b: &[u8]) -> Option<u64> {
 struct Padded(AtomicU64);
 
 /// State shared by a run's threads and whoever waits for it.
-pub struct Run {
+pub struct SinkRun {
     size: usize,
     start: Instant,
     /// The end marker was seen (or the run was told to stop).
@@ -74,10 +74,10 @@ enum Seen {
     End(Option<u64>),
 }
 
-impl Run {
+impl SinkRun {
     /// A run of `threads` threads counting `size`-byte datagrams.
-    pub fn new(size: usize, threads: usize) -> Arc<Run> {
-        Arc::new(Run {
+    pub fn new(size: usize, threads: usize) -> Arc<SinkRun> {
+        Arc::new(SinkRun {
             size,
             start: Instant::now(),
             end: AtomicBool::new(false),
@@ -154,7 +154,7 @@ impl Run {
 /// One server thread's meter: counts, batch sizes, and its CPU time and
 /// system calls from its first datagram to the moment it sees the end.
 pub struct Meter {
-    run: Arc<Run>,
+    run: Arc<SinkRun>,
     index: usize,
     counter: Option<SyscallCounter>,
     base: Option<(Option<u64>, Duration)>,
@@ -166,7 +166,7 @@ impl Meter {
     /// Call on the server thread itself: pins it if asked and opens its
     /// system-call counter if asked.
     pub fn new(
-        run: &Arc<Run>,
+        run: &Arc<SinkRun>,
         index: usize,
         name: String,
         pin: Option<usize>,
@@ -308,7 +308,7 @@ impl Meter {
 /// Waits for a run's end (marker, deadline, or `stop()`), lets the threads
 /// finish what was received before the marker, halts them and reports.
 pub fn wait_run(
-    run: &Arc<Run>,
+    run: &Arc<SinkRun>,
     threads: Vec<JoinHandle<()>>,
     deadline: Option<Instant>,
     stop: &dyn Fn() -> bool,

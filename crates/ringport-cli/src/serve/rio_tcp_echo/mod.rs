@@ -26,11 +26,16 @@
 //!   already received go back, then drops the request queue, which cancels
 //!   the receives still pending; an error closes at once. A connection's
 //!   slot and buffer are freed once every one of its requests has a result.
+//! - **`--protocol sockperf`** ([`framed`]): one receive at a time, so that
+//!   a message a read cut off continues in the same slice; the slice's
+//!   replies are moved to its front and sent from there.
+
+mod accept;
+mod framed;
+mod running;
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
@@ -41,8 +46,12 @@ use ringport::rio::{
 };
 use ringport::{Backend, CompletionPort, Error};
 
+use super::sockperf::{Protocol, HEADER};
 use crate::args::bind_error;
 use crate::log::Every;
+use accept::accept_loop;
+use framed::Framing;
+pub use running::{serve, RioTcpEcho};
 
 /// The most connections served at once; the completion queue is sized for
 /// them.
@@ -73,6 +82,7 @@ pub struct EchoOptions {
     /// Connections served at once.
     pub max_connections: usize,
     pub backend: Backend,
+    pub protocol: Protocol,
 }
 
 impl EchoOptions {
@@ -83,6 +93,7 @@ impl EchoOptions {
             batch: 1000,
             max_connections: MAX_CONNECTIONS,
             backend: Backend::Auto,
+            protocol: Protocol::Echo,
         }
     }
 
@@ -92,6 +103,12 @@ impl EchoOptions {
         }
         if self.buf_size == 0 || self.buf_size > 1 << 20 {
             return Err("--buf-size must be between 1 byte and 1 MiB in rio-port mode".into());
+        }
+        if self.protocol == Protocol::Sockperf && (self.buf_size < HEADER || self.pending < 2) {
+            return Err(format!(
+                "--protocol sockperf in rio-port mode needs --buf-size of at least {HEADER} bytes \
+                 (and at least the largest message) and --pending of at least 2"
+            ));
         }
         crate::args::bounded("batch", self.batch, MAX_CQ)?;
         if self.connections() == 0 {
@@ -136,20 +153,6 @@ pub struct Stats {
     errors: u64,
 }
 
-impl Stats {
-    /// The counts in the words of the other servers (`refused` goes with
-    /// the errors).
-    pub fn summary(&self) -> super::Summary {
-        super::Summary {
-            connections: self.connections,
-            messages: self.messages,
-            bytes: self.bytes,
-            errors: self.errors + self.refused,
-            ..Default::default()
-        }
-    }
-}
-
 /// One connection.
 struct Conn {
     /// None once the connection is closing (dropping it cancelled the rest).
@@ -169,6 +172,8 @@ struct Conn {
     eof: bool,
     /// Close as soon as the batch is committed (an error).
     failed: bool,
+    /// `--protocol sockperf`: where the stream of messages stands.
+    framing: Option<Framing>,
 }
 
 struct Worker {
@@ -180,6 +185,7 @@ struct Worker {
     pending: u32,
     slot: u32,
     max: usize,
+    protocol: Protocol,
     stats: Stats,
     /// Connections touched in the current batch.
     touched: Vec<usize>,
@@ -256,9 +262,13 @@ impl Worker {
             sent: 0,
             eof: false,
             failed: false,
+            framing: (self.protocol == Protocol::Sockperf).then(|| Framing::new(self.pending)),
         });
         self.open += 1;
         self.stats.connections += 1;
+        if self.protocol == Protocol::Sockperf {
+            return self.receive_at(index, 0, 0);
+        }
         for s in 0..self.pending {
             self.receive(index, s);
         }
@@ -266,6 +276,11 @@ impl Worker {
 
     /// Posts a receive into `slot` (deferred).
     fn receive(&mut self, index: usize, slot: u32) {
+        self.receive_at(index, slot, 0)
+    }
+
+    /// Posts a receive into `slot` after its first `from` bytes (deferred).
+    fn receive_at(&mut self, index: usize, slot: u32, from: u32) {
         let Some(c) = self.conns[index].as_ref() else {
             return;
         };
@@ -273,7 +288,7 @@ impl Worker {
         if c.eof || c.failed {
             return;
         }
-        let buf = self.slice(c, slot, 0, self.slot);
+        let buf = self.slice(c, slot, from, self.slot - from);
         let r = rq.receive(buf, RioFlags::DEFER, u64::from(slot));
         self.after_request(index, r.map(|()| false));
     }
@@ -345,7 +360,11 @@ impl Worker {
             if c.sent >= len {
                 c.ready.pop_front();
                 c.sent = 0;
-                self.receive(index, slot);
+                if c.framing.is_some() {
+                    self.framed_sent(index, slot);
+                } else {
+                    self.receive(index, slot);
+                }
             }
             self.send_next(index);
             return;
@@ -356,6 +375,9 @@ impl Worker {
             0 => {
                 if !c.failed {
                     self.stats.messages += 1;
+                    if c.framing.is_some() {
+                        return self.framed_received(index, slot, r.bytes);
+                    }
                     c.ready.push_back((slot, r.bytes));
                     self.send_next(index);
                 }
@@ -471,187 +493,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Accepts until `stop`, handing each connection to the worker.
-fn accept_loop(
-    listener: TcpListener,
-    port: CompletionPort<u64>,
-    tx: mpsc::Sender<(TcpStream, SocketAddr)>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, 50) };
-        if n <= 0 {
-            continue;
-        }
-        loop {
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    if tx.send((stream, peer)).is_err() || port.post(ACCEPT_KEY, 0, Ok(0)).is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and the like: every accept fails until
-                    // connections close, so wait and say so now and then.
-                    static FAILED: Every = Every::second();
-                    FAILED.line(format_args!("tcp-echo: accept: {e}; retrying in 50 ms"));
-                    thread::sleep(Duration::from_millis(50));
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// The server, running: its worker and accept thread.
-pub struct RioTcpEcho {
-    local: SocketAddr,
-    port: CompletionPort<u64>,
-    halt: Arc<AtomicBool>,
-    worker: JoinHandle<(Stats, Result<(), String>)>,
-    acceptor: JoinHandle<()>,
-    cq_backend: Backend,
-}
-
-impl RioTcpEcho {
-    /// Listens on `addr` and starts serving.
-    pub fn start(addr: SocketAddr, opts: &EchoOptions) -> Result<RioTcpEcho, String> {
-        opts.validate()?;
-        let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
-        RioTcpEcho::start_on(listener, opts)
-    }
-
-    /// Serves on a listening socket (a shard of a reuseport group).
-    pub fn start_on(listener: TcpListener, opts: &EchoOptions) -> Result<RioTcpEcho, String> {
-        opts.validate()?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("listener: {e}"))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| format!("listener: {e}"))?;
-        let port: CompletionPort<u64> = CompletionPort::builder()
-            .concurrency(1)
-            .backend(opts.backend)
-            .build()
-            .map_err(|e| format!("creating the completion port: {e}"))?;
-        let cq = CompletionQueue::with_backend(
-            opts.cq_size() as u32,
-            Notify::port(&port, CQ_KEY, 0),
-            opts.backend,
-        )
-        .map_err(|e| format!("creating the completion queue: {e}"))?;
-        let cq_backend = cq.backend();
-
-        let (tx, rx) = mpsc::channel();
-        let halt = Arc::new(AtomicBool::new(false));
-        let mut worker = Worker {
-            cq,
-            conns: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
-            open: 0,
-            pending: opts.pending as u32,
-            slot: opts.buf_size as u32,
-            max: opts.connections(),
-            stats: Stats::default(),
-            touched: Vec::new(),
-            deferred: false,
-        };
-        let wport = port.clone();
-        let batch = opts.batch;
-        let worker: JoinHandle<(Stats, Result<(), String>)> = thread::Builder::new()
-            .name("tcp-echo-rio".into())
-            .spawn(move || {
-                let r = worker.run(&wport, &rx, batch);
-                worker.shutdown();
-                (worker.stats, r)
-            })
-            .map_err(|e| format!("starting the worker: {e}"))?;
-        let (aport, ahalt) = (port.clone(), halt.clone());
-        let acceptor = thread::Builder::new()
-            .name("tcp-echo-accept".into())
-            .spawn(move || accept_loop(listener, aport, tx, ahalt));
-        let acceptor = match acceptor {
-            Ok(h) => h,
-            Err(e) => {
-                port.close();
-                let _ = worker.join();
-                return Err(format!("starting the accept thread: {e}"));
-            }
-        };
-        Ok(RioTcpEcho {
-            local,
-            port,
-            halt,
-            worker,
-            acceptor,
-            cq_backend,
-        })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// True once the worker has ended (on an error).
-    pub fn is_finished(&self) -> bool {
-        self.worker.is_finished()
-    }
-
-    /// Stops it: what it did, and its error if it failed.
-    pub fn stop(self) -> (Stats, Result<(), String>) {
-        self.halt.store(true, Ordering::Relaxed);
-        let _ = self.acceptor.join();
-        self.port.close();
-        self.worker
-            .join()
-            .unwrap_or_else(|_| (Stats::default(), Err("the worker panicked".into())))
-    }
-}
-
-/// `ringport serve tcp-echo --mode rio-port`: serves until `duration` or
-/// `stop()`.
-pub fn serve(
-    addr: SocketAddr,
-    opts: &EchoOptions,
-    duration: Option<Duration>,
-    stop: &dyn Fn() -> bool,
-) -> Result<(), String> {
-    let server = RioTcpEcho::start(addr, opts)?;
-    println!("listening on {} (tcp-echo, mode rio-port)", server.local);
-    println!(
-        "backend {}, completion queue backend {}, 1 thread, {} receives of {} bytes pending per connection, at most {} connections, batch {}",
-        server.port.backend(),
-        server.cq_backend,
-        opts.pending,
-        opts.buf_size,
-        opts.connections(),
-        opts.batch
-    );
-    match duration {
-        Some(d) => println!("stopping after {d:?} or on Ctrl-C"),
-        None => println!("stopping on Ctrl-C"),
-    }
-    let deadline = duration.map(|d| Instant::now() + d);
-    while deadline.is_none_or(|d| Instant::now() < d) && !stop() && !server.is_finished() {
-        thread::sleep(Duration::from_millis(20));
-    }
-    let (s, result) = server.stop();
-    println!(
-        "tcp-echo stopped: {} connections, {} messages, {} bytes echoed, {} errors, {} refused",
-        s.connections, s.messages, s.bytes, s.errors, s.refused
-    );
-    result
 }

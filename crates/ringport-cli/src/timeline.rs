@@ -1,0 +1,492 @@
+//! `ringport sum --timeline FILE.svg`: what each worker thread did, drawn.
+//!
+//! Recording must not change the schedule it records, so each worker owns
+//! its [`Lane`], with room for every packet reserved before the run, and
+//! writes into it with a monotonic clock read and a push: no lock, no
+//! allocation, nothing shared. The lanes come back through `join` and are
+//! merged here, after the run.
+//!
+//! The port does not say which waiting thread it released for a post; the
+//! picture derives it from the records: a packet taken by a thread whose
+//! `get` started before the packet was posted went to a waiter the port
+//! released (woken); one taken by a thread whose `get` started after the
+//! post was queued, and taken by a thread coming back for more. A post
+//! grants a waiter a claim on the queue, not that post's packet, so two
+//! threads woken together may take their items in either order; what LIFO
+//! fixes is *which* threads are woken: the ones that waited last.
+
+use std::path::Path;
+use std::time::Instant;
+
+use plotters::prelude::*;
+
+/// One packet as its worker saw it; times in ns since the run's clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Take {
+    /// The packet's key (the item's number, in post order).
+    pub item: u64,
+    /// When the thread called the `get` that returned this packet.
+    pub asked: u64,
+    /// When that `get` returned it.
+    pub taken: u64,
+    /// When the thread entered and left `port.blocking` (0, 0: it did not).
+    pub blocked: (u64, u64),
+    /// When it was done with it: the next `get` follows at once.
+    pub done: u64,
+}
+
+/// One worker thread's records.
+#[derive(Debug, Default)]
+pub struct Lane {
+    pub takes: Vec<Take>,
+}
+
+impl Lane {
+    /// A lane with room for `packets` records, so that the run never grows it.
+    pub fn with_capacity(packets: usize) -> Lane {
+        Lane {
+            takes: Vec::with_capacity(packets),
+        }
+    }
+}
+
+/// The clock every record is read from; copied into each worker.
+#[derive(Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// Nanoseconds since the start (monotonic: `Instant` is CLOCK_MONOTONIC).
+    #[inline]
+    pub fn now(self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// A whole run: every lane, and when each item was posted.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub lanes: Vec<Lane>,
+    /// When item `i` was posted, by item.
+    pub posted: Vec<u64>,
+    /// When each lane first called `get` (the order the waiters stacked up).
+    pub first_get: Vec<u64>,
+    /// The port's concurrency limit.
+    pub limit: usize,
+    /// The picture's caption.
+    pub title: String,
+}
+
+/// What the records say about the port, beside the picture.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// Packets handed to a thread that was waiting when they were posted.
+    pub woken: usize,
+    /// Threads woken out of the first stack of waiters (all parked before
+    /// the first post), and whether they were the ones that parked last.
+    pub first_woken: usize,
+    pub first_woken_lifo: bool,
+    /// The most threads active at once, as the records show it.
+    pub max_active: usize,
+}
+
+impl Recording {
+    /// Whether `t`'s packet was handed to its thread while it waited.
+    pub fn woken(&self, t: &Take) -> bool {
+        self.posted
+            .get(t.item as usize)
+            .is_some_and(|&p| t.asked <= p)
+    }
+
+    /// Active-thread count changes, sorted: +1 when a packet is taken, −1
+    /// while in `blocking`, −1 at the next `get` (the port's definition).
+    pub fn active_steps(&self) -> Vec<(u64, i64)> {
+        let mut ev = Vec::new();
+        for t in self.lanes.iter().flat_map(|l| &l.takes) {
+            ev.push((t.taken, 1));
+            if t.blocked != (0, 0) {
+                ev.push((t.blocked.0, -1));
+                ev.push((t.blocked.1, 1));
+            }
+            ev.push((t.done, -1));
+        }
+        // At equal times the −1 first: a thread gives up its slot before
+        // the one it lets in counts.
+        ev.sort_unstable();
+        ev
+    }
+
+    pub fn findings(&self) -> Findings {
+        let mut f = Findings::default();
+        let mut n: i64 = 0;
+        for (_, d) in self.active_steps() {
+            n += d;
+            f.max_active = f.max_active.max(n as usize);
+        }
+        f.woken = self
+            .lanes
+            .iter()
+            .flat_map(|l| &l.takes)
+            .filter(|t| self.woken(t))
+            .count();
+        // Lanes parked before the first post, most recent first.
+        let first_post = self.posted.first().copied().unwrap_or(0);
+        let rank = self.wait_rank();
+        let mut stack: Vec<usize> = (0..self.lanes.len())
+            .filter(|&l| self.first_get.get(l).is_some_and(|&g| g < first_post))
+            .collect();
+        stack.sort_by_key(|&l| std::cmp::Reverse(rank[l]));
+        let woken: Vec<bool> = stack
+            .iter()
+            .map(|&l| self.lanes[l].takes.first().is_some_and(|t| self.woken(t)))
+            .collect();
+        f.first_woken = woken.iter().filter(|&&w| w).count();
+        // LIFO: the woken ones are a prefix of the stack, top down.
+        f.first_woken_lifo = woken.iter().skip(f.first_woken).all(|&w| !w);
+        f
+    }
+
+    /// Each lane's place in the first stack of waiters (0 = waited first).
+    fn wait_rank(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.lanes.len()).collect();
+        order.sort_by_key(|&l| self.first_get.get(l).copied().unwrap_or(0));
+        let mut rank = vec![0; order.len()];
+        for (r, l) in order.into_iter().enumerate() {
+            rank[l] = r;
+        }
+        rank
+    }
+}
+
+const WOKEN: RGBColor = RGBColor(230, 110, 0);
+const QUEUED: RGBColor = RGBColor(40, 90, 200);
+const ACTIVE: RGBColor = RGBColor(150, 185, 235);
+const BLOCKED: RGBColor = RGBColor(170, 170, 170);
+const LIMIT: RGBColor = RGBColor(200, 30, 30);
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// What the first wake-ups say about LIFO, in words.
+pub fn lifo_line(f: &Findings) -> String {
+    match (f.first_woken, f.first_woken_lifo) {
+        (0, _) => "no thread was woken out of the first stack of waiters".into(),
+        (n, true) => format!(
+            "the {n} thread(s) woken out of the first stack of waiters were the {n} that parked \
+             last (LIFO)"
+        ),
+        (n, false) => format!(
+            "{n} thread(s) woken out of the first stack of waiters, not all of them the last \
+             to park"
+        ),
+    }
+}
+
+/// Draws `rec` as an SVG at `path`: a lane per worker above the number of
+/// active threads against the limit.
+pub fn draw(rec: &Recording, path: &Path) -> Result<(), String> {
+    draw_svg(rec, path).map_err(|e| format!("drawing {}: {e}", path.display()))
+}
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn draw_svg(rec: &Recording, path: &Path) -> DrawResult {
+    let lanes = rec.lanes.len().max(1);
+    // One row per worker, and the main thread's posts on top.
+    let rows = lanes + 1;
+    let lane_px = 34u32;
+    let top_h = 110 + lane_px * rows as u32;
+    let bottom_h = 230u32;
+    let width = 1200u32;
+    let root = SVGBackend::new(path, (width, top_h + bottom_h)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(top_h);
+
+    // Time in µs from the first post (or the first take, if earlier).
+    let t0 = rec
+        .posted
+        .iter()
+        .copied()
+        .chain(
+            rec.lanes
+                .iter()
+                .flat_map(|l| l.takes.iter().map(|t| t.taken)),
+        )
+        .min()
+        .unwrap_or(0);
+    let t_end = rec
+        .lanes
+        .iter()
+        .flat_map(|l| l.takes.iter().map(|t| t.done))
+        .max()
+        .unwrap_or(t0 + 1)
+        .max(t0 + 1);
+    let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
+    let x_max = us(t_end) * 1.01;
+    let f = rec.findings();
+    let mut chart = ChartBuilder::on(&top)
+        .caption(&rec.title, ("sans-serif", 20))
+        .margin(10)
+        .margin_right(20)
+        .x_label_area_size(30)
+        .y_label_area_size(250)
+        .build_cartesian_2d(0f64..x_max, 0f64..rows as f64)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc("µs since the first post")
+        .draw()?;
+
+    let rank = rec.wait_rank();
+    let label = ("sans-serif", 13).into_font().color(&BLACK);
+    let y = lanes as f64 + 0.5;
+    let (px, py) = chart.backend_coord(&(0.0, y));
+    top.draw(&Text::new(
+        format!("main thread: {} posts", rec.posted.len()),
+        (px - 245, py - 7),
+        label.clone(),
+    ))?;
+    chart.draw_series(rec.posted.iter().map(|&p| {
+        PathElement::new(
+            vec![(us(p), y - 0.25), (us(p), y + 0.25)],
+            BLACK.stroke_width(1),
+        )
+    }))?;
+    for (lane, l) in rec.lanes.iter().enumerate() {
+        // Lane 0 at the top.
+        let y = (lanes - 1 - lane) as f64 + 0.5;
+        let woken = l.takes.iter().filter(|t| rec.woken(t)).count();
+        let (px, py) = chart.backend_coord(&(0.0, y));
+        let text = format!(
+            "worker {lane}: {} packets, {woken} woken; waited {}",
+            l.takes.len(),
+            ordinal(rank[lane] + 1)
+        );
+        top.draw(&Text::new(text, (px - 245, py - 7), label.clone()))?;
+        chart.draw_series(l.takes.iter().map(|t| {
+            Rectangle::new(
+                [(us(t.taken), y - 0.2), (us(t.done), y + 0.2)],
+                ACTIVE.filled(),
+            )
+        }))?;
+        chart.draw_series(l.takes.iter().filter(|t| t.blocked != (0, 0)).map(|t| {
+            Rectangle::new(
+                [(us(t.blocked.0), y - 0.2), (us(t.blocked.1), y + 0.2)],
+                BLOCKED.filled(),
+            )
+        }))?;
+        chart.draw_series(
+            l.takes
+                .iter()
+                .filter(|t| !rec.woken(t))
+                .map(|t| Circle::new((us(t.taken), y), 3, QUEUED.filled())),
+        )?;
+        chart.draw_series(
+            l.takes
+                .iter()
+                .filter(|t| rec.woken(t))
+                .map(|t| Circle::new((us(t.taken), y), 5, WOKEN.filled())),
+        )?;
+        // Number the woken marks (the item each post handed over) where
+        // there is room.
+        let mut last_px: Option<i32> = None;
+        for t in l.takes.iter().filter(|t| rec.woken(t)) {
+            let (x, yy) = chart.backend_coord(&(us(t.taken), y));
+            if last_px.is_none_or(|p| x - p >= 22) {
+                top.draw(&Text::new(
+                    format!("{}", t.item),
+                    (x - 4, yy - 19),
+                    ("sans-serif", 11).into_font().color(&WOKEN),
+                ))?;
+                last_px = Some(x);
+            }
+        }
+    }
+    // The number of active threads, a step line, against the limit.
+    // Twice the headroom the count needs: the legend sits in the top half.
+    let y_max = (2 * (rec.lanes.len().max(rec.limit) + 1)) as f64;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            format!(
+                "threads active (at most {} at once, limit {}); {}",
+                f.max_active,
+                rec.limit,
+                lifo_line(&f)
+            ),
+            ("sans-serif", 15),
+        )
+        .margin(10)
+        .margin_right(20)
+        .x_label_area_size(30)
+        .y_label_area_size(250)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .y_labels((y_max as usize).min(12))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("active threads")
+        .x_desc("µs since the first post")
+        .draw()?;
+    let mut points = vec![(0.0, 0.0)];
+    let mut n = 0i64;
+    for (t, d) in rec.active_steps() {
+        points.push((us(t), n as f64));
+        n += d;
+        points.push((us(t), n as f64));
+    }
+    points.push((x_max, n as f64));
+    chart
+        .draw_series(LineSeries::new(points, QUEUED.stroke_width(2)))?
+        .label("active threads")
+        .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], QUEUED.stroke_width(2)));
+    // Legend entries for the marks (drawn in the lanes above), in this
+    // chart's legend, where the lanes' marks stay uncovered.
+    chart
+        .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+        .label("taken by a thread a post released (number: the item it took)")
+        .legend(|(x, y)| Circle::new((x, y), 5, WOKEN.filled()));
+    chart
+        .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+        .label("taken from the queue by a thread back at get")
+        .legend(|(x, y)| Circle::new((x, y), 3, QUEUED.filled()));
+    chart
+        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
+        .label("active (packet taken, next get not yet called)")
+        .legend(|(x, y)| Rectangle::new([(x - 6, y - 4), (x + 6, y + 4)], ACTIVE.filled()));
+    if rec
+        .lanes
+        .iter()
+        .flat_map(|l| &l.takes)
+        .any(|t| t.blocked != (0, 0))
+    {
+        chart
+            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
+            .label("in port.blocking (printing): its slot is free")
+            .legend(|(x, y)| Rectangle::new([(x - 6, y - 4), (x + 6, y + 4)], BLOCKED.filled()));
+    }
+    let limit = rec.limit as f64;
+    chart
+        .draw_series(DashedLineSeries::new(
+            vec![(0.0, limit), (x_max, limit)],
+            8,
+            5,
+            LIMIT.stroke_width(2),
+        ))?
+        .label(format!("concurrency limit {}", rec.limit))
+        .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], LIMIT.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 12))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(item: u64, asked: u64, taken: u64, done: u64) -> Take {
+        Take {
+            item,
+            asked,
+            taken,
+            blocked: (0, 0),
+            done,
+        }
+    }
+
+    /// Two waiters (lane 0 waited first); item 0 goes to lane 1, the last
+    /// waiter, item 1 to lane 0; item 2 is queued and taken by lane 1.
+    fn two_lanes() -> Recording {
+        Recording {
+            lanes: vec![
+                Lane {
+                    takes: vec![take(1, 1, 22, 40)],
+                },
+                Lane {
+                    takes: vec![take(0, 2, 12, 30), take(2, 30, 31, 50)],
+                },
+            ],
+            posted: vec![10, 20, 25],
+            first_get: vec![1, 2],
+            limit: 2,
+            title: "test".into(),
+        }
+    }
+
+    #[test]
+    fn findings_derive_wakeups_lifo_and_activity() {
+        let r = two_lanes();
+        assert!(r.woken(&r.lanes[0].takes[0]));
+        assert!(!r.woken(&r.lanes[1].takes[1]));
+        assert_eq!(
+            r.findings(),
+            Findings {
+                woken: 2,
+                first_woken: 2,
+                first_woken_lifo: true,
+                max_active: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_woken_thread_below_a_sleeping_one_is_not_lifo() {
+        let mut r = two_lanes();
+        // Lane 0 (waited first) woken, lane 1 (waited last) never took
+        // anything until it came back with item 2 — it was skipped.
+        r.lanes[1].takes.remove(0);
+        r.lanes[1].takes[0].asked = 2;
+        r.posted[2] = 1_000;
+        r.lanes[1].takes[0].taken = 1_010;
+        r.lanes[1].takes[0].done = 1_020;
+        let f = r.findings();
+        assert_eq!((f.first_woken, f.first_woken_lifo), (2, true));
+        r.lanes[1].takes[0].asked = 1_005; // it was not waiting for that post
+        r.first_get[1] = 2;
+        let f = r.findings();
+        assert_eq!((f.first_woken, f.first_woken_lifo), (1, false));
+    }
+
+    #[test]
+    fn blocking_frees_the_slot_in_the_count() {
+        let mut r = two_lanes();
+        r.lanes[0].takes[0].blocked = (23, 35);
+        // 12..30 lane 1 active; lane 0 active only 22..23 and 35..40.
+        let steps = r.active_steps();
+        let mut n = 0;
+        let at: Vec<i64> = steps
+            .iter()
+            .map(|&(_, d)| {
+                n += d;
+                n
+            })
+            .collect();
+        assert_eq!(at, vec![1, 2, 1, 0, 1, 2, 1, 0]);
+    }
+
+    #[test]
+    fn ordinals() {
+        let o: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22].map(ordinal).into();
+        assert_eq!(
+            o,
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd"]
+        );
+    }
+}
