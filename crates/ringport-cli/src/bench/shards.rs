@@ -19,7 +19,6 @@ use ringport::reuseport;
 use super::echo::{compare, localhost, EchoRun, Ringport, Server, Start};
 use crate::load::Proto;
 use crate::report::Report;
-use crate::serve::sockperf::Protocol;
 use crate::serve::{self, rio_tcp_echo, rio_udp_echo};
 
 /// The shard counts the benchmark knows.
@@ -83,8 +82,8 @@ fn rio_udp<const S: usize>(_threads: usize, _batch: usize) -> Result<Box<dyn Ser
     for sock in group {
         let mode = rio_udp_echo::EchoMode::Port;
         let auto = ringport::Backend::Auto;
-        let s =
-            rio_udp_echo::RioUdpEcho::start_on(sock, mode, pending, 2048, auto, Protocol::Echo)?;
+        let echo = crate::serve::sockperf::Protocol::Echo;
+        let s = rio_udp_echo::RioUdpEcho::start_on(sock, mode, pending, 2048, auto, echo)?;
         shards.push(Box::new(Ringport(s)));
     }
     Ok(Box::new(Sharded { addr, shards }))

@@ -72,11 +72,11 @@ const PEERS: [(&str, Start); 9] = [
 ];
 
 pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
-    if !args.shards.is_empty() {
-        return super::shards::compare_shards(&args.run, Proto::Udp, &args.shards, report);
-    }
     if quick {
         args.run.quick();
+    }
+    if !args.shards.is_empty() {
+        return super::shards::compare_shards(&args.run, Proto::Udp, &args.shards, report);
     }
     let peers = select(&args.peers, &PEERS)?;
     compare(

@@ -114,17 +114,12 @@ impl RioUdpEcho {
             .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
             .ok_or("--buf-size must be 1 to 65,507")?;
         let socket = UdpSocket::bind(addr).map_err(|e| crate::args::bind_error(addr, e))?;
-        RioUdpEcho::start_on(
-            socket,
-            mode,
-            pending as usize,
-            slot_size as usize,
-            backend,
-            protocol,
-        )
+        let (pending, slot_size) = (pending as usize, slot_size as usize);
+        RioUdpEcho::start_on(socket, mode, pending, slot_size, backend, protocol)
     }
 
-    /// [`start`](Self::start) on a bound socket (a shard of a reuseport group).
+    /// [`start_with`](Self::start_with) on a bound socket (a shard of a
+    /// reuseport group).
     pub fn start_on(
         socket: UdpSocket,
         mode: EchoMode,

@@ -94,6 +94,7 @@ pub fn run(
     opts.batch = args.batch.unwrap_or(opts.batch);
     opts.skip = !args.no_skip;
     opts.backend = args.backend;
+    opts.protocol = args.protocol;
     type Stop = Box<dyn FnOnce() -> Summary + Send>;
     let mut shards: Vec<Stop> = Vec::new();
     let (name, what) = match (args.kind, args.mode) {
@@ -112,6 +113,7 @@ pub fn run(
             o.buf_size = args.buf_size.unwrap_or(o.buf_size);
             o.batch = args.batch.unwrap_or(o.batch);
             o.backend = args.backend;
+            o.protocol = args.protocol;
             o.validate()?;
             for (i, l) in tcp_socks.into_iter().enumerate() {
                 let o = o.clone();
@@ -139,17 +141,10 @@ pub fn run(
             let mode = rio_udp_echo::EchoMode::from_sink(m)
                 .ok_or("udp-echo takes --mode rio-polled, rio-event or rio-port (or no --mode)")?;
             let size = opts.buf_size.min(MAX_UDP);
-            let (pending, backend) = (opts.pending, opts.backend);
+            let (pending, backend, protocol) = (opts.pending, opts.backend, opts.protocol);
             for (i, sock) in udp_socks.into_iter().enumerate() {
                 let s = started_on(pin(i), move || {
-                    rio_udp_echo::RioUdpEcho::start_on(
-                        sock,
-                        mode,
-                        pending,
-                        size,
-                        backend,
-                        args.protocol,
-                    )
+                    rio_udp_echo::RioUdpEcho::start_on(sock, mode, pending, size, backend, protocol)
                 })?;
                 shards.push(Box::new(move || s.stop()));
             }

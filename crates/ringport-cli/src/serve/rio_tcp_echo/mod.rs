@@ -153,20 +153,6 @@ pub struct Stats {
     errors: u64,
 }
 
-impl Stats {
-    /// The counts in the words of the other servers (`refused` goes with
-    /// the errors).
-    pub fn summary(&self) -> super::Summary {
-        super::Summary {
-            connections: self.connections,
-            messages: self.messages,
-            bytes: self.bytes,
-            errors: self.errors + self.refused,
-            ..Default::default()
-        }
-    }
-}
-
 /// One connection.
 struct Conn {
     /// None once the connection is closing (dropping it cancelled the rest).

@@ -3,6 +3,20 @@
 
 use super::*;
 
+impl Stats {
+    /// The counts in the words of the other servers (`refused` goes with
+    /// the errors).
+    pub fn summary(&self) -> crate::serve::Summary {
+        crate::serve::Summary {
+            connections: self.connections,
+            messages: self.messages,
+            bytes: self.bytes,
+            errors: self.errors + self.refused,
+            ..Default::default()
+        }
+    }
+}
+
 /// The server, running: its worker and accept thread.
 pub struct RioTcpEcho {
     local: SocketAddr,
