@@ -96,7 +96,8 @@ impl RioUdpEcho {
         Self::start_with(addr, mode, pending, slot_size, backend, Protocol::Echo)
     }
 
-    /// [`start`](Self::start), speaking `protocol`.
+    /// [`start`](Self::start), speaking `protocol`. Bad counts are refused
+    /// before the socket is bound.
     pub fn start_with(
         addr: SocketAddr,
         mode: EchoMode,
@@ -105,14 +106,7 @@ impl RioUdpEcho {
         backend: Backend,
         protocol: Protocol,
     ) -> Result<RioUdpEcho, String> {
-        let pending = u32::try_from(pending)
-            .ok()
-            .filter(|p| (1..=4096).contains(p))
-            .ok_or("--pending must be 1 to 4096 in the RIO modes")?;
-        let slot_size = u32::try_from(slot_size)
-            .ok()
-            .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
-            .ok_or("--buf-size must be 1 to 65,507")?;
+        let (pending, slot_size) = check(pending, slot_size)?;
         let socket = UdpSocket::bind(addr).map_err(|e| crate::args::bind_error(addr, e))?;
         let (pending, slot_size) = (pending as usize, slot_size as usize);
         RioUdpEcho::start_on(socket, mode, pending, slot_size, backend, protocol)
@@ -128,14 +122,7 @@ impl RioUdpEcho {
         backend: Backend,
         protocol: Protocol,
     ) -> Result<RioUdpEcho, String> {
-        let pending = u32::try_from(pending)
-            .ok()
-            .filter(|p| (1..=4096).contains(p))
-            .ok_or("--pending must be 1 to 4096 in the RIO modes")?;
-        let slot_size = u32::try_from(slot_size)
-            .ok()
-            .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
-            .ok_or("--buf-size must be 1 to 65,507")?;
+        let (pending, slot_size) = check(pending, slot_size)?;
         let addr = socket.local_addr().map_err(|e| e.to_string())?;
         let rio = |e: Error| format!("setting up RIO: {e}");
         let port = match mode {
@@ -338,4 +325,17 @@ impl Echo {
         }
         self.receive(slot, RioFlags::DEFER)
     }
+}
+
+/// The receives kept pending and the bytes of each slot, checked.
+fn check(pending: usize, slot_size: usize) -> Result<(u32, u32), String> {
+    let pending = u32::try_from(pending)
+        .ok()
+        .filter(|p| (1..=4096).contains(p))
+        .ok_or("--pending must be 1 to 4096 in the RIO modes")?;
+    let slot_size = u32::try_from(slot_size)
+        .ok()
+        .filter(|s| (1..=crate::args::MAX_UDP as u32).contains(s))
+        .ok_or("--buf-size must be 1 to 65,507")?;
+    Ok((pending, slot_size))
 }
