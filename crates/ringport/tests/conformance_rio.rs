@@ -8,49 +8,20 @@
 //! suite once per backend). Every wait is bounded.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ringport::rio::{self, CompletionQueue, Notify, RequestQueue, RioBuf, RioFlags, RioResult};
 
+mod common;
+use common::rio::{bytes, take, udp};
+
 const SECOND: Duration = Duration::from_secs(1);
 /// Long enough for requests just posted to be waiting in the kernel (or in
 /// the epoll engine) before the peer acts.
 const SETTLE: Duration = Duration::from_millis(50);
-
-/// Dequeues exactly `n` results, waiting at most 5 s.
-fn take(cq: &CompletionQueue, n: usize) -> Vec<RioResult> {
-    let deadline = Instant::now() + 5 * SECOND;
-    let mut got = Vec::new();
-    let mut buf = [RioResult::default(); 64];
-    while got.len() < n {
-        let want = (n - got.len()).min(buf.len());
-        let k = cq.dequeue(&mut buf[..want]).unwrap();
-        got.extend_from_slice(&buf[..k]);
-        if k == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "timed out with {} of {n} results ({} backend): {got:?}",
-                got.len(),
-                cq.backend()
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-    got
-}
-
-fn bytes(buf: RioBuf) -> Vec<u8> {
-    rio::borrow(&buf).unwrap().to_vec()
-}
-
-fn udp() -> (UdpSocket, SocketAddr) {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let a = s.local_addr().unwrap();
-    (s, a)
-}
 
 /// A connected pair: (the end a request queue will own, its peer).
 fn tcp_pair() -> (TcpStream, TcpStream) {

@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use ringport::rio::{
 use ringport::{Backend, CompletionPort, Error};
 
 mod common;
+use common::rio::{bytes, take, udp};
 
 const SECOND: Duration = Duration::from_secs(1);
 const SHORT: Duration = Duration::from_millis(300);
@@ -28,45 +29,14 @@ fn rio_err<T: Debug>(r: Result<T, Error>) -> RioError {
     }
 }
 
-fn udp() -> (UdpSocket, SocketAddr) {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let a = s.local_addr().unwrap();
-    (s, a)
-}
-
 fn client() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").unwrap()
-}
-
-/// Dequeues exactly `n` results, waiting at most 5 s.
-fn take(cq: &CompletionQueue, n: usize) -> Vec<RioResult> {
-    let deadline = Instant::now() + 5 * SECOND;
-    let mut got = Vec::new();
-    let mut buf = [RioResult::default(); 64];
-    while got.len() < n {
-        let want = (n - got.len()).min(buf.len());
-        let k = cq.dequeue(&mut buf[..want]).unwrap();
-        got.extend_from_slice(&buf[..k]);
-        if k == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "timed out with {} of {n} results",
-                got.len()
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-    got
 }
 
 /// Checks for 50 ms that no result arrives.
 fn none_for_a_while(cq: &CompletionQueue) {
     thread::sleep(Duration::from_millis(50));
     assert_eq!(cq.dequeue(&mut [RioResult::default(); 4]).unwrap(), 0);
-}
-
-fn bytes(buf: RioBuf) -> Vec<u8> {
-    rio::borrow(&buf).unwrap().to_vec()
 }
 
 /// Runs the rest of the test in a child process (this test binary, running

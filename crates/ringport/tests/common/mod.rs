@@ -1,7 +1,12 @@
 //! Helpers shared by the integration tests.
 
+// Not every suite that includes `common` runs RIO.
+#[allow(dead_code)]
+pub mod rio;
+
 /// Makes `io_uring_setup` fail with `errno` for the calling thread (and the
 /// threads it creates later).
+#[allow(dead_code)] // conformance_rio does not use it
 pub fn deny_io_uring_setup(errno: u32) {
     let ld = |k| libc::sock_filter {
         code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
