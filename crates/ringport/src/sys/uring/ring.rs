@@ -56,20 +56,7 @@ impl Ring {
         let what = purpose.what;
         let mut builder = IoUring::builder();
         builder.setup_cqsize(cq).setup_clamp().setup_submit_all();
-        // EXPERIMENT (issue 11, SQPOLL lever): RINGPORT_SQPOLL=idle_ms[,cpu]
-        // gives the port's ring a kernel submission thread (which the
-        // kernel refuses beside COOP_TASKRUN: task work runs on it).
-        let sqpoll = purpose
-            .coop_taskrun
-            .then(|| std::env::var("RINGPORT_SQPOLL").ok())
-            .flatten();
-        if let Some(v) = sqpoll {
-            let mut it = v.split(',').map(|x| x.trim().parse::<u32>().ok());
-            builder.setup_sqpoll(it.next().flatten().unwrap_or(10));
-            if let Some(Some(cpu)) = it.next() {
-                builder.setup_sqpoll_cpu(cpu);
-            }
-        } else if purpose.coop_taskrun {
+        if purpose.coop_taskrun {
             builder.setup_coop_taskrun();
         }
         let ring = builder.build(sq).map_err(|e| {
