@@ -45,12 +45,6 @@ pub(crate) struct Purpose {
 
 pub(crate) struct Ring {
     ring: IoUring,
-    /// EXPERIMENT (issue 11): RINGPORT_DEFER=1 sets the port's ring up with
-    /// DEFER_TASKRUN + SINGLE_ISSUER, disabled until the first thread to
-    /// wait on it enables it and becomes its one issuer. Others only queue.
-    defer: bool,
-    /// The issuing thread's id (gettid), 0 until the ring is enabled.
-    owner: std::sync::atomic::AtomicI32,
 }
 
 impl Ring {
@@ -64,13 +58,6 @@ impl Ring {
         builder.setup_cqsize(cq).setup_clamp().setup_submit_all();
         if purpose.coop_taskrun {
             builder.setup_coop_taskrun();
-        }
-        let defer = purpose.coop_taskrun && std::env::var_os("RINGPORT_DEFER").is_some();
-        if defer {
-            builder
-                .setup_single_issuer()
-                .setup_defer_taskrun()
-                .setup_r_disabled();
         }
         let ring = builder.build(sq).map_err(|e| {
             let why = match e.raw_os_error() {
@@ -105,20 +92,7 @@ impl Ring {
                 format!("this kernel's io_uring lacks IORING_OP_{name}, which {what} needs"),
             ));
         }
-        Ok(Ring {
-            ring,
-            defer,
-            owner: std::sync::atomic::AtomicI32::new(0),
-        })
-    }
-
-    /// EXPERIMENT: whether this thread may enter the ring (always, unless
-    /// deferred task work ties it to one issuer).
-    fn may_enter(&self) -> bool {
-        if !self.defer {
-            return true;
-        }
-        self.owner.load(std::sync::atomic::Ordering::Acquire) == tid()
+        Ok(Ring { ring })
     }
 
     /// Completions the CQ ring holds.
@@ -170,23 +144,8 @@ impl Ring {
     /// unreaped entries, which NODROP keeps) leaves the entries queued for
     /// the next enter, after a reap has made room.
     pub(crate) fn submit(&self) -> io::Result<usize> {
-        if !self.may_enter() {
-            // EXPERIMENT: left queued for the issuer's next enter.
-            return Ok(0);
-        }
         loop {
-            let r = if self.defer {
-                // SAFETY: the caller holds the submission lock (queued);
-                // no argument; GETEVENTS (1) with no minimum runs the
-                // deferred task work.
-                unsafe {
-                    let n = self.queued() as u32;
-                    self.ring.submitter().enter::<libc::sigset_t>(n, 0, 1, None)
-                }
-            } else {
-                self.ring.submit()
-            };
-            match r {
+            match self.ring.submit() {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(0),
                 r => return r,
@@ -230,23 +189,6 @@ impl Ring {
     /// waiting or `deadline` passes (or a signal interrupts); runs this
     /// thread's pending task work on the way.
     pub(crate) fn wait(&self, deadline: Option<Instant>) {
-        let mut deadline = deadline;
-        if self.defer {
-            use std::sync::atomic::Ordering;
-            if self.owner.load(Ordering::Acquire) == 0 {
-                if self.ring.submitter().register_enable_rings().is_ok() {
-                    self.owner.store(tid(), Ordering::Release);
-                }
-            }
-            if !self.may_enter() {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                return;
-            }
-            // Others' entries and wakes wait for the issuer: look again
-            // every 5 ms at most.
-            let cap = Instant::now() + std::time::Duration::from_millis(5);
-            deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
-        }
         // ETIME, EINTR, EBUSY: the caller looks at the ring again either way.
         let _ = match deadline {
             None => self.ring.submitter().submit_and_wait(1),
@@ -285,15 +227,6 @@ impl Ring {
             r => r,
         }
     }
-}
-
-/// EXPERIMENT: this thread's id, cached.
-fn tid() -> i32 {
-    thread_local! {
-        // SAFETY: gettid takes nothing and cannot fail.
-        static TID: i32 = unsafe { libc::gettid() };
-    }
-    TID.with(|t| *t)
 }
 
 impl AsRawFd for Ring {
