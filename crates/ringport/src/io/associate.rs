@@ -20,8 +20,8 @@ impl<T: Send + 'static> CompletionPort<T> {
     pub fn associate(&self, fd: impl Into<OwnedFd>, key: u64) -> Result<Handle<T>, Error> {
         let fd = fd.into();
         let kind = classify(fd.as_raw_fd())?;
-        self.shared().driver()?.attach(fd.as_raw_fd(), kind)?;
-        Ok(Handle::new(self.shared().clone(), fd, key, kind))
+        let fixed = self.shared().driver()?.attach(fd.as_raw_fd(), kind)?;
+        Ok(Handle::new(self.shared().clone(), fd, key, kind, fixed))
     }
 
     /// Starts a timer: after `after`, a packet with `key` and `token` and

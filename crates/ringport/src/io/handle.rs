@@ -47,15 +47,24 @@ pub struct Handle<T: Send + 'static> {
     fd: OwnedFd,
     key: u64,
     kind: FdKind,
+    /// Its operations go by a registered (direct) descriptor.
+    fixed: bool,
 }
 
 impl<T: Send + 'static> Handle<T> {
-    pub(crate) fn new(port: Arc<Shared<T>>, fd: OwnedFd, key: u64, kind: FdKind) -> Self {
+    pub(crate) fn new(
+        port: Arc<Shared<T>>,
+        fd: OwnedFd,
+        key: u64,
+        kind: FdKind,
+        fixed: bool,
+    ) -> Self {
         Handle {
             port,
             fd,
             key,
             kind,
+            fixed,
         }
     }
 
@@ -72,7 +81,8 @@ impl<T: Send + 'static> Handle<T> {
         token: T,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        let pending = Operation::new(self.key, token, op, buf, self.fd.as_raw_fd(), self.kind);
+        let mut pending = Operation::new(self.key, token, op, buf, self.fd.as_raw_fd(), self.kind);
+        pending.fixed = self.fixed;
         self.port
             .driver()?
             .start(&self.port.core, pending, to, immediate)
@@ -238,8 +248,13 @@ impl<T: Send + 'static> Drop for Handle<T> {
         // The kernel holds its own reference to the file for each operation,
         // so closing the descriptor alone would leave a receive pending for
         // ever; cancel them while the descriptor still names the file.
-        if let Ok(d) = self.port.driver() {
-            d.detach(&self.port.core, self.fd.as_raw_fd());
+        match self.port.driver() {
+            Ok(d) => d.detach(&self.port.core, self.fd.as_raw_fd(), self.fixed),
+            // The port closed (its operations were cancelled then), but its
+            // ring lives on while handles do: the registration must go, or
+            // the ring's reference would keep the socket open.
+            Err(_) if self.fixed => self.port.io().unfix(self.fd.as_raw_fd()),
+            Err(_) => {}
         }
     }
 }

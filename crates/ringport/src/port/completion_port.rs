@@ -69,6 +69,11 @@ impl<T> Shared<T> {
         Ok(&self.io)
     }
 
+    /// The port's kernel I/O, even once the port is closed.
+    pub(crate) fn io(&self) -> &Driver<T> {
+        &self.io
+    }
+
     fn close(&self) {
         if self.core.close() {
             // In-flight operations complete as cancelled; their packets are

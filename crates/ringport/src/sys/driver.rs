@@ -60,18 +60,36 @@ impl<T> Driver<T> {
     }
 
     /// Prepares a descriptor that is being associated with the port.
-    pub(crate) fn attach(&self, fd: RawFd, kind: FdKind) -> Result<(), Error> {
+    /// Returns whether its operations go by a registered (direct)
+    /// descriptor (`Operation::fixed`).
+    pub(crate) fn attach(&self, fd: RawFd, kind: FdKind) -> Result<bool, Error> {
         match self {
-            Driver::Uring(_) => Ok(()),
-            Driver::Epoll(d) => d.attach(fd, kind),
+            Driver::Uring(d) => Ok(d.ring().register_fd(fd)),
+            Driver::Epoll(d) => d.attach(fd, kind).map(|()| false),
         }
     }
 
-    /// Cancels a descriptor's operations before its handle closes it.
-    pub(crate) fn detach(&self, core: &Core<Packet<T>>, fd: RawFd) {
+    /// Cancels a descriptor's operations before its handle closes it, and
+    /// lets go of its registration (`fixed`, as [`attach`](Self::attach)
+    /// returned).
+    pub(crate) fn detach(&self, core: &Core<Packet<T>>, fd: RawFd, fixed: bool) {
         match self {
-            Driver::Uring(d) => drop(d.cancel_fd(core, fd)),
+            Driver::Uring(d) => {
+                // Operations in flight hold their own reference to the file.
+                drop(d.cancel_fd(core, fd));
+                if fixed {
+                    d.ring().unregister_fd(fd);
+                }
+            }
             Driver::Epoll(d) => d.detach(core, fd),
+        }
+    }
+
+    /// Lets go of a descriptor's registration ([`attach`](Self::attach)
+    /// returned true) without cancelling: the port closed.
+    pub(crate) fn unfix(&self, fd: RawFd) {
+        if let Driver::Uring(d) = self {
+            d.ring().unregister_fd(fd);
         }
     }
 

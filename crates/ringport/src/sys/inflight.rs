@@ -44,6 +44,9 @@ pub(crate) struct Operation<T> {
     pub(crate) reissues: u8,
     /// The backend expects it to wait: arm its poll before trying it.
     pub(crate) poll_first: bool,
+    /// `fd` is also the index of a direct descriptor registered with the
+    /// io_uring backend's ring (`IOSQE_FIXED_FILE`).
+    pub(crate) fixed: bool,
 }
 
 impl<T> Operation<T> {
@@ -59,6 +62,7 @@ impl<T> Operation<T> {
             cancelled: false,
             reissues: 0,
             poll_first: false,
+            fixed: false,
         }
     }
 }

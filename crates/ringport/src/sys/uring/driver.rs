@@ -224,6 +224,11 @@ impl<T> UringDriver<T> {
         core.publish_completed(n, keep)
     }
 
+    /// The port's ring.
+    pub(crate) fn ring(&self) -> &PortRing {
+        &self.ring
+    }
+
     pub(crate) fn sleep(&self, deadline: Option<Instant>) {
         self.ring.wait(deadline)
     }

@@ -10,6 +10,7 @@
 //! kernel sleeper submits a NOP, whose completion ends its wait.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue};
@@ -60,7 +61,14 @@ pub(crate) struct PortRing {
     /// the NOP's completion; one that is not the sleeper and finds this set
     /// sends another, so a wake is never lost to a bystander.
     wake_armed: AtomicBool,
+    /// Slots of the direct descriptor table, registered at the first
+    /// association (0: none, registration failed).
+    files: std::sync::OnceLock<u32>,
 }
+
+/// The most direct descriptors a port's table holds: a descriptor numbered
+/// past that (or past `RLIMIT_NOFILE`) goes by its number instead.
+const MAX_FIXED_FILES: u64 = 65_536;
 
 impl PortRing {
     /// Sets up a ring with `entries` submission slots.
@@ -70,7 +78,37 @@ impl PortRing {
             sq: Mutex::new(()),
             cq: Mutex::new(()),
             wake_armed: AtomicBool::new(false),
+            files: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Registers `fd` as a direct descriptor in slot `fd` (a descriptor
+    /// number is unique while its handle owns it), so that its SQEs skip
+    /// the kernel's descriptor lookup (`IOSQE_FIXED_FILE`). Returns whether
+    /// it did; a descriptor that is not registered goes by its number.
+    pub(crate) fn register_fd(&self, fd: RawFd) -> bool {
+        let slots = *self.files.get_or_init(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes the rlimit it is given.
+            let n = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+                0 => lim.rlim_cur.min(MAX_FIXED_FILES) as u32,
+                _ => 0,
+            };
+            match n > 0 && self.ring.register_files_sparse(n).is_ok() {
+                true => n,
+                false => 0,
+            }
+        });
+        fd >= 0 && (fd as u32) < slots && self.ring.update_file(fd as u32, fd).is_ok()
+    }
+
+    /// Empties slot `fd` before its handle closes the descriptor: the table
+    /// holds its own reference to the file, which would keep a socket open.
+    pub(crate) fn unregister_fd(&self, fd: RawFd) {
+        let _ = self.ring.update_file(fd as u32, -1);
     }
 
     /// Queues one SQE and submits it.

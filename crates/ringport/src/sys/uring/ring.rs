@@ -153,6 +153,20 @@ impl Ring {
         }
     }
 
+    /// Registers an empty (sparse) table of `n` direct descriptors.
+    pub(crate) fn register_files_sparse(&self, n: u32) -> io::Result<()> {
+        self.ring.submitter().register_files_sparse(n)
+    }
+
+    /// Puts `fd` in slot `slot` of the direct descriptor table (`-1`
+    /// empties the slot, dropping the table's reference to the file).
+    pub(crate) fn update_file(&self, slot: u32, fd: RawFd) -> io::Result<()> {
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[fd])
+            .map(drop)
+    }
+
     /// A view of the CQ ring: reading it is a read of shared memory.
     ///
     /// # Safety

@@ -18,6 +18,17 @@ fn len32(n: usize) -> u32 {
 /// The SQE for `p`, pointing only into its buffer's heap memory (within its
 /// capacity) and its slot's scratch, both kept by the in-flight table.
 pub(super) fn sqe<T>(p: &mut Operation<T>, s: &mut Scratch) -> squeue::Entry {
+    let entry = entry(p, s);
+    // A registered descriptor's slot is its number, which the entry already
+    // carries: the flag makes the kernel read it as the slot.
+    if p.fixed {
+        entry.flags(squeue::Flags::FIXED_FILE)
+    } else {
+        entry
+    }
+}
+
+fn entry<T>(p: &mut Operation<T>, s: &mut Scratch) -> squeue::Entry {
     let fd = types::Fd(p.fd);
     let prio = if p.poll_first { poll_first() } else { 0 };
     let buf = &mut p.buf;
