@@ -275,3 +275,91 @@ fn a_batching_pool_stops_every_worker_and_tells_the_handler_its_index() {
         assert_eq!(name.as_deref(), Some(format!("batcher-{w}").as_str()));
     }
 }
+
+/// With `submit_on_wait`, the receive a handler starts waits in the ring's
+/// queue for its worker's next wait: every datagram still arrives, one at
+/// a time, each caught by the receive the previous one's handler started,
+/// also across a restart of the pool (the receive its last worker held goes
+/// to the kernel when that worker leaves).
+#[test]
+fn held_submissions_reach_the_kernel() {
+    let port = CompletionPort::<u64>::new(2).unwrap();
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = rx.local_addr().unwrap();
+    let rx = Arc::new(port.associate(rx, 1).unwrap());
+    let got = Arc::new(AtomicU64::new(0));
+    let start = |port: &CompletionPort<u64>| {
+        let (rx, got) = (rx.clone(), got.clone());
+        WorkerPool::builder(port)
+            .threads(2)
+            .submit_on_wait(true)
+            .start(move |_, p| {
+                if p.key == 1 && p.result.is_ok() {
+                    rx.recv(vec![0u8; 64], 0).unwrap();
+                    got.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .unwrap()
+    };
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.recv(vec![0u8; 64], 0).unwrap();
+    let mut pool = start(&port);
+    for i in 1..=40 {
+        tx.send_to(b"ping", addr).unwrap();
+        wait_until("the datagram's completion", || {
+            got.load(Ordering::SeqCst) == i
+        });
+        if i == 20 {
+            within("stop", move || pool.stop().unwrap());
+            pool = start(&port);
+        }
+    }
+    within("stop", move || pool.stop().unwrap());
+}
+
+/// A handler that blocks (in `blocking`) waiting for another worker to see
+/// the outcome of an operation it started itself: the operation goes to
+/// the kernel before it blocks, so the worker sleeping in the kernel wakes
+/// with its completion. (Whether the other worker is already asleep in the
+/// kernel when the handler blocks depends on the interleaving: this checks
+/// that no interleaving hangs.)
+#[test]
+fn a_held_submission_goes_before_its_handler_blocks() {
+    const GO: u64 = 7;
+    let port = CompletionPort::<u64>::new(2).unwrap();
+    // A receive nobody answers keeps one worker sleeping in the kernel.
+    let idle = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let idle = port.associate(idle, 2).unwrap();
+    idle.recv(vec![0u8; 64], 0).unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let sock = Arc::new(port.associate(sock, 1).unwrap());
+    let (seen_tx, seen_rx) = mpsc::channel::<()>();
+    let seen_rx = Arc::new(std::sync::Mutex::new(seen_rx));
+    let seen_tx = std::sync::Mutex::new(seen_tx);
+    let done = Arc::new(AtomicU64::new(0));
+    let (s, d, p2) = (sock.clone(), done.clone(), port.clone());
+    let pool = WorkerPool::builder(&port)
+        .threads(2)
+        .submit_on_wait(true)
+        .start(move |_, p| match p.key {
+            GO => {
+                s.recv(vec![0u8; 64], 0).unwrap();
+                let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                tx.send_to(b"hello", addr).unwrap();
+                // Another worker must take the receive's completion.
+                let rx = seen_rx.lock().unwrap();
+                p2.blocking(|| rx.recv().unwrap());
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+            1 => seen_tx.lock().unwrap().send(()).unwrap(),
+            _ => {}
+        })
+        .unwrap();
+    port.post(GO, 0, Ok(0)).unwrap();
+    wait_until("the blocked handler's release", || {
+        done.load(Ordering::SeqCst) == 1
+    });
+    drop(idle);
+    within("stop", move || pool.stop().unwrap());
+}

@@ -245,6 +245,10 @@ impl<Op: Send + 'static, S: ServerState + Send + Sync + 'static> Running<Op, S> 
             .threads(opts.threads)
             .name(name)
             .batch(opts.batch)
+            // The handlers never wait for their own operations: what each
+            // starts goes to the kernel in the enter of its worker's next
+            // wait (issue 11's "submit and wait in one io_uring_enter").
+            .submit_on_wait(true)
             .start(move |w, p| handle(&s, w, p))
             .map_err(|e| format!("starting the workers: {e}"))?;
         let mut server = Running {

@@ -247,6 +247,12 @@ impl<T: Send + 'static> CompletionPort<T> {
         Arc::as_ptr(self.shared()) as *const ()
     }
 
+    /// Hands the kernel the operations the calling thread held back for
+    /// its next wait (a pool worker's, see `WorkerPool`), if any.
+    pub(crate) fn flush(&self) {
+        self.shared().io.flush();
+    }
+
     /// The most threads this port lets be active at once.
     pub fn concurrency(&self) -> usize {
         self.shared().core.limit() as usize
@@ -375,6 +381,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         let k = match claimed {
             Ok(k) => k,
             Err(e) => {
+                io.flush();
                 activity::clear();
                 return Err(match e {
                     NoPacket::Empty => Error::Timeout,
@@ -420,6 +427,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// The guard form of [`blocking`](Self::blocking): the slot is given up
     /// until the guard drops.
     pub fn blocking_guard(&self) -> BlockingGuard {
+        // What this thread held back for its next wait goes now: it may
+        // block on something that needs it done.
+        self.flush();
         let slot = activity::take_if_active_on(self.id());
         if let Some(s) = &slot {
             s.release();

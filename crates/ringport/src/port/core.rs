@@ -83,6 +83,10 @@ pub(crate) trait Kernel<T>: Send + Sync {
     /// than waking a thread out of the kernel), and the thread that starts
     /// the next operation calls [`Core::kernel_work_started`].
     fn busy(&self) -> bool;
+    /// Hands the kernel the operations the calling thread held back for its
+    /// next wait (see `sys::uring::hold_submissions`): it is about to wait
+    /// somewhere else, or to run code that may block.
+    fn flush(&self) {}
 }
 
 /// The waiter stack: user-space waiters, most recent last, and at index 0
@@ -444,6 +448,11 @@ impl<T> Core<T> {
                     return Ok(1);
                 }
                 continue; // nothing for us: wait again
+            }
+            // Parking in user space: no enter of ours will submit what this
+            // thread held back.
+            if let Some(k) = &self.kernel {
+                k.flush();
             }
             let verdict = match me.wait(deadline) {
                 WAITING => self.unpark_timed_out(me),

@@ -195,6 +195,11 @@ impl<T: Send + 'static> Kernel<Packet<T>> for Driver<T> {
     fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
         Driver::harvest(self, core, keep)
     }
+    fn flush(&self) {
+        if let Driver::Uring(d) = self {
+            d.ring().flush();
+        }
+    }
     fn busy(&self) -> bool {
         match self {
             Driver::Uring(d) => d.busy(),

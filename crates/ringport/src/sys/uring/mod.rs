@@ -9,6 +9,7 @@
 //! `io_uring_enter(GETEVENTS)` on one ring. A user post that must wake the
 //! kernel sleeper submits a NOP, whose completion ends its wait.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Instant;
@@ -23,6 +24,25 @@ mod sqe;
 mod table;
 
 use self::ring::{Purpose, Ring};
+
+thread_local! {
+    /// The calling thread loops on `get` (a pool worker that asked for it):
+    /// its submissions may wait for the enter of its next wait.
+    static HOLD: Cell<bool> = const { Cell::new(false) };
+    /// The ring whose queue holds entries this thread has not submitted
+    /// yet (compared, never dereferenced).
+    static HELD: Cell<*const PortRing> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Lets the calling thread's operations wait in the SQ for the enter of its
+/// next wait in the kernel (which submits and waits in one system call)
+/// instead of each taking an `io_uring_enter` of its own. The thread must
+/// then come back to `get` (or flush): entries are handed over when it
+/// waits in the kernel, parks, blocks (`CompletionPort::blocking`), gets
+/// an error from `get`, or leaves the pool (see `WorkerPool`).
+pub(crate) fn hold_submissions(on: bool) {
+    HOLD.with(|h| h.set(on));
+}
 
 /// `user_data` of the NOPs that wake the kernel sleeper.
 pub(crate) const WAKE_NOP: u64 = u64::MAX;
@@ -134,7 +154,38 @@ impl PortRing {
             // caller's promise.
             unsafe { self.ring.push(sqe)? };
         }
+        if self.hold(sqes) {
+            return Ok(());
+        }
         self.ring.submit().map(drop)
+    }
+
+    /// Whether the calling thread leaves the entries it just queued for the
+    /// enter of its next wait (see [`hold_submissions`]): wakes and cancels
+    /// never wait.
+    fn hold(&self, sqes: &[squeue::Entry]) -> bool {
+        if !HOLD.with(Cell::get) || sqes.iter().any(|e| e.get_user_data() >= WAKE_NOP - 1) {
+            return false;
+        }
+        let me = self as *const PortRing;
+        let held = HELD.with(Cell::get);
+        if held.is_null() || held == me {
+            HELD.with(|h| h.set(me));
+            true
+        } else {
+            // It holds entries of another port's ring: this one goes now.
+            false
+        }
+    }
+
+    /// Hands the kernel what the calling thread held back, if anything.
+    pub(crate) fn flush(&self) {
+        if HELD.with(Cell::get) == self as *const PortRing {
+            HELD.with(|h| h.set(std::ptr::null()));
+            let _guard = crate::sync::lock(&self.sq);
+            // EBUSY leaves them queued for the next enter, as submit does.
+            let _ = self.ring.submit();
+        }
     }
 
     /// Wakes the thread sleeping in [`wait`](Self::wait), if any.
@@ -148,6 +199,11 @@ impl PortRing {
     /// Sleeps in the kernel until a completion is waiting or the deadline
     /// passes (or a signal interrupts). Only the port's kernel sleeper calls it.
     pub(crate) fn wait(&self, deadline: Option<Instant>) {
+        // This enter submits whatever is queued, what this thread held
+        // back included.
+        if HELD.with(Cell::get) == self as *const PortRing {
+            HELD.with(|h| h.set(std::ptr::null()));
+        }
         self.ring.wait(deadline);
         // Whatever woke us, the caller now re-checks its verdict, which any
         // waker set before waking: pending wakes are served.
