@@ -129,16 +129,8 @@ impl<T> Driver<T> {
             Driver::Uring(d) => d.start(pending, to, immediate),
             Driver::Epoll(d) => d.start(core, pending, to, immediate),
         }?;
-        match started {
-            Started::Pending(_) => core.kernel_work_started(),
-            // EXPERIMENT (readiness): done at once although not asked to
-            // skip the port: its packet is queued all the same.
-            Started::Done(p) if !immediate => {
-                core.enqueue(p);
-                core.publish_completed(1, false);
-                return Ok(Started::Pending(OpId::DONE));
-            }
-            Started::Done(_) => {}
+        if let Started::Pending(_) = started {
+            core.kernel_work_started();
         }
         Ok(started)
     }

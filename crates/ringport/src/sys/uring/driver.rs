@@ -66,37 +66,6 @@ impl<T> UringDriver<T> {
                 .get(&fd)
                 .is_some_and(|l| !l[lane_index(d)].is_empty())
         });
-        if super::table::readiness()
-            && !behind
-            && pending.kind == FdKind::Stream
-            && pending.op == Op::Recv
-        {
-            // EXPERIMENT: tried at once; if it would block, it waits in its
-            // lane for the socket's multishot poll, with no SQE of its own.
-            // SAFETY: all-zero is a valid value of the scratch's plain C structs.
-            let mut scratch: Scratch = unsafe { std::mem::zeroed() };
-            pending.op.prepare(&mut scratch, &mut pending.buf, to);
-            let (op, kind) = (pending.op, pending.kind);
-            let res = syscalls::perform(op, kind, fd, &mut scratch, &mut pending.buf);
-            if res != -libc::EAGAIN {
-                return Ok(Started::Done(op::packet(pending, res, &scratch)));
-            }
-            let (id, scratch, pending) = t.ops.insert(pending);
-            self.live.fetch_add(1, Ordering::SeqCst);
-            // SAFETY: the slot was just taken from the free list.
-            let scratch = unsafe { &mut *scratch };
-            pending.op.prepare(scratch, &mut pending.buf, to);
-            let l = t.lanes.entry(fd).or_default();
-            l[0].push_back(id);
-            if !l.armed {
-                l.armed = true;
-                // SAFETY: a poll points at no memory.
-                if let Err(e) = unsafe { self.ring.submit(&super::table::poll_sqe(fd)) } {
-                    return Err(Error::Io(e));
-                }
-            }
-            return Ok(Started::Pending(id));
-        }
         if immediate
             && !behind
             && matches!(pending.kind, FdKind::Stream | FdKind::Datagram)

@@ -16,24 +16,6 @@ use crate::sys::op::{self, Direction, Finished, Op};
 /// `user_data` of cancel requests, whose own completions are not packets.
 pub(super) const CANCEL: u64 = u64::MAX - 1;
 
-/// EXPERIMENT (issue 11, stream sockets as readiness): `user_data` of a
-/// stream socket's multishot POLL_ADD is this bit with its fd.
-pub(super) const POLL_TAG: u64 = 1 << 62;
-
-/// EXPERIMENT: RINGPORT_READINESS=1 turns readiness mode on.
-pub(super) fn readiness() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("RINGPORT_READINESS").is_some())
-}
-
-/// EXPERIMENT: the multishot poll of a stream socket.
-pub(super) fn poll_sqe(fd: RawFd) -> squeue::Entry {
-    io_uring::opcode::PollAdd::new(io_uring::types::Fd(fd), libc::POLLIN as u32)
-        .multi(true)
-        .build()
-        .user_data(POLL_TAG | fd as u32 as u64)
-}
-
 /// Everything the driver knows of its operations, under one mutex.
 pub(super) struct Table<T> {
     pub(super) ops: Inflight<T>,
@@ -67,8 +49,6 @@ pub(super) struct Lanes {
     /// first instead of trying at once a transfer that would fail
     /// (`IORING_RECVSEND_POLL_FIRST`, as liburing advises).
     pub(super) exhausted: [bool; 2],
-    /// EXPERIMENT: a multishot poll for readability is armed.
-    pub(super) armed: bool,
 }
 
 impl std::ops::Index<usize> for Lanes {
@@ -102,11 +82,6 @@ impl<T> Table<T> {
     /// again.
     pub(super) fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Finished<T>> {
         if cqe.user_data() == CANCEL {
-            return None;
-        }
-        if cqe.user_data() & POLL_TAG != 0 {
-            let fd = (cqe.user_data() & 0xffff_ffff) as u32 as RawFd;
-            self.readable(fd, cqe.result(), io_uring::cqueue::more(cqe.flags()));
             return None;
         }
         let id = OpId(cqe.user_data());
@@ -145,42 +120,6 @@ impl<T> Table<T> {
             self.advance(fd, d, id);
         }
         Some(finished)
-    }
-
-    /// EXPERIMENT: the socket is readable (or its poll ended with `res`):
-    /// its first waiting receive is done here, without blocking.
-    fn readable(&mut self, fd: RawFd, res: i32, more: bool) {
-        let Some(l) = self.lanes.get_mut(&fd) else {
-            return;
-        };
-        if !more {
-            l.armed = false;
-        }
-        let Some(&id) = l[0].front() else {
-            return;
-        };
-        let Some((p, s)) = self.ops.get_mut(id) else {
-            return;
-        };
-        let r = if res < 0 {
-            res
-        } else {
-            crate::sys::syscalls::perform(p.op, p.kind, p.fd, s, &mut p.buf)
-        };
-        if r == -libc::EAGAIN {
-            if !more && !self.closing {
-                self.ready.push(poll_sqe(fd));
-                if let Some(l) = self.lanes.get_mut(&fd) {
-                    l.armed = true;
-                }
-            }
-            return;
-        }
-        if let Some((p, s)) = self.ops.complete(id) {
-            let f = op::finish(p, r, s);
-            self.extra.push(f);
-        }
-        self.advance(fd, Direction::Read, id);
     }
 
     /// `done` left its lane: the next one goes to the kernel.
