@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types};
 
 use super::sqe::sqe;
-use super::table::{lane_index, Table, CANCEL};
+use super::table::{Table, CANCEL};
 use super::PortRing;
 use crate::port::core::Core;
 use crate::port::Packet;
@@ -51,26 +51,24 @@ impl<T> UringDriver<T> {
     /// a socket operation with none ahead of it is first tried without
     /// blocking, and a result available at once is returned instead of
     /// submitted.
+    ///
+    /// No system call is made under the table mutex, which every thread of
+    /// the port takes: the immediate attempt runs before it is taken (the
+    /// operation is not in the table yet, so its memory is this thread's),
+    /// and the entry is pushed to the SQ under it but entered after it.
     pub(crate) fn start(
         &self,
         mut pending: Operation<T>,
         to: Option<std::net::SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        let mut guard = lock(&self.table);
-        let t = &mut *guard;
         let fd = pending.fd;
         let lane = pending.op.lane(pending.kind);
-        let behind = lane.is_some_and(|d| {
-            t.lanes
-                .get(&fd)
-                .is_some_and(|l| !l[lane_index(d)].is_empty())
-        });
-        if immediate
-            && !behind
+        let tried = immediate
             && matches!(pending.kind, FdKind::Stream | FdKind::Datagram)
             && matches!(pending.op, Op::Recv | Op::Send | Op::RecvFrom | Op::SendTo)
-        {
+            && !lane.is_some_and(|d| lock(&self.table).waiting(fd, d));
+        if tried {
             // SAFETY: all-zero is a valid value of the scratch's plain C structs.
             let mut scratch: Scratch = unsafe { std::mem::zeroed() };
             pending.op.prepare(&mut scratch, &mut pending.buf, to);
@@ -80,41 +78,51 @@ impl<T> UringDriver<T> {
                 return Ok(Started::Done(op::packet(pending, res, &scratch)));
             }
             // It would block: the ring need not try again before it polls.
-            pending.poll_first = true;
-        } else if let Some(d) = lane.filter(|_| !behind) {
-            pending.poll_first = t.lanes.get(&fd).is_some_and(|l| l.exhausted[lane_index(d)]);
+            // (An operation another thread issued meanwhile may now be ahead
+            // of it: the two were concurrent, so either order is the issue
+            // order.)
         }
-        let (id, scratch, pending) = t.ops.insert(pending);
-        self.live.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the slot was just taken from the free list, so nothing else
-        // (the kernel included) refers to its scratch yet.
-        let scratch = unsafe { &mut *scratch };
-        pending.op.prepare(scratch, &mut pending.buf, to);
-        let entry = sqe(pending, scratch).user_data(id.0);
-        if let Some(d) = lane {
-            let q = &mut t.lanes.entry(fd).or_default()[lane_index(d)];
-            q.push_back(id);
-            if q.len() > 1 {
-                // Its turn comes when the one ahead of it completes.
-                return Ok(Started::Pending(id));
+        let id = {
+            let mut guard = lock(&self.table);
+            let t = &mut *guard;
+            if let Some(d) = lane.filter(|&d| !t.waiting(fd, d)) {
+                pending.poll_first = tried || t.exhausted(fd, d);
             }
-        }
-        // Submitting under the table lock keeps a racing reaper from seeing
-        // the completion before the slot is filled in: it needs this lock.
-        // SAFETY: the SQE points only into the slot's scratch and the
-        // pending buffer's heap memory, which the table keeps alive (and does
-        // not touch) until the completion is reaped.
-        match unsafe { self.ring.submit(&entry) } {
-            Ok(()) => Ok(Started::Pending(id)),
-            Err(e) => {
+            let (id, scratch, pending) = t.ops.insert(pending);
+            self.live.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: the slot was just taken from the free list, so nothing
+            // else (the kernel included) refers to its scratch yet.
+            let scratch = unsafe { &mut *scratch };
+            pending.op.prepare(scratch, &mut pending.buf, to);
+            let entry = sqe(pending, scratch).user_data(id.0);
+            if let Some(d) = lane {
+                let q = t.lane(fd, d);
+                q.push_back(id);
+                if q.len() > 1 {
+                    // Its turn comes when the one ahead of it completes.
+                    return Ok(Started::Pending(id));
+                }
+            }
+            // Pushed under the table lock, so that a cancel (queued after it
+            // takes this lock) reaches the kernel after the operation does.
+            // The slot is filled in before the kernel can see the entry, so
+            // whoever reaps its completion finds it.
+            // SAFETY: the SQE points only into the slot's scratch and the
+            // pending buffer's heap memory, which the table keeps alive (and
+            // does not touch) until the completion is reaped.
+            if let Err(e) = unsafe { self.ring.queue(std::slice::from_ref(&entry)) } {
+                // Not queued: nothing refers to the slot.
                 t.ops.abandon(id);
                 if let Some(d) = lane {
                     t.lane(fd, d).pop_back();
                 }
                 self.live.fetch_sub(1, Ordering::SeqCst);
-                Err(Error::Io(e))
+                return Err(Error::Io(e));
             }
-        }
+            id
+        };
+        self.ring.flush();
+        Ok(Started::Pending(id))
     }
 
     fn submit_cancel(&self, builder: types::CancelBuilder) -> Result<(), Error> {
@@ -184,10 +192,10 @@ impl<T> UringDriver<T> {
     pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
         let mut n = 0;
         let mut watches = Vec::new();
-        {
-            let mut guard = lock(&self.table);
-            let t = &mut *guard;
-            loop {
+        loop {
+            let issued = {
+                let mut guard = lock(&self.table);
+                let t = &mut *guard;
                 self.ring.reap(!keep, |cqe| match t.complete(&cqe) {
                     Some(Finished::Packet(p)) => {
                         core.enqueue(p);
@@ -205,17 +213,21 @@ impl<T> UringDriver<T> {
                         watch => watches.push(watch),
                     }
                 }
-                if t.ready.is_empty() {
-                    break;
-                }
                 // SAFETY: each entry points into the slot of an operation the
-                // table holds until its completion is reaped. A failed enter
-                // leaves them queued in the SQ for the next one.
-                let _ = unsafe { self.ring.submit_all(&t.ready) };
-                t.ready.clear();
-                // What they completed inline is reaped by the next pass.
+                // table holds until its completion is reaped. What could not
+                // be queued stays in `ready` for the next harvest.
+                let (queued, _) = unsafe { self.ring.queue_some(&t.ready) };
+                t.ready.drain(..queued);
+                let issued = queued > 0;
+                self.live.store(t.ops.live(), Ordering::SeqCst);
+                issued
+            };
+            if !issued {
+                break;
             }
-            self.live.store(t.ops.live(), Ordering::SeqCst);
+            // Outside the lock; what they complete inline is reaped by the
+            // next pass.
+            self.ring.flush();
         }
         for p in watches.into_iter().filter_map(Finished::settle) {
             core.enqueue(p);

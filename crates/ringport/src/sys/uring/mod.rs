@@ -1,7 +1,7 @@
 //! The io_uring backend: one ring per port.
 //!
-//! Many threads submit (each under the SQ mutex, a short push and an
-//! `io_uring_enter`), one thread at a time reaps (the CQ mutex, taken with
+//! Many threads submit (each pushes under the SQ mutex, a few stores, then
+//! makes its `io_uring_enter` with no lock held), one thread at a time reaps (the CQ mutex, taken with
 //! `try_lock` so nobody waits to reap), and at most one thread sleeps in the
 //! kernel on the ring: the port's *kernel sleeper* (see `port/core.rs`). The
 //! others park in user space. This follows the liburing maintainer's advice
@@ -81,22 +81,52 @@ impl PortRing {
     /// completion has been reaped.
     pub(crate) unsafe fn submit(&self, sqe: &squeue::Entry) -> io::Result<()> {
         // SAFETY: the caller's promise, for this one entry.
-        unsafe { self.submit_all(std::slice::from_ref(sqe)) }
+        unsafe { self.queue(std::slice::from_ref(sqe))? };
+        self.flush();
+        Ok(())
     }
 
-    /// Queues the entries, in order, and submits them with one
-    /// `io_uring_enter` (more only when they do not fit in the SQ).
+    /// Queues the entries, in order, in the SQ ring without handing them to
+    /// the kernel (only when they do not fit is the ring submitted to make
+    /// room). The SQ mutex is held for the pushes alone, a few stores to
+    /// shared memory; [`flush`](Self::flush) makes the system call.
     ///
     /// # Safety
     /// As [`submit`](Self::submit), for every entry.
-    pub(crate) unsafe fn submit_all(&self, sqes: &[squeue::Entry]) -> io::Result<()> {
+    pub(crate) unsafe fn queue(&self, sqes: &[squeue::Entry]) -> io::Result<()> {
+        // SAFETY: the caller's promise.
+        match unsafe { self.queue_some(sqes) } {
+            (_, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// As [`queue`](Self::queue), returning how many of the entries (a
+    /// prefix) were queued, and the error that stopped it if any.
+    ///
+    /// # Safety
+    /// As [`submit`](Self::submit), for every entry.
+    pub(crate) unsafe fn queue_some(&self, sqes: &[squeue::Entry]) -> (usize, Option<io::Error>) {
         let _guard = crate::sync::lock(&self.sq);
-        for sqe in sqes {
+        for (i, sqe) in sqes.iter().enumerate() {
             // SAFETY: the SQ mutex is held; the entry's pointers are the
             // caller's promise.
-            unsafe { self.ring.push(sqe)? };
+            if let Err(e) = unsafe { self.ring.push(sqe) } {
+                return (i, Some(e));
+            }
         }
-        self.ring.submit().map(drop)
+        (sqes.len(), None)
+    }
+
+    /// Hands every queued entry to the kernel, with no lock held:
+    /// `io_uring_enter` takes whatever is queued when it runs (the kernel
+    /// serializes concurrent enters), so an entry queued by one thread is
+    /// submitted by whichever enter comes first, and an enter that finds
+    /// nothing left submits nothing. An enter that fails leaves the entries
+    /// queued for the next one (another flush, or the kernel sleeper's wait,
+    /// which submits before it sleeps).
+    pub(crate) fn flush(&self) {
+        let _ = self.ring.submit();
     }
 
     /// Wakes the thread sleeping in [`wait`](Self::wait), if any.

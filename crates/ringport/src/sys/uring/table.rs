@@ -76,6 +76,22 @@ impl<T> Table<T> {
         &mut self.lanes.entry(fd).or_default()[lane_index(d)]
     }
 
+    /// Whether operations of direction `d` on `fd` are unfinished (one in
+    /// the kernel, perhaps more waiting behind it).
+    pub(super) fn waiting(&self, fd: RawFd, d: Direction) -> bool {
+        self.lanes
+            .get(&fd)
+            .is_some_and(|l| !l[lane_index(d)].is_empty())
+    }
+
+    /// Whether the last operation of direction `d` on `fd` found the socket
+    /// drained or full.
+    pub(super) fn exhausted(&self, fd: RawFd, d: Direction) -> bool {
+        self.lanes
+            .get(&fd)
+            .is_some_and(|l| l.exhausted[lane_index(d)])
+    }
+
     /// Turns a completion into a packet (or a watch to settle), freeing its
     /// slot and queueing the next operation of its lane. `None` for the
     /// completions of cancel requests, unknown ids, and operations issued
