@@ -21,50 +21,33 @@ pub(crate) struct DatagramBatch {
     ids: Vec<OpId>,
 }
 
-// SAFETY: the headers hold pointers only from `gather` to `finish`, while
-// their holder has the receives they point into to itself (under the lock of
-// the table whose slots they are, or, on epoll, while it holds the read side
-// of their descriptor busy).
-unsafe impl Send for DatagramBatch {}
-
 /// How a batch ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Batched {
-    /// The front of the lane is not a datagram `recv_from`: nothing done.
-    NotApplicable,
     /// The socket has no more datagrams (`recvmmsg` took fewer than asked).
     Drained,
     /// `recvmmsg` failed otherwise: the front receive, tried alone, reports it.
     Failed,
 }
 
+thread_local! {
+    /// This thread's headers: a batch is filled with the table's lock
+    /// released, so each thread that fills one has its own.
+    static THIS_THREAD: std::cell::RefCell<DatagramBatch> = std::cell::RefCell::default();
+}
+
 impl DatagramBatch {
-    /// Fills the datagram receives at the front of `lane` (oldest first, so
-    /// issue order holds) from `fd` until the socket is drained, taking each
-    /// filled one out of `lane` and `ops` into `done`. The receives must wait
-    /// in user space (the kernel holds none of them) and `ops` must be held
-    /// exclusively, so that the memory the headers point into stays put.
-    pub(crate) fn receive<T>(
-        &mut self,
-        fd: RawFd,
-        ops: &mut Inflight<T>,
-        lane: &mut VecDeque<OpId>,
-        done: &mut Vec<Finished<T>>,
-    ) -> Batched {
-        loop {
-            if self.gather(ops, lane) == 0 {
-                return Batched::NotApplicable;
-            }
-            let got = self.recv(fd);
-            if let Some(end) = self.finish(got, ops, lane, done) {
-                return end;
-            }
-        }
+    /// Runs `f` on this thread's batch.
+    pub(crate) fn with<R>(f: impl FnOnce(&mut DatagramBatch) -> R) -> R {
+        THIS_THREAD.with_borrow_mut(f)
     }
 
     /// Points the headers at the datagram receives at the front of `lane`,
-    /// oldest first, at most a batch of them. Returns how many (none when
-    /// the front is not a datagram `recv_from`).
+    /// oldest first (so issue order holds), at most a batch of them. Returns
+    /// how many (none when the front is not a datagram `recv_from`). The
+    /// receives must wait in user space (the kernel holds none of them), and
+    /// from here to [`finish`](Self::finish) their holder keeps them to
+    /// itself: the headers point into their slots.
     pub(crate) fn gather<T>(&mut self, ops: &mut Inflight<T>, lane: &VecDeque<OpId>) -> usize {
         self.hdrs.clear();
         self.ids.clear();

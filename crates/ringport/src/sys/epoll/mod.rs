@@ -144,13 +144,6 @@ fn side(d: Direction) -> usize {
     }
 }
 
-thread_local! {
-    /// The headers of this thread's `recvmmsg` batches: a batch is filled
-    /// with the state's mutex released, so each performing thread has its
-    /// own.
-    static BATCH: std::cell::RefCell<DatagramBatch> = std::cell::RefCell::default();
-}
-
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -539,8 +532,8 @@ impl<T> EpollDriver<T> {
             let Some(&front) = ops.queue(d).front() else {
                 return;
             };
-            let gathered = d == Direction::Read
-                && BATCH.with_borrow_mut(|b| b.gather(table, &ops.readers)) > 0;
+            let gathered =
+                d == Direction::Read && DatagramBatch::with(|b| b.gather(table, &ops.readers)) > 0;
             let single = if gathered {
                 None
             } else {
@@ -565,7 +558,7 @@ impl<T> EpollDriver<T> {
             // buffers and scratch where the pointers say; the descriptor
             // stays attached, hence open.
             let res = match single {
-                None => BATCH.with_borrow_mut(|b| b.recv(fd)),
+                None => DatagramBatch::with(|b| b.recv(fd)),
                 // SAFETY: see above; no other reference to this slot's
                 // buffer or scratch is alive while it is busy.
                 Some((op, kind, buf, s)) => unsafe {
@@ -578,7 +571,7 @@ impl<T> EpollDriver<T> {
             let again = std::mem::take(&mut ops.again[i]);
             ops.busy[i] = false;
             if gathered {
-                let end = BATCH.with_borrow_mut(|b| b.finish(res, table, &mut ops.readers, done));
+                let end = DatagramBatch::with(|b| b.finish(res, table, &mut ops.readers, done));
                 match end {
                     // Full: there may be more.
                     None => continue,
@@ -586,7 +579,6 @@ impl<T> EpollDriver<T> {
                     Some(Batched::Drained) => continue,
                     // The front receive, tried alone, reports the error.
                     Some(Batched::Failed) => {}
-                    Some(Batched::NotApplicable) => unreachable!("gathered"),
                 }
                 let Some((p, s)) = table.get_mut(front) else {
                     continue;

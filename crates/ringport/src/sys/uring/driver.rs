@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
@@ -15,10 +15,11 @@ use super::PortRing;
 use crate::port::core::Core;
 use crate::port::Packet;
 use crate::sync::lock;
-use crate::sys::batch::DatagramBatch;
+use crate::sys::batch::{Batched, DatagramBatch};
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
 use crate::sys::inflight::{Inflight, OpId, Operation, Scratch};
+use crate::sys::op::Direction;
 use crate::sys::op::{self, Finished, Op};
 use crate::sys::syscalls;
 use crate::Error;
@@ -40,7 +41,7 @@ impl<T> UringDriver<T> {
                 ready: Vec::new(),
                 closing: false,
                 extra: Vec::new(),
-                batch: DatagramBatch::default(),
+                batches: Vec::new(),
             }),
             live: AtomicUsize::new(0),
         }
@@ -125,6 +126,20 @@ impl<T> UringDriver<T> {
         Ok(Started::Pending(id))
     }
 
+    /// The table, locked, with no receives of `fd` (of any descriptor, for
+    /// `None`) being filled by a harvester with the lock released: what
+    /// cancels waits for it, a `recvmmsg` that does not block.
+    fn lock_idle(&self, fd: Option<RawFd>) -> MutexGuard<'_, Table<T>> {
+        loop {
+            let t = lock(&self.table);
+            if !t.batching(fd) {
+                return t;
+            }
+            drop(t);
+            std::thread::yield_now();
+        }
+    }
+
     fn submit_cancel(&self, builder: types::CancelBuilder) -> Result<(), Error> {
         let sqe = opcode::AsyncCancel2::new(builder).build().user_data(CANCEL);
         // SAFETY: a cancel request points at no memory.
@@ -135,7 +150,7 @@ impl<T> UringDriver<T> {
     /// cancel won). One still waiting its turn completes at once.
     pub(crate) fn cancel(&self, core: &Core<Packet<T>>, id: OpId, fd: i32) -> Result<(), Error> {
         let waiting = {
-            let mut t = lock(&self.table);
+            let mut t = self.lock_idle(Some(fd));
             match t.ops.get_mut(id) {
                 Some((p, _)) if p.fd == fd => p.cancelled = true,
                 _ => {
@@ -158,7 +173,7 @@ impl<T> UringDriver<T> {
     /// Cancels every operation on `fd` (which must still be open).
     pub(crate) fn cancel_fd(&self, core: &Core<Packet<T>>, fd: i32) -> Result<(), Error> {
         let waiting = {
-            let mut t = lock(&self.table);
+            let mut t = self.lock_idle(Some(fd));
             t.ops.for_each_mut(|p| p.cancelled |= p.fd == fd);
             let done = t.cancel_waiting(fd, |_| true);
             self.live.store(t.ops.live(), Ordering::SeqCst);
@@ -172,7 +187,7 @@ impl<T> UringDriver<T> {
     /// port is closing. Returns those that never reached the kernel.
     fn cancel_all(&self) -> Vec<Finished<T>> {
         let waiting = {
-            let mut guard = lock(&self.table);
+            let mut guard = self.lock_idle(None);
             let t = &mut *guard;
             t.closing = true;
             let fds: Vec<RawFd> = t.lanes.keys().copied().collect();
@@ -193,7 +208,7 @@ impl<T> UringDriver<T> {
         let mut n = 0;
         let mut watches = Vec::new();
         loop {
-            let issued = {
+            let (issued, batch) = {
                 let mut guard = lock(&self.table);
                 let t = &mut *guard;
                 self.ring.reap(!keep, |cqe| match t.complete(&cqe) {
@@ -213,27 +228,78 @@ impl<T> UringDriver<T> {
                         watch => watches.push(watch),
                     }
                 }
+                let batch = self.gather(t);
                 // SAFETY: each entry points into the slot of an operation the
                 // table holds until its completion is reaped. What could not
                 // be queued stays in `ready` for the next harvest.
                 let (queued, _) = unsafe { self.ring.queue_some(&t.ready) };
                 t.ready.drain(..queued);
-                let issued = queued > 0;
                 self.live.store(t.ops.live(), Ordering::SeqCst);
-                issued
+                (queued > 0, batch)
             };
-            if !issued {
-                break;
+            if issued {
+                // Outside the lock; what they complete inline is reaped by
+                // the next pass.
+                self.ring.flush();
             }
-            // Outside the lock; what they complete inline is reaped by the
-            // next pass.
-            self.ring.flush();
+            match batch {
+                Some(fd) => self.fill(fd),
+                None if issued => {}
+                None => break,
+            }
         }
         for p in watches.into_iter().filter_map(Finished::settle) {
             core.enqueue(p);
             n += 1;
         }
         core.publish_completed(n, keep)
+    }
+
+    /// Takes the next descriptor whose waiting datagram receives are to be
+    /// filled from the socket, marks its read lane busy and points this
+    /// thread's batch at them. Lanes it cannot batch issue their next
+    /// operation to the ring instead.
+    fn gather(&self, t: &mut Table<T>) -> Option<RawFd> {
+        while let Some(fd) = t.batches.pop() {
+            let Table { ops, lanes, .. } = t;
+            let Some(l) = lanes.get_mut(&fd) else {
+                continue;
+            };
+            if l.batching {
+                continue; // another harvester is filling them
+            }
+            if DatagramBatch::with(|b| b.gather(ops, &l[0])) > 0 {
+                l.batching = true;
+                return Some(fd);
+            }
+            t.issue_front(fd, Direction::Read, false);
+        }
+        None
+    }
+
+    /// Fills the receives [`gather`](Self::gather) pointed at with one
+    /// `recvmmsg`, with the table's lock released, then completes them and
+    /// lets the lane go on: more batches while the socket has datagrams,
+    /// then its next receive to the ring, polling first.
+    fn fill(&self, fd: RawFd) {
+        // The lane is busy: nobody else touches the receives the headers
+        // point into, and their slots (boxed) stay put.
+        let got = DatagramBatch::with(|b| b.recv(fd));
+        let mut guard = lock(&self.table);
+        let t = &mut *guard;
+        let Table {
+            ops, lanes, extra, ..
+        } = t;
+        let Some(l) = lanes.get_mut(&fd) else {
+            return;
+        };
+        let end = DatagramBatch::with(|b| b.finish(got, ops, &mut l[0], extra));
+        l.batching = false;
+        match end {
+            // Full: the socket may hold more.
+            None if !t.closing => t.batches.push(fd),
+            end => t.issue_front(fd, Direction::Read, end == Some(Batched::Drained)),
+        }
     }
 
     pub(crate) fn sleep(&self, deadline: Option<Instant>) {
