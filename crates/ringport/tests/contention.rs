@@ -14,24 +14,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::pattern as bytes;
+
 use ringport::{CompletionPort, Error, Handle};
 
 const CONNS: usize = 4;
 const BYTES: usize = 96 * 1024;
 const WORKERS: usize = 4;
-
-/// Deterministic pseudo-random bytes.
-fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// One accepted connection: its handle, the next receive's sequence number
 /// (the mutex is held across numbering and issuing, so the numbers are the

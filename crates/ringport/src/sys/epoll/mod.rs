@@ -79,6 +79,33 @@ struct Reactor<T> {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
+impl<T> Reactor<T> {
+    /// Takes `pending` into the table, its scratch prepared, and queues it
+    /// on its descriptor's direction to wait for readiness: at the back, or
+    /// at the front for an operation whose attempt the others queued behind.
+    fn wait_in_line(
+        &mut self,
+        pending: Operation<T>,
+        to: Option<std::net::SocketAddr>,
+        front: bool,
+    ) -> OpId {
+        let (fd, op) = (pending.fd, pending.op);
+        let (id, scratch, pending) = self.table.insert(pending);
+        // SAFETY: the slot was just taken from the free list; nothing else
+        // refers to its scratch.
+        op.prepare(unsafe { &mut *scratch }, &mut pending.buf, to);
+        if let Some(ops) = self.fds.get_mut(&fd) {
+            let q = ops.queue(op.direction());
+            if front {
+                q.push_front(id);
+            } else {
+                q.push_back(id);
+            }
+        }
+        id
+    }
+}
+
 /// The locked state; unlocking publishes the in-flight count for
 /// [`EpollDriver::busy`].
 struct Locked<'a, T> {
@@ -283,15 +310,7 @@ impl<T> EpollDriver<T> {
                 let ops = st.fds.get_mut(&fd).expect("checked above");
                 if ops.busy[i] || !ops.queue(op.direction()).is_empty() {
                     // Keep the handle's order: wait behind the others.
-                    let (id, scratch, pending) = st.table.insert(pending);
-                    // SAFETY: as above.
-                    op.prepare(unsafe { &mut *scratch }, &mut pending.buf, to);
-                    st.fds
-                        .get_mut(&fd)
-                        .expect("checked above")
-                        .queue(op.direction())
-                        .push_back(id);
-                    return Ok(Started::Pending(id));
+                    return Ok(Started::Pending(st.wait_in_line(pending, to, false)));
                 }
                 ops.busy[i] = true;
                 drop(st);
@@ -314,15 +333,7 @@ impl<T> EpollDriver<T> {
                         break (res, !ops.queue(op.direction()).is_empty());
                     }
                     // First in line: whatever queued meanwhile was issued after it.
-                    let (id, s, p) = st.table.insert(pending);
-                    // SAFETY: as above.
-                    op.prepare(unsafe { &mut *s }, &mut p.buf, to);
-                    st.fds
-                        .get_mut(&fd)
-                        .expect("attached while busy")
-                        .queue(op.direction())
-                        .push_front(id);
-                    return Ok(Started::Pending(id));
+                    return Ok(Started::Pending(st.wait_in_line(pending, to, true)));
                 };
                 let packet = op::packet(pending, res, &scratch);
                 if behind {
