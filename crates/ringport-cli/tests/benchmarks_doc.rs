@@ -37,7 +37,9 @@ fn the_committed_document_is_what_report_makes_of_the_committed_json() {
     let copy = dir.join("BENCHMARKS.md");
     std::fs::write(&copy, &committed).expect("copying BENCHMARKS.md");
     let mut cmd = ringport_with("report --json-dir");
-    cmd.arg(repo().join("bench-results")).arg("--out").arg(&copy);
+    cmd.arg(repo().join("bench-results"))
+        .arg("--out")
+        .arg(&copy);
     let out = run(cmd, Duration::from_secs(60));
     let regenerated = std::fs::read_to_string(&copy).expect("reading the copy");
     let _ = std::fs::remove_dir_all(&dir);

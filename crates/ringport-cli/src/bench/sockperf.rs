@@ -17,7 +17,7 @@
 //! it starts a child, which inherits that CPU, as `taskset -c` would do.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -359,8 +359,8 @@ fn start(case: &Case, server: &Server) -> Result<(Running, u16), String> {
 }
 
 /// `sockperf server` on a free port: one this process found free a moment
-/// before, so a race with another program can lose it (then the bind probe
-/// below times out and says so).
+/// before, so a race with another program can lose it (then the wait for
+/// it to listen times out and says so).
 fn start_sockperf(tcp: bool) -> Result<(Running, u16), String> {
     let port = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -379,21 +379,11 @@ fn start_sockperf(tcp: bool) -> Result<(Running, u16), String> {
         .spawn()
         .map_err(|e| format!("starting sockperf server: {e}"))?;
     let child = Running(child);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(5);
-    // Listening: TCP accepts a connection; a UDP socket of ours can no
-    // longer bind the port.
-    let ready = || {
-        if tcp {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-        } else {
-            UdpSocket::bind(addr).is_err()
-        }
-    };
-    while !ready() {
+    while !listening(port, tcp) {
         if Instant::now() >= deadline {
             return Err(format!(
-                "sockperf server was not listening on {addr} within 5 s"
+                "sockperf server was not listening on 127.0.0.1:{port} within 5 s"
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -401,6 +391,24 @@ fn start_sockperf(tcp: bool) -> Result<(Running, u16), String> {
     // A UDP bind comes a moment before the receive loop: let it start.
     std::thread::sleep(Duration::from_millis(50));
     Ok((child, port))
+}
+
+/// Whether a socket is bound to `port` (TCP: listening), as the kernel's
+/// tables say: a look that cannot take the port from the server, as a
+/// probing bind or connection could.
+fn listening(port: u16, tcp: bool) -> bool {
+    let table = if tcp {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/udp"
+    };
+    let text = std::fs::read_to_string(table).unwrap_or_default();
+    let local = format!(":{port:04X}");
+    text.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl, local_address, rem_address, st: 0A is TCP's LISTEN.
+        f.len() > 3 && f[1].ends_with(&local) && (!tcp || f[3] == "0A")
+    })
 }
 
 /// This binary's `serve …` (a safety `--duration` besides), and the port it
@@ -565,6 +573,17 @@ mod tests {
         Cli::try_parse_from(std::iter::once("x").chain(line.split_whitespace()))
             .expect("parsed")
             .a
+    }
+
+    #[test]
+    fn a_bound_port_is_seen_listening() {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        assert!(listening(port, false));
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(listening(tcp.local_addr().unwrap().port(), true));
+        drop(udp);
+        assert!(!listening(port, false));
     }
 
     #[test]
