@@ -670,7 +670,9 @@ mod tests {
             // SAFETY: this test is the only thread using slot 0.
             unsafe { r.record(0, 7, r.now()) };
         }
-        unsafe { r.record(5, 7, r.now()) }; // no such worker: ignored
+        // No such worker: ignored.
+        // SAFETY: no thread but this test's uses the recorder.
+        unsafe { r.record(5, 7, r.now()) };
         let rec = r.into_recording(1, "t".into());
         assert_eq!(rec.lanes[0].takes.len(), 2);
         assert_eq!(rec.lanes[0].missed, 1);
@@ -688,6 +690,7 @@ mod tests {
             ..t
         }));
         let late = Recorder::new(1, Duration::from_secs(3600)..Duration::from_secs(3601), 4);
+        // SAFETY: this test is the only thread using slot 0.
         unsafe { late.record(0, 1, late.now()) };
         assert!(late.into_recording(1, "t".into()).lanes[0].takes.is_empty());
     }

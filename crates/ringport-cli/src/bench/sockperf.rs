@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::measure::{allowed_cpus, median, pin};
 use crate::report::{Cell, Chart, Report, RunRecord, Table};
 
+/// `ringport bench sockperf`'s options.
 #[derive(clap::Args)]
 pub struct Args {
     /// Seconds of each sockperf run, after its 400 ms warm-up (whole
@@ -96,6 +97,10 @@ struct Ping {
     round_trips_per_s: f64,
 }
 
+/// Runs every case's servers `--rounds` times, interleaved, into `report`:
+/// each run's figures, a table per case, and charts of ringport's p50 and
+/// round trips over sockperf server's. Without sockperf it says so and
+/// measures nothing.
 pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
     if quick {
         args.seconds = 1;
