@@ -162,4 +162,17 @@ fn serve_timeline_is_refused_where_no_port_workers_run() {
             text(&out.stderr)
         );
     }
+    // A file it could not write is said before the server starts.
+    let out = run(
+        ringport_with(
+            "serve udp-echo --addr 127.0.0.1:0 --duration 60 --timeline /nonexistent/dir/t.svg",
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--timeline /nonexistent/dir/t.svg"),
+        "{stderr}"
+    );
 }

@@ -172,6 +172,10 @@ pub fn run(args: Args) -> Result<(), String> {
                 .into(),
         );
     }
+    if let Some(path) = &args.timeline {
+        // Found out now, not after the whole run.
+        std::fs::File::create(path).map_err(|e| format!("--timeline {}: {e}", path.display()))?;
+    }
     if let Some(n) = args.shards {
         catch_stop_signals();
         return shards::run(args, addr, n, &STOP);
