@@ -277,6 +277,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 if args.verbose { " --verbose" } else { "" },
                 args.items
             ),
+            waited_ns: None,
         };
         timeline::draw(&rec, path)?;
         let f = rec.findings();

@@ -1,4 +1,5 @@
-//! `ringport sum --timeline FILE.svg`: what each worker thread did, drawn.
+//! `ringport sum --timeline FILE.svg` and `ringport serve … --timeline
+//! FILE.svg`: what each worker thread did, drawn.
 //!
 //! Recording must not change the schedule it records, so each worker owns
 //! its [`Lane`], with room for every packet reserved before the run, and
@@ -14,9 +15,17 @@
 //! grants a waiter a claim on the queue, not that post's packet, so two
 //! threads woken together may take their items in either order; what LIFO
 //! fixes is *which* threads are woken: the ones that waited last.
+//!
+//! A server's packets are the kernel's completions, posted by no thread of
+//! ours, so [`Recorder`] (the servers' lanes, filled from the worker pool's
+//! handler) marks a packet as woken when its thread's `get` waited for it
+//! at least [`Recording::waited_ns`]: a `get` that finds a packet queued
+//! returns in a microsecond or two.
 
+use std::cell::UnsafeCell;
+use std::ops::Range;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
 
@@ -36,9 +45,11 @@ pub struct Take {
 }
 
 /// One worker thread's records.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Lane {
     pub takes: Vec<Take>,
+    /// Packets in the window not recorded because the lane was full.
+    pub missed: u64,
 }
 
 impl Lane {
@@ -46,6 +57,7 @@ impl Lane {
     pub fn with_capacity(packets: usize) -> Lane {
         Lane {
             takes: Vec::with_capacity(packets),
+            missed: 0,
         }
     }
 }
@@ -67,7 +79,7 @@ impl Clock {
 }
 
 /// A whole run: every lane, and when each item was posted.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Recording {
     pub lanes: Vec<Lane>,
     /// When item `i` was posted, by item.
@@ -78,6 +90,9 @@ pub struct Recording {
     pub limit: usize,
     /// The picture's caption.
     pub title: String,
+    /// Without posts (a server's completions): a packet whose `get` took
+    /// at least this long went to a waiting thread the port woke.
+    pub waited_ns: Option<u64>,
 }
 
 /// What the records say about the port, beside the picture.
@@ -96,6 +111,9 @@ pub struct Findings {
 impl Recording {
     /// Whether `t`'s packet was handed to its thread while it waited.
     pub fn woken(&self, t: &Take) -> bool {
+        if let Some(w) = self.waited_ns {
+            return t.taken.saturating_sub(t.asked) >= w;
+        }
         self.posted
             .get(t.item as usize)
             .is_some_and(|&p| t.asked <= p)
@@ -161,6 +179,138 @@ impl Recording {
     }
 }
 
+/// The most records a server's timeline keeps, all lanes together (each
+/// lane reserves its share before the run).
+pub const MAX_SERVER_RECORDS: usize = 100_000;
+
+/// A get that waited at least this long went to a thread the port woke.
+pub const WAITED_NS: u64 = 10_000;
+
+/// One worker's lane with the end of its last packet, on a cache line of
+/// its own: only that worker writes it.
+#[repr(align(128))]
+struct Slot {
+    lane: UnsafeCell<Lane>,
+    last_done: UnsafeCell<u64>,
+}
+
+/// A server's workers recorded into a lane each, within a window of its
+/// run: what `serve … --timeline` draws. A worker pool's handler calls
+/// [`Recorder::record`] around each packet; the lanes come back through
+/// [`Recorder::into_recording`] once the workers have stopped.
+///
+/// Recording takes two clock reads and a push into room reserved before
+/// the run (packets past it are only counted): no lock, no allocation,
+/// nothing shared between workers.
+pub struct Recorder {
+    clock: Clock,
+    window: Range<u64>,
+    slots: Vec<Slot>,
+}
+
+// SAFETY: slot `w` is written only by the thread that calls `record(w, …)`,
+// which the caller of that unsafe method guarantees is one thread per
+// index; the slots are read only once the recorder is owned again
+// (`into_recording` takes it by value).
+unsafe impl Sync for Recorder {}
+
+impl Recorder {
+    /// A recorder for `workers` workers that keeps the packets taken
+    /// within `window` (from the recorder's start), at most `max_records`
+    /// in all; the clock starts now.
+    pub fn new(workers: usize, window: Range<Duration>, max_records: usize) -> Recorder {
+        let per_lane = (max_records / workers.max(1)).max(1);
+        Recorder {
+            clock: Clock::start(),
+            window: window.start.as_nanos() as u64..window.end.as_nanos() as u64,
+            slots: (0..workers)
+                .map(|_| Slot {
+                    lane: UnsafeCell::new(Lane::with_capacity(per_lane)),
+                    last_done: UnsafeCell::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// The window recorded, from the recorder's start.
+    pub fn window(&self) -> Range<Duration> {
+        Duration::from_nanos(self.window.start)..Duration::from_nanos(self.window.end)
+    }
+
+    /// Now on the recorder's clock: the handler reads it as it receives a
+    /// packet, and gives it to [`record`](Self::record) after.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Records that worker `w` took packet `key` at `taken` and is done
+    /// with it now; its `get` started when its last packet was done (the
+    /// pool calls `get` again at once), or when the recorder started.
+    ///
+    /// # Safety
+    /// Only one thread may ever call this with a given `w` (a worker pool
+    /// runs worker `w`'s handler on worker `w`'s thread only).
+    #[inline]
+    pub unsafe fn record(&self, w: usize, key: u64, taken: u64) {
+        let Some(slot) = self.slots.get(w) else {
+            return;
+        };
+        let done = self.clock.now();
+        // SAFETY: the caller guarantees this thread alone uses slot `w`.
+        let (lane, last) = unsafe { (&mut *slot.lane.get(), &mut *slot.last_done.get()) };
+        let asked = std::mem::replace(last, done);
+        if !self.window.contains(&taken) {
+            return;
+        }
+        if lane.takes.len() < lane.takes.capacity() {
+            lane.takes.push(Take {
+                item: key,
+                asked,
+                taken,
+                blocked: (0, 0),
+                done,
+            });
+        } else {
+            lane.missed += 1;
+        }
+    }
+
+    /// The lanes as a [`Recording`] of a server whose port has concurrency
+    /// `limit`, captioned `title`.
+    pub fn into_recording(self, limit: usize, title: String) -> Recording {
+        let lanes: Vec<Lane> = self
+            .slots
+            .into_iter()
+            .map(|s| s.lane.into_inner())
+            .collect();
+        Recording {
+            first_get: vec![0; lanes.len()],
+            lanes,
+            posted: Vec::new(),
+            limit,
+            title,
+            waited_ns: Some(WAITED_NS),
+        }
+    }
+}
+
+/// Parses `--timeline-window START..END` (seconds, or durations such as
+/// `500ms..2s`), END after START.
+pub fn parse_window(s: &str) -> Result<Range<Duration>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?} is not a window (START..END, e.g. 0..1 or 2s..2.5s)"))?;
+    let (a, b) = (
+        crate::args::parse_duration(a)?,
+        crate::args::parse_duration(b)?,
+    );
+    if b <= a {
+        return Err(format!("the window {s:?} ends before it starts"));
+    }
+    Ok(a..b)
+}
+
 const WOKEN: RGBColor = RGBColor(230, 110, 0);
 const QUEUED: RGBColor = RGBColor(40, 90, 200);
 const ACTIVE: RGBColor = RGBColor(150, 185, 235);
@@ -203,8 +353,14 @@ type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 fn draw_svg(rec: &Recording, path: &Path) -> DrawResult {
     let lanes = rec.lanes.len().max(1);
-    // One row per worker, and the main thread's posts on top.
-    let rows = lanes + 1;
+    // One row per worker, and the main thread's posts (if any) on top.
+    let posts = !rec.posted.is_empty();
+    let rows = lanes + usize::from(posts);
+    let x_desc = if posts {
+        "µs since the first post"
+    } else {
+        "µs since the window's first packet"
+    };
     let lane_px = 34u32;
     let top_h = 110 + lane_px * rows as u32;
     let bottom_h = 230u32;
@@ -246,34 +402,43 @@ fn draw_svg(rec: &Recording, path: &Path) -> DrawResult {
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(0)
-        .x_desc("µs since the first post")
+        .x_desc(x_desc)
         .draw()?;
 
     let rank = rec.wait_rank();
     let label = ("sans-serif", 13).into_font().color(&BLACK);
-    let y = lanes as f64 + 0.5;
-    let (px, py) = chart.backend_coord(&(0.0, y));
-    top.draw(&Text::new(
-        format!("main thread: {} posts", rec.posted.len()),
-        (px - 245, py - 7),
-        label.clone(),
-    ))?;
-    chart.draw_series(rec.posted.iter().map(|&p| {
-        PathElement::new(
-            vec![(us(p), y - 0.25), (us(p), y + 0.25)],
-            BLACK.stroke_width(1),
-        )
-    }))?;
+    if posts {
+        let y = lanes as f64 + 0.5;
+        let (px, py) = chart.backend_coord(&(0.0, y));
+        top.draw(&Text::new(
+            format!("main thread: {} posts", rec.posted.len()),
+            (px - 245, py - 7),
+            label.clone(),
+        ))?;
+        chart.draw_series(rec.posted.iter().map(|&p| {
+            PathElement::new(
+                vec![(us(p), y - 0.25), (us(p), y + 0.25)],
+                BLACK.stroke_width(1),
+            )
+        }))?;
+    }
     for (lane, l) in rec.lanes.iter().enumerate() {
         // Lane 0 at the top.
         let y = (lanes - 1 - lane) as f64 + 0.5;
         let woken = l.takes.iter().filter(|t| rec.woken(t)).count();
         let (px, py) = chart.backend_coord(&(0.0, y));
-        let text = format!(
-            "worker {lane}: {} packets, {woken} woken; waited {}",
-            l.takes.len(),
-            ordinal(rank[lane] + 1)
-        );
+        let text = match (posts, l.missed) {
+            (true, _) => format!(
+                "worker {lane}: {} packets, {woken} woken; waited {}",
+                l.takes.len(),
+                ordinal(rank[lane] + 1)
+            ),
+            (false, 0) => format!("worker {lane}: {} packets, {woken} woken", l.takes.len()),
+            (false, m) => format!(
+                "worker {lane}: {} packets (+{m} unrecorded), {woken} woken",
+                l.takes.len()
+            ),
+        };
         top.draw(&Text::new(text, (px - 245, py - 7), label.clone()))?;
         chart.draw_series(l.takes.iter().map(|t| {
             Rectangle::new(
@@ -317,13 +482,19 @@ fn draw_svg(rec: &Recording, path: &Path) -> DrawResult {
     // The number of active threads, a step line, against the limit.
     // Twice the headroom the count needs: the legend sits in the top half.
     let y_max = (2 * (rec.lanes.len().max(rec.limit) + 1)) as f64;
+    let about_lifo = if posts {
+        format!("; {}", lifo_line(&f))
+    } else {
+        format!(
+            "; {} packets taken by a thread that waited for them",
+            f.woken
+        )
+    };
     let mut chart = ChartBuilder::on(&bottom)
         .caption(
             format!(
-                "threads active (at most {} at once, limit {}); {}",
-                f.max_active,
-                rec.limit,
-                lifo_line(&f)
+                "threads active (at most {} at once, limit {}){about_lifo}",
+                f.max_active, rec.limit
             ),
             ("sans-serif", 15),
         )
@@ -337,7 +508,7 @@ fn draw_svg(rec: &Recording, path: &Path) -> DrawResult {
         .y_labels((y_max as usize).min(12))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("active threads")
-        .x_desc("µs since the first post")
+        .x_desc(x_desc)
         .draw()?;
     let mut points = vec![(0.0, 0.0)];
     let mut n = 0i64;
@@ -353,9 +524,16 @@ fn draw_svg(rec: &Recording, path: &Path) -> DrawResult {
         .legend(|(x, y)| PathElement::new(vec![(x - 8, y), (x + 8, y)], QUEUED.stroke_width(2)));
     // Legend entries for the marks (drawn in the lanes above), in this
     // chart's legend, where the lanes' marks stay uncovered.
+    let woken_label = match rec.waited_ns {
+        Some(w) => format!(
+            "taken by a thread the port woke: its get waited ≥ {} µs (number: the packet's key)",
+            w / 1000
+        ),
+        None => "taken by a thread a post released (number: the item it took)".into(),
+    };
     chart
         .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
-        .label("taken by a thread a post released (number: the item it took)")
+        .label(woken_label)
         .legend(|(x, y)| Circle::new((x, y), 5, WOKEN.filled()));
     chart
         .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
@@ -418,15 +596,18 @@ mod tests {
             lanes: vec![
                 Lane {
                     takes: vec![take(1, 1, 22, 40)],
+                    missed: 0,
                 },
                 Lane {
                     takes: vec![take(0, 2, 12, 30), take(2, 30, 31, 50)],
+                    missed: 0,
                 },
             ],
             posted: vec![10, 20, 25],
             first_get: vec![1, 2],
             limit: 2,
             title: "test".into(),
+            waited_ns: None,
         }
     }
 
@@ -479,6 +660,54 @@ mod tests {
             })
             .collect();
         assert_eq!(at, vec![1, 2, 1, 0, 1, 2, 1, 0]);
+    }
+
+    #[test]
+    fn a_recorder_keeps_its_window_and_bound_and_finds_waits() {
+        let r = Recorder::new(2, Duration::ZERO..Duration::from_secs(3600), 4);
+        // Two records a lane; the third is counted, not kept.
+        for _ in 0..3 {
+            // SAFETY: this test is the only thread using slot 0.
+            unsafe { r.record(0, 7, r.now()) };
+        }
+        // No such worker: ignored.
+        // SAFETY: no thread but this test's uses the recorder.
+        unsafe { r.record(5, 7, r.now()) };
+        let rec = r.into_recording(1, "t".into());
+        assert_eq!(rec.lanes[0].takes.len(), 2);
+        assert_eq!(rec.lanes[0].missed, 1);
+        assert!(rec.lanes[1].takes.is_empty());
+        let t = rec.lanes[0].takes[1];
+        assert_eq!(t.asked, rec.lanes[0].takes[0].done);
+        assert!(!rec.woken(&Take {
+            asked: 0,
+            taken: WAITED_NS - 1,
+            ..t
+        }));
+        assert!(rec.woken(&Take {
+            asked: 0,
+            taken: WAITED_NS,
+            ..t
+        }));
+        let late = Recorder::new(1, Duration::from_secs(3600)..Duration::from_secs(3601), 4);
+        // SAFETY: this test is the only thread using slot 0.
+        unsafe { late.record(0, 1, late.now()) };
+        assert!(late.into_recording(1, "t".into()).lanes[0].takes.is_empty());
+    }
+
+    #[test]
+    fn windows_parse() {
+        assert_eq!(
+            parse_window("0..1").unwrap(),
+            Duration::ZERO..Duration::from_secs(1)
+        );
+        assert_eq!(
+            parse_window("500ms..2s").unwrap(),
+            Duration::from_millis(500)..Duration::from_secs(2)
+        );
+        for bad in ["1", "2..1", "1..1", "a..b"] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

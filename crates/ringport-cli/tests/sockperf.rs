@@ -11,20 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{listening_on, ringport, run, stdout_lines, text, Guard};
-
-fn have_sockperf() -> bool {
-    let found = Command::new("sockperf")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("note: sockperf is not installed (apt-get install sockperf): test skipped");
-    }
-    found
-}
+use common::{have_sockperf, listening_on, ringport, run, stdout_lines, text, Guard};
 
 /// `ringport serve KIND --protocol sockperf EXTRA` on port 0, and its address.
 fn serve(kind: &str, extra: &str) -> (Guard, SocketAddr) {

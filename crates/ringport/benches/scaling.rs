@@ -13,10 +13,11 @@
 //!   with the port; per message it sends 64 bytes from the client, takes
 //!   the receive's packet from the port (any socket's, when shared), echoes
 //!   it with `send_to_now` and re-arms the receive with `recv_from`, then
-//!   reads the echo on the client. The two server calls are timed: both run
-//!   under the backend's port-wide mutex (the io_uring driver's table, the
-//!   epoll reactor's state) for nearly their whole length, so their time
-//!   is the upper bound of that lock's hold time per message.
+//!   reads the echo on the client. The two server calls are timed ("calls"):
+//!   each takes the backend's port-wide mutex (the io_uring driver's table,
+//!   the epoll reactor's state) for its bookkeeping, but makes its system
+//!   calls with the mutex released, so their time is an upper bound of the
+//!   hold time only together with the instruction counts of docs/scaling.md.
 //! - `line`: two threads hand one cache line back and forth (an atomic
 //!   counter each increments on its turn): what one transfer of a
 //!   contended line costs on this machine.
@@ -314,7 +315,7 @@ fn main() {
         println!("\n{what}: {ops} operations per thread and round");
         println!(
             "{:<22} {:>12} {:>12} {:>18}",
-            "", "ops/s", "CPU ns/op", "locked-call ns/op"
+            "", "ops/s", "CPU ns/op", "call ns/op"
         );
         for (k, &(t, shared)) in cases.iter().enumerate() {
             let f = |g: fn(&Figures) -> f64| median(runs[k].iter().map(g).collect());

@@ -136,7 +136,7 @@ impl<T: Send + 'static> Drop for Held<'_, T> {
     fn drop(&mut self) {
         if self.on {
             crate::sys::uring::hold_submissions(false);
-            self.port.flush();
+            self.port.submit_held();
         }
     }
 }

@@ -8,6 +8,7 @@
 //! and bounded waits, and runs on whichever backend `RINGPORT_BACKEND`
 //! selects (CI runs the suite once per backend).
 
+mod common;
 #[path = "conformance/support.rs"]
 mod support;
 

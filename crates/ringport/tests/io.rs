@@ -6,6 +6,9 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::pattern as bytes;
+
 use ringport::{CompletionPort, Error, Packet, Payload};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
@@ -25,19 +28,6 @@ fn port() -> CompletionPort<Op> {
 
 fn get(port: &CompletionPort<Op>) -> Packet<Op> {
     port.get(WAIT).expect("a packet within 10 s")
-}
-
-/// Deterministic pseudo-random bytes.
-fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn tcp_socket() -> OwnedFd {

@@ -6,6 +6,7 @@ mod file;
 mod port;
 mod rio;
 mod shards;
+mod sockperf;
 mod tcp;
 mod udp;
 
@@ -54,6 +55,8 @@ pub enum Bench {
     File(file::Args),
     /// The RIO UDP sinks (every serve udp-sink mode) against tokio, mio and recvmmsg, fed by a GSO sender.
     Rio(rio::Args),
+    /// sockperf ping-pong against its own server and ringport's echo servers speaking its protocol (needs sockperf).
+    Sockperf(sockperf::Args),
 }
 
 /// The backend ringport runs on in this process, for benchmark titles.
@@ -75,6 +78,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         Bench::Udp(_) => "udp",
         Bench::File(_) => "file",
         Bench::Rio(_) => "rio",
+        Bench::Sockperf(_) => "sockperf",
     };
     let quick = args.quick;
     let mut report = Report::start(name, quick);
@@ -84,6 +88,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         Bench::Udp(a) => udp::run(a, quick, &mut report),
         Bench::File(a) => file::run(a, quick, &mut report),
         Bench::Rio(a) => rio::run(a, quick, &mut report),
+        Bench::Sockperf(a) => sockperf::run(a, quick, &mut report),
     }?;
     report.finish();
     if let Some(path) = &args.json {

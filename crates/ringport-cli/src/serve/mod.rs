@@ -119,6 +119,18 @@ pub struct Args {
     /// With --shards: pin shard i's threads to CPU i % CPUs.
     #[arg(long, requires = "shards")]
     pin_shards: bool,
+    /// tcp-echo and udp-echo on the completion port: draw what the workers
+    /// did in --timeline-window as an SVG when the server stops, as `sum
+    /// --timeline` does: a lane per worker with a mark for each packet it
+    /// took, the active threads against the limit, which packets went to a
+    /// thread the port woke. At most 100,000 packets are recorded.
+    #[arg(long, value_name = "FILE.svg")]
+    timeline: Option<std::path::PathBuf>,
+    /// The part of the run --timeline records: START..END after the start,
+    /// in seconds or with units (0.5..1.5, 200ms..300ms).
+    #[arg(long, value_name = "START..END", default_value = "0..1",
+          value_parser = crate::timeline::parse_window, requires = "timeline")]
+    timeline_window: std::ops::Range<Duration>,
 }
 
 /// Set by SIGINT/SIGTERM.
@@ -150,6 +162,19 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     if args.kind == Kind::UdpSink && args.protocol != sockperf::Protocol::Echo {
         return Err("--protocol applies to tcp-echo and udp-echo only".into());
+    }
+    if args.timeline.is_some()
+        && (args.shards.is_some() || args.mode.is_some() || args.kind == Kind::UdpSink)
+    {
+        return Err(
+            "--timeline draws the workers of one completion port: tcp-echo or udp-echo without \
+             --mode or --shards"
+                .into(),
+        );
+    }
+    if let Some(path) = &args.timeline {
+        // Found out now, not after the whole run.
+        std::fs::File::create(path).map_err(|e| format!("--timeline {}: {e}", path.display()))?;
     }
     if let Some(n) = args.shards {
         catch_stop_signals();
@@ -210,6 +235,7 @@ pub fn run(args: Args) -> Result<(), String> {
     opts.skip = !args.no_skip;
     opts.backend = args.backend;
     opts.protocol = args.protocol;
+    opts.timeline = args.timeline.as_ref().map(|_| args.timeline_window.clone());
     opts.validate(args.kind)?;
     catch_stop_signals();
 
@@ -279,6 +305,25 @@ pub fn run(args: Args) -> Result<(), String> {
         "{name} stopped: {} connections, {} messages, {} bytes echoed, {} errors{truncated}",
         s.connections, s.messages, s.bytes, s.errors
     );
+    if let (Some(path), Some(rec)) = (&args.timeline, &s.timeline) {
+        crate::timeline::draw(rec, path)?;
+        let f = rec.findings();
+        let taken: usize = rec.lanes.iter().map(|l| l.takes.len()).sum();
+        let missed: u64 = rec.lanes.iter().map(|l| l.missed).sum();
+        println!(
+            "timeline: {} ({taken} packets in {:.3}..{:.3} s{}, {} taken by a thread that waited, at \
+             most {} active)",
+            path.display(),
+            args.timeline_window.start.as_secs_f64(),
+            args.timeline_window.end.as_secs_f64(),
+            match missed {
+                0 => String::new(),
+                n => format!(" and {n} more not recorded"),
+            },
+            f.woken,
+            f.max_active
+        );
+    }
     if let Some(e) = s.fatal {
         return Err(e);
     }

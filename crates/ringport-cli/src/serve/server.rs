@@ -13,14 +13,17 @@
 //! per-worker counters.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ringport::{cpu_count, Backend, CompletionPort, Packet, WorkerPool};
 
 use super::sockperf::Protocol;
 use super::Kind;
 use crate::args::bounded;
+use crate::timeline::{Recorder, Recording, MAX_SERVER_RECORDS};
 
 /// The most worker threads: beyond this a typo (`--threads 100000000`)
 /// would spend its time creating threads and fail late or abort.
@@ -50,6 +53,9 @@ pub struct Options {
     pub backend: Backend,
     /// What the echo servers answer.
     pub protocol: Protocol,
+    /// Record the workers' packets taken within this window of the run
+    /// (`serve --timeline`); the recording comes back in the [`Summary`].
+    pub timeline: Option<Range<Duration>>,
 }
 
 impl Options {
@@ -68,6 +74,7 @@ impl Options {
             skip: true,
             backend: Backend::Auto,
             protocol: Protocol::Echo,
+            timeline: None,
         }
     }
 
@@ -119,6 +126,8 @@ pub struct Summary {
     pub truncated: u64,
     /// Why the server could not go on, if it could not.
     pub fatal: Option<String>,
+    /// What the workers did in the window `Options::timeline` asked for.
+    pub timeline: Option<Recording>,
 }
 
 /// Counters on their own cache lines, one set per worker.
@@ -188,6 +197,7 @@ impl Ledger {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            timeline: None,
         }
     }
 }
@@ -205,6 +215,9 @@ pub struct Running<Op: Send + 'static, S: ServerState> {
     state: Option<Arc<S>>,
     workers: Option<WorkerPool<Op>>,
     addr: SocketAddr,
+    /// `--timeline`: the workers' recorder, the port's limit and the
+    /// picture's title.
+    recorder: Option<(Arc<Recorder>, usize, String)>,
 }
 
 /// A running echo server of any kind (the completion-port ones here, the
@@ -241,6 +254,11 @@ impl<Op: Send + 'static, S: ServerState + Send + Sync + 'static> Running<Op, S> 
         let state = Arc::new(state);
         let s = state.clone();
         let name = state.ledger().name;
+        let recorder = opts
+            .timeline
+            .clone()
+            .map(|w| Arc::new(Recorder::new(opts.threads, w, MAX_SERVER_RECORDS)));
+        let r = recorder.clone();
         let workers = WorkerPool::builder(&port)
             .threads(opts.threads)
             .name(name)
@@ -249,13 +267,35 @@ impl<Op: Send + 'static, S: ServerState + Send + Sync + 'static> Running<Op, S> 
             // starts goes to the kernel in the enter of its worker's next
             // wait (issue 11's "submit and wait in one io_uring_enter").
             .submit_on_wait(true)
-            .start(move |w, p| handle(&s, w, p))
+            .start(move |w, p| match &r {
+                None => handle(&s, w, p),
+                Some(r) => {
+                    let (taken, key) = (r.now(), p.key);
+                    handle(&s, w, p);
+                    // SAFETY: the pool runs worker w's handler on worker
+                    // w's thread only.
+                    unsafe { r.record(w, key, taken) };
+                }
+            })
             .map_err(|e| format!("starting the workers: {e}"))?;
+        let recorder = recorder.map(|r| {
+            let title = format!(
+                "ringport serve {name}: {} workers, concurrency {}, backend {}, packets taken \
+                 {:.3} to {:.3} s after the start",
+                opts.threads,
+                opts.concurrency,
+                port.backend(),
+                r.window().start.as_secs_f64(),
+                r.window().end.as_secs_f64()
+            );
+            (r, opts.concurrency, title)
+        });
         let mut server = Running {
             port,
             state: Some(state.clone()),
             workers: Some(workers),
             addr,
+            recorder,
         };
         if let Err(e) = prime(&state) {
             server.shutdown();
@@ -278,8 +318,18 @@ impl<Op: Send + 'static, S: ServerState> Running<Op, S> {
             }
         }
         self.port.close();
+        // The workers are joined and their handler dropped: the recorder
+        // is ours alone again.
+        let timeline = self.recorder.take().and_then(|(r, limit, title)| {
+            Arc::try_unwrap(r)
+                .ok()
+                .map(|r| r.into_recording(limit, title))
+        });
         match self.state.take() {
-            Some(s) => s.ledger().summary(),
+            Some(s) => Summary {
+                timeline,
+                ..s.ledger().summary()
+            },
             None => Summary::default(),
         }
     }

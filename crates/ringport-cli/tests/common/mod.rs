@@ -103,3 +103,18 @@ pub fn listening_on(line: &str) -> Option<std::net::SocketAddr> {
     let addr = rest.split_whitespace().next()?;
     Some(addr.parse().expect("a socket address"))
 }
+
+/// Whether the sockperf program runs here (`apt-get install sockperf`; CI
+/// installs it); if not, says so, for the caller to skip what needs it.
+pub fn have_sockperf() -> bool {
+    let found = Command::new("sockperf")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("note: sockperf is not installed (apt-get install sockperf): skipped");
+    }
+    found
+}

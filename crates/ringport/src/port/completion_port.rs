@@ -249,8 +249,8 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     /// Hands the kernel the operations the calling thread held back for
     /// its next wait (a pool worker's, see `WorkerPool`), if any.
-    pub(crate) fn flush(&self) {
-        self.shared().io.flush();
+    pub(crate) fn submit_held(&self) {
+        self.shared().io.submit_held();
     }
 
     /// The most threads this port lets be active at once.
@@ -381,7 +381,7 @@ impl<T: Send + 'static> CompletionPort<T> {
         let k = match claimed {
             Ok(k) => k,
             Err(e) => {
-                io.flush();
+                io.submit_held();
                 activity::clear();
                 return Err(match e {
                     NoPacket::Empty => Error::Timeout,
@@ -429,7 +429,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     pub fn blocking_guard(&self) -> BlockingGuard {
         // What this thread held back for its next wait goes now: it may
         // block on something that needs it done.
-        self.flush();
+        self.submit_held();
         let slot = activity::take_if_active_on(self.id());
         if let Some(s) = &slot {
             s.release();

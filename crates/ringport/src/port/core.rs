@@ -86,7 +86,7 @@ pub(crate) trait Kernel<T>: Send + Sync {
     /// Hands the kernel the operations the calling thread held back for its
     /// next wait (see `sys::uring::hold_submissions`): it is about to wait
     /// somewhere else, or to run code that may block.
-    fn flush(&self) {}
+    fn submit_held(&self) {}
 }
 
 /// The waiter stack: user-space waiters, most recent last, and at index 0
@@ -452,7 +452,7 @@ impl<T> Core<T> {
             // Parking in user space: no enter of ours will submit what this
             // thread held back.
             if let Some(k) = &self.kernel {
-                k.flush();
+                k.submit_held();
             }
             let verdict = match me.wait(deadline) {
                 WAITING => self.unpark_timed_out(me),

@@ -21,78 +21,88 @@ pub(crate) struct DatagramBatch {
     ids: Vec<OpId>,
 }
 
-// SAFETY: the headers hold pointers only between the `recvmmsg` that fills
-// them and the end of that batch, under the lock of the table whose slots
-// they point into.
-unsafe impl Send for DatagramBatch {}
-
 /// How a batch ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Batched {
-    /// The front of the lane is not a datagram `recv_from`: nothing done.
-    NotApplicable,
     /// The socket has no more datagrams (`recvmmsg` took fewer than asked).
     Drained,
     /// `recvmmsg` failed otherwise: the front receive, tried alone, reports it.
     Failed,
 }
 
+thread_local! {
+    /// This thread's headers: a batch is filled with the table's lock
+    /// released, so each thread that fills one has its own.
+    static THIS_THREAD: std::cell::RefCell<DatagramBatch> = std::cell::RefCell::default();
+}
+
 impl DatagramBatch {
-    /// Fills the datagram receives at the front of `lane` (oldest first, so
-    /// issue order holds) from `fd` until the socket is drained, taking each
-    /// filled one out of `lane` and `ops` into `done`. The receives must wait
-    /// in user space (the kernel holds none of them) and `ops` must be held
-    /// exclusively, so that the memory the headers point into stays put.
-    pub(crate) fn receive<T>(
+    /// Runs `f` on this thread's batch.
+    pub(crate) fn with<R>(f: impl FnOnce(&mut DatagramBatch) -> R) -> R {
+        THIS_THREAD.with_borrow_mut(f)
+    }
+
+    /// Points the headers at the datagram receives at the front of `lane`,
+    /// oldest first (so issue order holds), at most a batch of them. Returns
+    /// how many (none when the front is not a datagram `recv_from`). The
+    /// receives must wait in user space (the kernel holds none of them), and
+    /// from here to [`finish`](Self::finish) their holder keeps them to
+    /// itself: the headers point into their slots.
+    pub(crate) fn gather<T>(&mut self, ops: &mut Inflight<T>, lane: &VecDeque<OpId>) -> usize {
+        self.hdrs.clear();
+        self.ids.clear();
+        for &id in lane.iter().take(BATCH) {
+            match ops.get_mut(id) {
+                Some((p, s)) if p.op == Op::RecvFrom && p.kind == FdKind::Datagram => {
+                    s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                    s.msg.msg_flags = 0;
+                    self.hdrs.push(libc::mmsghdr {
+                        msg_hdr: s.msg,
+                        msg_len: 0,
+                    });
+                    self.ids.push(id);
+                }
+                _ => break,
+            }
+        }
+        self.hdrs.len()
+    }
+
+    /// The `recvmmsg` into the gathered receives (a result or `-errno`). It
+    /// touches no table, only the memory the headers point into, which must
+    /// stay put and untouched by anyone else until [`finish`](Self::finish).
+    pub(crate) fn recv(&mut self, fd: RawFd) -> i32 {
+        syscalls::recvmmsg(fd, &mut self.hdrs)
+    }
+
+    /// Completes the receives the `recvmmsg` filled (`got` of them, or an
+    /// error), which must still be the front of `lane`. Returns how the batch
+    /// ended, or `None` if it was full and the socket may hold more.
+    pub(crate) fn finish<T>(
         &mut self,
-        fd: RawFd,
+        got: i32,
         ops: &mut Inflight<T>,
         lane: &mut VecDeque<OpId>,
         done: &mut Vec<Finished<T>>,
-    ) -> Batched {
-        loop {
-            self.hdrs.clear();
-            self.ids.clear();
-            for &id in lane.iter().take(BATCH) {
-                match ops.get_mut(id) {
-                    Some((p, s)) if p.op == Op::RecvFrom && p.kind == FdKind::Datagram => {
-                        s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-                        s.msg.msg_flags = 0;
-                        self.hdrs.push(libc::mmsghdr {
-                            msg_hdr: s.msg,
-                            msg_len: 0,
-                        });
-                        self.ids.push(id);
-                    }
-                    _ => break,
-                }
+    ) -> Option<Batched> {
+        if got == -libc::EAGAIN {
+            return Some(Batched::Drained);
+        }
+        if got <= 0 {
+            return Some(Batched::Failed);
+        }
+        for (&id, h) in self.ids.iter().zip(&self.hdrs).take(got as usize) {
+            if let Some((_, s)) = ops.get_mut(id) {
+                // recvmmsg wrote the lengths and flags into its copy.
+                s.msg.msg_namelen = h.msg_hdr.msg_namelen;
+                s.msg.msg_flags = h.msg_hdr.msg_flags;
             }
-            if self.hdrs.is_empty() {
-                return Batched::NotApplicable;
-            }
-            let asked = self.hdrs.len();
-            let got = syscalls::recvmmsg(fd, &mut self.hdrs);
-            if got == -libc::EAGAIN {
-                return Batched::Drained;
-            }
-            if got <= 0 {
-                return Batched::Failed;
-            }
-            for (&id, h) in self.ids.iter().zip(&self.hdrs).take(got as usize) {
-                if let Some((_, s)) = ops.get_mut(id) {
-                    // recvmmsg wrote the lengths and flags into its copy.
-                    s.msg.msg_namelen = h.msg_hdr.msg_namelen;
-                    s.msg.msg_flags = h.msg_hdr.msg_flags;
-                }
-                lane.pop_front();
-                if let Some((p, s)) = ops.complete(id) {
-                    let res = h.msg_len.min(i32::MAX as u32) as i32;
-                    done.push(op::finish(p, res, s));
-                }
-            }
-            if (got as usize) < asked {
-                return Batched::Drained;
+            lane.pop_front();
+            if let Some((p, s)) = ops.complete(id) {
+                let res = h.msg_len.min(i32::MAX as u32) as i32;
+                done.push(op::finish(p, res, s));
             }
         }
+        ((got as usize) < self.hdrs.len()).then_some(Batched::Drained)
     }
 }

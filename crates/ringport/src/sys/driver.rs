@@ -195,9 +195,9 @@ impl<T: Send + 'static> Kernel<Packet<T>> for Driver<T> {
     fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
         Driver::harvest(self, core, keep)
     }
-    fn flush(&self) {
+    fn submit_held(&self) {
         if let Driver::Uring(d) = self {
-            d.ring().flush();
+            d.ring().submit_held();
         }
     }
     fn busy(&self) -> bool {

@@ -1,5 +1,20 @@
 //! Helpers shared by the integration tests.
 
+/// Deterministic pseudo-random bytes: a stream whose every byte a test can
+/// check.
+#[allow(dead_code)] // not every suite sends streams
+pub fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 // Not every suite that includes `common` runs RIO.
 #[allow(dead_code)]
 pub mod rio;

@@ -69,17 +69,7 @@ pub fn data(p: &mut Packet<u64>) -> Vec<u8> {
 }
 
 /// Deterministic pseudo-random bytes.
-pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use crate::common::pattern as bytes;
 
 /// A connected pair of TCP sockets on loopback: (ours, the peer's).
 pub fn tcp_pair() -> (TcpStream, TcpStream) {

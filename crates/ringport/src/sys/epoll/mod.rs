@@ -25,12 +25,13 @@ use std::time::{Duration, Instant};
 
 use self::files::FilePool;
 use crate::port::core::Core;
+use crate::port::Buf;
 use crate::port::Packet;
 use crate::sync::lock;
 use crate::sys::batch::{Batched, DatagramBatch};
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
-use crate::sys::inflight::{Inflight, OpId, Operation};
+use crate::sys::inflight::{Inflight, OpId, Operation, Scratch};
 use crate::sys::op::{self, Direction, Finished, Op};
 use crate::Error;
 
@@ -74,9 +75,35 @@ impl<T> Default for Spare<T> {
 
 struct Reactor<T> {
     table: Inflight<T>,
-    batch: DatagramBatch,
     fds: HashMap<RawFd, FdOps>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl<T> Reactor<T> {
+    /// Takes `pending` into the table, its scratch prepared, and queues it
+    /// on its descriptor's direction to wait for readiness: at the back, or
+    /// at the front for an operation whose attempt the others queued behind.
+    fn wait_in_line(
+        &mut self,
+        pending: Operation<T>,
+        to: Option<std::net::SocketAddr>,
+        front: bool,
+    ) -> OpId {
+        let (fd, op) = (pending.fd, pending.op);
+        let (id, scratch, pending) = self.table.insert(pending);
+        // SAFETY: the slot was just taken from the free list; nothing else
+        // refers to its scratch.
+        op.prepare(unsafe { &mut *scratch }, &mut pending.buf, to);
+        if let Some(ops) = self.fds.get_mut(&fd) {
+            let q = ops.queue(op.direction());
+            if front {
+                q.push_front(id);
+            } else {
+                q.push_back(id);
+            }
+        }
+        id
+    }
 }
 
 /// The locked state; unlocking publishes the in-flight count for
@@ -110,6 +137,15 @@ impl<T> Drop for Locked<'_, T> {
 struct FdOps {
     readers: VecDeque<OpId>,
     writers: VecDeque<OpId>,
+    /// Per direction: a thread is performing that direction's front
+    /// operation (or a batch of datagram receives) with the state's mutex
+    /// released. Until it is done nobody else performs, cancels or completes
+    /// that direction's operations, and the descriptor stays attached.
+    busy: [bool; 2],
+    /// Per direction: readiness was reported while busy, so the performer's
+    /// `EAGAIN` may be stale (edge-triggered: no second report comes) and it
+    /// tries again.
+    again: [bool; 2],
     /// For a regular file: a duplicate that pool jobs hold, so a job never
     /// runs on a descriptor number the handle's drop has closed and reused.
     file: Option<Arc<OwnedFd>>,
@@ -121,6 +157,17 @@ impl FdOps {
             Direction::Read => &mut self.readers,
             Direction::Write => &mut self.writers,
         }
+    }
+
+    fn any_busy(&self) -> bool {
+        self.busy[0] || self.busy[1]
+    }
+}
+
+fn side(d: Direction) -> usize {
+    match d {
+        Direction::Read => 0,
+        Direction::Write => 1,
     }
 }
 
@@ -156,7 +203,6 @@ impl<T> EpollDriver<T> {
             waker,
             state: Mutex::new(Reactor {
                 table: Inflight::new(),
-                batch: DatagramBatch::default(),
                 fds: HashMap::new(),
                 timers: BinaryHeap::new(),
             }),
@@ -197,7 +243,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn detach(&self, core: &Core<Packet<T>>, fd: RawFd) {
         let mut done = Vec::new();
         {
-            let mut st = self.lock_state();
+            let mut st = self.lock_idle(Some(fd));
             Self::cancel_queued(&mut st, fd, &mut done);
             if let Some(ops) = st.fds.remove(&fd) {
                 if ops.file.is_none() {
@@ -218,68 +264,92 @@ impl<T> EpollDriver<T> {
 
     /// Starts an operation: performs it now if it can, else queues it. With
     /// `immediate`, a result available at once is returned, not queued.
+    ///
+    /// The attempt is made with the state's mutex released (the mutex every
+    /// thread of the port takes): the descriptor's direction is held busy
+    /// meanwhile, so operations issued behind it queue up behind it.
     pub(crate) fn start(
         &self,
         core: &Core<Packet<T>>,
-        pending: Operation<T>,
+        mut pending: Operation<T>,
         to: Option<std::net::SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        let mut done = None;
-        let id = {
-            let mut st = self.lock_state();
-            let st = &mut *st;
-            let fd = pending.fd;
-            let op = pending.op;
-            let file = match op {
-                Op::Timer(_) => None,
-                _ => match st.fds.get(&fd) {
-                    Some(ops) => ops.file.clone(),
-                    None => return Err(Error::InvalidArgument("descriptor not associated")),
-                },
-            };
-            let (id, scratch, pending) = st.table.insert(pending);
-            // SAFETY: the slot was just taken from the free list; nothing else
-            // refers to its scratch.
-            let scratch = unsafe { &mut *scratch };
-            op.prepare(scratch, &mut pending.buf, to);
-            match (op, file) {
-                (Op::Timer(d), _) => {
-                    let at = Instant::now() + d;
-                    let earliest = st.timers.peek().is_none_or(|Reverse((t, _))| at < *t);
-                    st.timers.push(Reverse((at, id.0)));
-                    if earliest {
-                        // The sleeper's epoll_wait timeout must shrink.
-                        self.waker.wake();
-                    }
-                }
-                (Op::ReadAt(_) | Op::WriteAt(_), Some(file)) => {
-                    self.files.submit(id, file, op, &mut pending.buf);
-                }
-                _ => {
-                    let ops = st.fds.get_mut(&fd).expect("checked above");
-                    let q = ops.queue(op.direction());
-                    let res = if q.is_empty() {
-                        syscalls::perform(op, pending.kind, fd, scratch, &mut pending.buf)
-                    } else {
-                        -libc::EAGAIN // keep the handle's order: wait behind the others
-                    };
-                    if res == -libc::EAGAIN {
-                        q.push_back(id);
-                    } else if let Some((p, s)) = st.table.complete(id) {
-                        done = Some(op::finish(p, res, s));
-                    }
-                }
-            }
-            id
+        let fd = pending.fd;
+        let op = pending.op;
+        let mut st = self.lock_state();
+        let file = match op {
+            Op::Timer(_) => None,
+            _ => match st.fds.get(&fd) {
+                Some(ops) => ops.file.clone(),
+                None => return Err(Error::InvalidArgument("descriptor not associated")),
+            },
         };
-        if immediate && matches!(done, Some(Finished::Packet(_))) {
-            if let Some(Finished::Packet(p)) = done.take() {
-                return Ok(Started::Done(p));
+        match (op, file) {
+            (Op::Timer(d), _) => {
+                let (id, _, _) = st.table.insert(pending);
+                let at = Instant::now() + d;
+                let earliest = st.timers.peek().is_none_or(|Reverse((t, _))| at < *t);
+                st.timers.push(Reverse((at, id.0)));
+                if earliest {
+                    // The sleeper's epoll_wait timeout must shrink.
+                    self.waker.wake();
+                }
+                Ok(Started::Pending(id))
+            }
+            (Op::ReadAt(_) | Op::WriteAt(_), Some(file)) => {
+                let (id, scratch, pending) = st.table.insert(pending);
+                // SAFETY: the slot was just taken from the free list; nothing
+                // else refers to its scratch.
+                op.prepare(unsafe { &mut *scratch }, &mut pending.buf, to);
+                self.files.submit(id, file, op, &mut pending.buf);
+                Ok(Started::Pending(id))
+            }
+            _ => {
+                let i = side(op.direction());
+                let ops = st.fds.get_mut(&fd).expect("checked above");
+                if ops.busy[i] || !ops.queue(op.direction()).is_empty() {
+                    // Keep the handle's order: wait behind the others.
+                    return Ok(Started::Pending(st.wait_in_line(pending, to, false)));
+                }
+                ops.busy[i] = true;
+                drop(st);
+                // SAFETY: all-zero is a valid value of the scratch's plain C structs.
+                let mut scratch: Scratch = unsafe { std::mem::zeroed() };
+                op.prepare(&mut scratch, &mut pending.buf, to);
+                let (res, behind) = loop {
+                    let res =
+                        syscalls::perform(op, pending.kind, fd, &mut scratch, &mut pending.buf);
+                    let mut st = self.lock_state();
+                    let ops = st.fds.get_mut(&fd).expect("attached while busy");
+                    if res == -libc::EAGAIN && std::mem::take(&mut ops.again[i]) {
+                        // Readiness came meanwhile: this EAGAIN may be stale.
+                        drop(st);
+                        continue;
+                    }
+                    ops.busy[i] = false;
+                    ops.again[i] = false;
+                    if res != -libc::EAGAIN {
+                        break (res, !ops.queue(op.direction()).is_empty());
+                    }
+                    // First in line: whatever queued meanwhile was issued after it.
+                    return Ok(Started::Pending(st.wait_in_line(pending, to, true)));
+                };
+                let packet = op::packet(pending, res, &scratch);
+                if behind {
+                    // Those that queued behind it while it was busy may find
+                    // data it left (no new readiness would report it).
+                    let mut done = Vec::new();
+                    self.drive(fd, op.direction(), &mut done);
+                    Self::deliver(core, done, false);
+                }
+                if immediate {
+                    return Ok(Started::Done(packet));
+                }
+                Self::deliver(core, [Finished::Packet(packet)], false);
+                Ok(Started::Pending(OpId::DONE))
             }
         }
-        Self::deliver(core, done, false);
-        Ok(Started::Pending(id))
     }
 
     pub(crate) fn busy(&self) -> bool {
@@ -291,6 +361,24 @@ impl<T> EpollDriver<T> {
         Locked {
             guard: lock(&self.state),
             live: &self.live,
+        }
+    }
+
+    /// The state, locked, with no direction of `fd` (of any descriptor, for
+    /// `None`) busy: what cancels or detaches waits for the performers, whose
+    /// non-blocking system calls end soon, to be done with it.
+    fn lock_idle(&self, fd: Option<RawFd>) -> Locked<'_, T> {
+        loop {
+            let st = self.lock_state();
+            let busy = match fd {
+                Some(fd) => st.fds.get(&fd).is_some_and(FdOps::any_busy),
+                None => st.fds.values().any(FdOps::any_busy),
+            };
+            if !busy {
+                return st;
+            }
+            drop(st);
+            std::thread::yield_now();
         }
     }
 
@@ -330,7 +418,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn cancel(&self, core: &Core<Packet<T>>, id: OpId, fd: RawFd) -> Result<(), Error> {
         let mut done = Vec::new();
         {
-            let mut st = self.lock_state();
+            let mut st = self.lock_idle(Some(fd));
             if st.table.fd_of(id) != Some(fd) {
                 return Err(Error::InvalidArgument(
                     "no such operation in flight on this handle",
@@ -352,7 +440,7 @@ impl<T> EpollDriver<T> {
     /// Cancels every waiting operation on `fd`.
     pub(crate) fn cancel_fd(&self, core: &Core<Packet<T>>, fd: RawFd) {
         let mut done = Vec::new();
-        Self::cancel_queued(&mut self.lock_state(), fd, &mut done);
+        Self::cancel_queued(&mut self.lock_idle(Some(fd)), fd, &mut done);
         Self::deliver(core, done, false);
     }
 
@@ -360,7 +448,7 @@ impl<T> EpollDriver<T> {
     pub(crate) fn cancel_all(&self, core: &Core<Packet<T>>) {
         let mut done = Vec::new();
         {
-            let mut st = self.lock_state();
+            let mut st = self.lock_idle(None);
             let fds: Vec<RawFd> = st.fds.keys().copied().collect();
             for fd in fds {
                 Self::cancel_queued(&mut st, fd, &mut done);
@@ -395,24 +483,24 @@ impl<T> EpollDriver<T> {
             events.extend_from_slice(&buf[..n.max(0) as usize]);
         }
 
+        for ev in &events {
+            let (flags, data) = (ev.events, ev.u64);
+            if data == WAKER_EVENT {
+                // Only the sleeper drains the eventfd (in `sleep`): it
+                // stays readable for the thread it was written for.
+                continue;
+            }
+            let fd = data as RawFd;
+            let err = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            if err || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
+                self.drive(fd, Direction::Read, &mut done);
+            }
+            if err || flags & libc::EPOLLOUT as u32 != 0 {
+                self.drive(fd, Direction::Write, &mut done);
+            }
+        }
         {
             let mut st = self.lock_state();
-            for ev in &events {
-                let (flags, data) = (ev.events, ev.u64);
-                if data == WAKER_EVENT {
-                    // Only the sleeper drains the eventfd (in `sleep`): it
-                    // stays readable for the thread it was written for.
-                    continue;
-                }
-                let fd = data as RawFd;
-                let err = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
-                if err || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
-                    Self::run(&mut st, fd, Direction::Read, &mut done);
-                }
-                if err || flags & libc::EPOLLOUT as u32 != 0 {
-                    Self::run(&mut st, fd, Direction::Write, &mut done);
-                }
-            }
             let now = Instant::now();
             while let Some(Reverse((at, id))) = st.timers.peek().copied() {
                 if at > now {
@@ -436,34 +524,94 @@ impl<T> EpollDriver<T> {
     }
 
     /// Performs `fd`'s waiting operations in one direction, in order, until
-    /// one would block.
-    fn run(st: &mut Reactor<T>, fd: RawFd, d: Direction, done: &mut Vec<Finished<T>>) {
-        if d == Direction::Read {
-            let Reactor {
-                table, fds, batch, ..
-            } = st;
-            if let Some(o) = fds.get_mut(&fd) {
-                // Datagrams waiting go into queued receives with one recvmmsg.
-                if batch.receive(fd, table, &mut o.readers, done) == Batched::Drained {
+    /// one would block; datagram receives are filled by batches of
+    /// `recvmmsg`. Each system call is made with the state's mutex released
+    /// and the direction held busy; if another thread holds it busy, that
+    /// thread is told to try again instead.
+    fn drive(&self, fd: RawFd, d: Direction, done: &mut Vec<Finished<T>>) {
+        let i = side(d);
+        let mut st = self.lock_state();
+        loop {
+            let Reactor { table, fds, .. } = &mut *st;
+            let Some(ops) = fds.get_mut(&fd) else {
+                return;
+            };
+            if ops.busy[i] {
+                ops.again[i] = true;
+                return;
+            }
+            let Some(&front) = ops.queue(d).front() else {
+                return;
+            };
+            let gathered =
+                d == Direction::Read && DatagramBatch::with(|b| b.gather(table, &ops.readers)) > 0;
+            let single = if gathered {
+                None
+            } else {
+                let Some((p, s)) = table.get_mut(front) else {
+                    // Not in the table: drop it from the queue.
+                    ops.queue(d).pop_front();
+                    continue;
+                };
+                Some((
+                    p.op,
+                    p.kind,
+                    &mut p.buf as *mut Option<Buf>,
+                    s as *mut Scratch,
+                ))
+            };
+            ops.busy[i] = true;
+            drop(st);
+            // Why the pointers may be used with the lock released: the
+            // direction is busy, so until it is cleared below nobody else
+            // performs, cancels or completes its operations, whose slots
+            // (boxed, so they do not move when the table grows) keep their
+            // buffers and scratch where the pointers say; the descriptor
+            // stays attached, hence open.
+            let res = match single {
+                None => DatagramBatch::with(|b| b.recv(fd)),
+                // SAFETY: see above; no other reference to this slot's
+                // buffer or scratch is alive while it is busy.
+                Some((op, kind, buf, s)) => unsafe {
+                    syscalls::perform(op, kind, fd, &mut *s, &mut *buf)
+                },
+            };
+            st = self.lock_state();
+            let Reactor { table, fds, .. } = &mut *st;
+            let ops = fds.get_mut(&fd).expect("attached while busy");
+            let again = std::mem::take(&mut ops.again[i]);
+            ops.busy[i] = false;
+            if gathered {
+                let end = DatagramBatch::with(|b| b.finish(res, table, &mut ops.readers, done));
+                match end {
+                    // Full: there may be more.
+                    None => continue,
+                    Some(Batched::Drained) if !again => return,
+                    Some(Batched::Drained) => continue,
+                    // The front receive, tried alone, reports the error.
+                    Some(Batched::Failed) => {}
+                }
+                let Some((p, s)) = table.get_mut(front) else {
+                    continue;
+                };
+                let res = syscalls::perform(p.op, p.kind, fd, s, &mut p.buf);
+                if res == -libc::EAGAIN {
                     return;
                 }
+                ops.readers.pop_front();
+                if let Some((p, s)) = table.complete(front) {
+                    done.push(op::finish(p, res, s));
+                }
+                continue;
             }
-        }
-        loop {
-            let Some(&id) = st.fds.get_mut(&fd).and_then(|o| o.queue(d).front()) else {
-                return;
-            };
-            let res = match st.table.get_mut(id) {
-                Some((p, s)) => syscalls::perform(p.op, p.kind, fd, s, &mut p.buf),
-                None => -libc::ECANCELED,
-            };
             if res == -libc::EAGAIN {
+                if again {
+                    continue;
+                }
                 return;
             }
-            if let Some(o) = st.fds.get_mut(&fd) {
-                o.queue(d).pop_front();
-            }
-            if let Some((p, s)) = st.table.complete(id) {
+            ops.queue(d).pop_front();
+            if let Some((p, s)) = table.complete(front) {
                 done.push(op::finish(p, res, s));
             }
         }

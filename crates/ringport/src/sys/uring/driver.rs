@@ -4,21 +4,22 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
 use super::sqe::sqe;
-use super::table::{lane_index, Table, CANCEL};
+use super::table::{Table, CANCEL};
 use super::PortRing;
 use crate::port::core::Core;
 use crate::port::Packet;
 use crate::sync::lock;
-use crate::sys::batch::DatagramBatch;
+use crate::sys::batch::{Batched, DatagramBatch};
 use crate::sys::driver::Started;
 use crate::sys::fd::FdKind;
 use crate::sys::inflight::{Inflight, OpId, Operation, Scratch};
+use crate::sys::op::Direction;
 use crate::sys::op::{self, Finished, Op};
 use crate::sys::syscalls;
 use crate::Error;
@@ -40,7 +41,7 @@ impl<T> UringDriver<T> {
                 ready: Vec::new(),
                 closing: false,
                 extra: Vec::new(),
-                batch: DatagramBatch::default(),
+                batches: Vec::new(),
             }),
             live: AtomicUsize::new(0),
         }
@@ -51,26 +52,24 @@ impl<T> UringDriver<T> {
     /// a socket operation with none ahead of it is first tried without
     /// blocking, and a result available at once is returned instead of
     /// submitted.
+    ///
+    /// No system call is made under the table mutex, which every thread of
+    /// the port takes: the immediate attempt runs before it is taken (the
+    /// operation is not in the table yet, so its memory is this thread's),
+    /// and the entry is pushed to the SQ under it but entered after it.
     pub(crate) fn start(
         &self,
         mut pending: Operation<T>,
         to: Option<std::net::SocketAddr>,
         immediate: bool,
     ) -> Result<Started<T>, Error> {
-        let mut guard = lock(&self.table);
-        let t = &mut *guard;
         let fd = pending.fd;
         let lane = pending.op.lane(pending.kind);
-        let behind = lane.is_some_and(|d| {
-            t.lanes
-                .get(&fd)
-                .is_some_and(|l| !l[lane_index(d)].is_empty())
-        });
-        if immediate
-            && !behind
+        let tried = immediate
             && matches!(pending.kind, FdKind::Stream | FdKind::Datagram)
             && matches!(pending.op, Op::Recv | Op::Send | Op::RecvFrom | Op::SendTo)
-        {
+            && !lane.is_some_and(|d| lock(&self.table).waiting(fd, d));
+        if tried {
             // SAFETY: all-zero is a valid value of the scratch's plain C structs.
             let mut scratch: Scratch = unsafe { std::mem::zeroed() };
             pending.op.prepare(&mut scratch, &mut pending.buf, to);
@@ -80,40 +79,64 @@ impl<T> UringDriver<T> {
                 return Ok(Started::Done(op::packet(pending, res, &scratch)));
             }
             // It would block: the ring need not try again before it polls.
-            pending.poll_first = true;
-        } else if let Some(d) = lane.filter(|_| !behind) {
-            pending.poll_first = t.lanes.get(&fd).is_some_and(|l| l.exhausted[lane_index(d)]);
+            // (An operation another thread issued meanwhile may now be ahead
+            // of it: the two were concurrent, so either order is the issue
+            // order.)
         }
-        let (id, scratch, pending) = t.ops.insert(pending);
-        self.live.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the slot was just taken from the free list, so nothing else
-        // (the kernel included) refers to its scratch yet.
-        let scratch = unsafe { &mut *scratch };
-        pending.op.prepare(scratch, &mut pending.buf, to);
-        let entry = sqe(pending, scratch).user_data(id.0);
-        if let Some(d) = lane {
-            let q = &mut t.lanes.entry(fd).or_default()[lane_index(d)];
-            q.push_back(id);
-            if q.len() > 1 {
-                // Its turn comes when the one ahead of it completes.
-                return Ok(Started::Pending(id));
+        let id = {
+            let mut guard = lock(&self.table);
+            let t = &mut *guard;
+            if let Some(d) = lane.filter(|&d| !t.waiting(fd, d)) {
+                pending.poll_first = tried || t.exhausted(fd, d);
             }
-        }
-        // Submitting under the table lock keeps a racing reaper from seeing
-        // the completion before the slot is filled in: it needs this lock.
-        // SAFETY: the SQE points only into the slot's scratch and the
-        // pending buffer's heap memory, which the table keeps alive (and does
-        // not touch) until the completion is reaped.
-        match unsafe { self.ring.submit(&entry) } {
-            Ok(()) => Ok(Started::Pending(id)),
-            Err(e) => {
+            let (id, scratch, pending) = t.ops.insert(pending);
+            self.live.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: the slot was just taken from the free list, so nothing
+            // else (the kernel included) refers to its scratch yet.
+            let scratch = unsafe { &mut *scratch };
+            pending.op.prepare(scratch, &mut pending.buf, to);
+            let entry = sqe(pending, scratch).user_data(id.0);
+            if let Some(d) = lane {
+                let q = t.lane(fd, d);
+                q.push_back(id);
+                if q.len() > 1 {
+                    // Its turn comes when the one ahead of it completes.
+                    return Ok(Started::Pending(id));
+                }
+            }
+            // Pushed under the table lock, so that a cancel (queued after it
+            // takes this lock) reaches the kernel after the operation does.
+            // The slot is filled in before the kernel can see the entry, so
+            // whoever reaps its completion finds it.
+            // SAFETY: the SQE points only into the slot's scratch and the
+            // pending buffer's heap memory, which the table keeps alive (and
+            // does not touch) until the completion is reaped.
+            if let Err(e) = unsafe { self.ring.queue(std::slice::from_ref(&entry)) } {
+                // Not queued: nothing refers to the slot.
                 t.ops.abandon(id);
                 if let Some(d) = lane {
                     t.lane(fd, d).pop_back();
                 }
                 self.live.fetch_sub(1, Ordering::SeqCst);
-                Err(Error::Io(e))
+                return Err(Error::Io(e));
             }
+            id
+        };
+        self.ring.flush();
+        Ok(Started::Pending(id))
+    }
+
+    /// The table, locked, with no receives of `fd` (of any descriptor, for
+    /// `None`) being filled by a harvester with the lock released: what
+    /// cancels waits for it, a `recvmmsg` that does not block.
+    fn lock_idle(&self, fd: Option<RawFd>) -> MutexGuard<'_, Table<T>> {
+        loop {
+            let t = lock(&self.table);
+            if !t.batching(fd) {
+                return t;
+            }
+            drop(t);
+            std::thread::yield_now();
         }
     }
 
@@ -127,7 +150,7 @@ impl<T> UringDriver<T> {
     /// cancel won). One still waiting its turn completes at once.
     pub(crate) fn cancel(&self, core: &Core<Packet<T>>, id: OpId, fd: i32) -> Result<(), Error> {
         let waiting = {
-            let mut t = lock(&self.table);
+            let mut t = self.lock_idle(Some(fd));
             match t.ops.get_mut(id) {
                 Some((p, _)) if p.fd == fd => p.cancelled = true,
                 _ => {
@@ -150,7 +173,7 @@ impl<T> UringDriver<T> {
     /// Cancels every operation on `fd` (which must still be open).
     pub(crate) fn cancel_fd(&self, core: &Core<Packet<T>>, fd: i32) -> Result<(), Error> {
         let waiting = {
-            let mut t = lock(&self.table);
+            let mut t = self.lock_idle(Some(fd));
             t.ops.for_each_mut(|p| p.cancelled |= p.fd == fd);
             let done = t.cancel_waiting(fd, |_| true);
             self.live.store(t.ops.live(), Ordering::SeqCst);
@@ -164,7 +187,7 @@ impl<T> UringDriver<T> {
     /// port is closing. Returns those that never reached the kernel.
     fn cancel_all(&self) -> Vec<Finished<T>> {
         let waiting = {
-            let mut guard = lock(&self.table);
+            let mut guard = self.lock_idle(None);
             let t = &mut *guard;
             t.closing = true;
             let fds: Vec<RawFd> = t.lanes.keys().copied().collect();
@@ -184,10 +207,10 @@ impl<T> UringDriver<T> {
     pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
         let mut n = 0;
         let mut watches = Vec::new();
-        {
-            let mut guard = lock(&self.table);
-            let t = &mut *guard;
-            loop {
+        loop {
+            let (issued, batch) = {
+                let mut guard = lock(&self.table);
+                let t = &mut *guard;
                 self.ring.reap(!keep, |cqe| match t.complete(&cqe) {
                     Some(Finished::Packet(p)) => {
                         core.enqueue(p);
@@ -205,17 +228,25 @@ impl<T> UringDriver<T> {
                         watch => watches.push(watch),
                     }
                 }
-                if t.ready.is_empty() {
-                    break;
-                }
+                let batch = self.gather(t);
                 // SAFETY: each entry points into the slot of an operation the
-                // table holds until its completion is reaped. A failed enter
-                // leaves them queued in the SQ for the next one.
-                let _ = unsafe { self.ring.submit_all(&t.ready) };
-                t.ready.clear();
-                // What they completed inline is reaped by the next pass.
+                // table holds until its completion is reaped. What could not
+                // be queued stays in `ready` for the next harvest.
+                let (queued, _) = unsafe { self.ring.queue_some(&t.ready) };
+                t.ready.drain(..queued);
+                self.live.store(t.ops.live(), Ordering::SeqCst);
+                (queued > 0, batch)
+            };
+            if issued {
+                // Outside the lock; what they complete inline is reaped by
+                // the next pass.
+                self.ring.flush();
             }
-            self.live.store(t.ops.live(), Ordering::SeqCst);
+            match batch {
+                Some(fd) => self.fill(fd),
+                None if issued => {}
+                None => break,
+            }
         }
         for p in watches.into_iter().filter_map(Finished::settle) {
             core.enqueue(p);
@@ -227,6 +258,53 @@ impl<T> UringDriver<T> {
     /// The port's ring.
     pub(crate) fn ring(&self) -> &PortRing {
         &self.ring
+    }
+
+    /// Takes the next descriptor whose waiting datagram receives are to be
+    /// filled from the socket, marks its read lane busy and points this
+    /// thread's batch at them. Lanes it cannot batch issue their next
+    /// operation to the ring instead.
+    fn gather(&self, t: &mut Table<T>) -> Option<RawFd> {
+        while let Some(fd) = t.batches.pop() {
+            let Table { ops, lanes, .. } = t;
+            let Some(l) = lanes.get_mut(&fd) else {
+                continue;
+            };
+            if l.batching {
+                continue; // another harvester is filling them
+            }
+            if DatagramBatch::with(|b| b.gather(ops, &l[0])) > 0 {
+                l.batching = true;
+                return Some(fd);
+            }
+            t.issue_front(fd, Direction::Read, false);
+        }
+        None
+    }
+
+    /// Fills the receives [`gather`](Self::gather) pointed at with one
+    /// `recvmmsg`, with the table's lock released, then completes them and
+    /// lets the lane go on: more batches while the socket has datagrams,
+    /// then its next receive to the ring, polling first.
+    fn fill(&self, fd: RawFd) {
+        // The lane is busy: nobody else touches the receives the headers
+        // point into, and their slots (boxed) stay put.
+        let got = DatagramBatch::with(|b| b.recv(fd));
+        let mut guard = lock(&self.table);
+        let t = &mut *guard;
+        let Table {
+            ops, lanes, extra, ..
+        } = t;
+        let Some(l) = lanes.get_mut(&fd) else {
+            return;
+        };
+        let end = DatagramBatch::with(|b| b.finish(got, ops, &mut l[0], extra));
+        l.batching = false;
+        match end {
+            // Full: the socket may hold more.
+            None if !t.closing => t.batches.push(fd),
+            end => t.issue_front(fd, Direction::Read, end == Some(Batched::Drained)),
+        }
     }
 
     pub(crate) fn sleep(&self, deadline: Option<Instant>) {

@@ -1,7 +1,7 @@
 //! The io_uring backend: one ring per port.
 //!
-//! Many threads submit (each under the SQ mutex, a short push and an
-//! `io_uring_enter`), one thread at a time reaps (the CQ mutex, taken with
+//! Many threads submit (each pushes under the SQ mutex, a few stores, then
+//! makes its `io_uring_enter` with no lock held), one thread at a time reaps (the CQ mutex, taken with
 //! `try_lock` so nobody waits to reap), and at most one thread sleeps in the
 //! kernel on the ring: the port's *kernel sleeper* (see `port/core.rs`). The
 //! others park in user space. This follows the liburing maintainer's advice
@@ -139,32 +139,72 @@ impl PortRing {
     /// completion has been reaped.
     pub(crate) unsafe fn submit(&self, sqe: &squeue::Entry) -> io::Result<()> {
         // SAFETY: the caller's promise, for this one entry.
-        unsafe { self.submit_all(std::slice::from_ref(sqe)) }
+        unsafe { self.queue(std::slice::from_ref(sqe))? };
+        // Wakes and cancels go at once, whatever this thread holds.
+        self.enter();
+        Ok(())
     }
 
-    /// Queues the entries, in order, and submits them with one
-    /// `io_uring_enter` (more only when they do not fit in the SQ).
+    /// Queues the entries, in order, in the SQ ring without handing them to
+    /// the kernel (only when they do not fit is the ring submitted to make
+    /// room). The SQ mutex is held for the pushes alone, a few stores to
+    /// shared memory; [`flush`](Self::flush) makes the system call.
     ///
     /// # Safety
     /// As [`submit`](Self::submit), for every entry.
-    pub(crate) unsafe fn submit_all(&self, sqes: &[squeue::Entry]) -> io::Result<()> {
-        let _guard = crate::sync::lock(&self.sq);
-        for sqe in sqes {
-            // SAFETY: the SQ mutex is held; the entry's pointers are the
-            // caller's promise.
-            unsafe { self.ring.push(sqe)? };
+    pub(crate) unsafe fn queue(&self, sqes: &[squeue::Entry]) -> io::Result<()> {
+        // SAFETY: the caller's promise.
+        match unsafe { self.queue_some(sqes) } {
+            (_, Some(e)) => Err(e),
+            _ => Ok(()),
         }
-        if self.hold(sqes) {
-            return Ok(());
-        }
-        self.ring.submit().map(drop)
     }
 
-    /// Whether the calling thread leaves the entries it just queued for the
-    /// enter of its next wait (see [`hold_submissions`]): wakes and cancels
-    /// never wait.
-    fn hold(&self, sqes: &[squeue::Entry]) -> bool {
-        if !HOLD.with(Cell::get) || sqes.iter().any(|e| e.get_user_data() >= WAKE_NOP - 1) {
+    /// As [`queue`](Self::queue), returning how many of the entries (a
+    /// prefix) were queued, and the error that stopped it if any.
+    ///
+    /// # Safety
+    /// As [`submit`](Self::submit), for every entry.
+    pub(crate) unsafe fn queue_some(&self, sqes: &[squeue::Entry]) -> (usize, Option<io::Error>) {
+        let _guard = crate::sync::lock(&self.sq);
+        for (i, sqe) in sqes.iter().enumerate() {
+            // SAFETY: the SQ mutex is held; the entry's pointers are the
+            // caller's promise.
+            if let Err(e) = unsafe { self.ring.push(sqe) } {
+                return (i, Some(e));
+            }
+        }
+        (sqes.len(), None)
+    }
+
+    /// Hands every queued entry to the kernel, with no lock held:
+    /// `io_uring_enter` takes whatever is queued when it runs (the kernel
+    /// serializes concurrent enters), so an entry queued by one thread is
+    /// submitted by whichever enter comes first, and an enter that finds
+    /// nothing left submits nothing. An enter that fails leaves the entries
+    /// queued for the next one (another flush, or the kernel sleeper's wait,
+    /// which submits before it sleeps).
+    ///
+    /// A thread that holds its submissions (see [`hold_submissions`])
+    /// leaves them queued for the enter of its next wait instead.
+    pub(crate) fn flush(&self) {
+        if !self.hold() {
+            self.enter();
+        }
+    }
+
+    /// The system call of [`flush`](Self::flush), whatever the thread holds.
+    fn enter(&self) {
+        if HELD.with(Cell::get) == self as *const PortRing {
+            HELD.with(|h| h.set(std::ptr::null()));
+        }
+        let _ = self.ring.submit();
+    }
+
+    /// Whether the calling thread leaves what it just queued for the enter
+    /// of its next wait (see [`hold_submissions`]), and notes that it does.
+    fn hold(&self) -> bool {
+        if !HOLD.with(Cell::get) {
             return false;
         }
         let me = self as *const PortRing;
@@ -179,12 +219,9 @@ impl PortRing {
     }
 
     /// Hands the kernel what the calling thread held back, if anything.
-    pub(crate) fn flush(&self) {
+    pub(crate) fn submit_held(&self) {
         if HELD.with(Cell::get) == self as *const PortRing {
-            HELD.with(|h| h.set(std::ptr::null()));
-            let _guard = crate::sync::lock(&self.sq);
-            // EBUSY leaves them queued for the next enter, as submit does.
-            let _ = self.ring.submit();
+            self.enter();
         }
     }
 

@@ -9,8 +9,9 @@
 //!
 //! The wrapper adds no locking of its own: its owner (the port's ring, a
 //! RIO completion queue) holds a submission lock around [`push`](Ring::push)
-//! and [`submit`](Ring::submit), and a consumer lock around
-//! [`completions`](Ring::completions).
+//! and a consumer lock around [`completions`](Ring::completions).
+//! [`submit`](Ring::submit) needs none (it reads the SQ ring's head and tail
+//! atomically, and the kernel serializes concurrent enters).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -140,7 +141,7 @@ impl Ring {
     }
 
     /// Hands every queued entry to the kernel in one `io_uring_enter`.
-    /// The caller holds the submission lock. `EBUSY` (the CQ is full of
+    /// `EBUSY` (the CQ is full of
     /// unreaped entries, which NODROP keeps) leaves the entries queued for
     /// the next enter, after a reap has made room.
     pub(crate) fn submit(&self) -> io::Result<usize> {

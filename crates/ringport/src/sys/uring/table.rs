@@ -8,9 +8,8 @@ use io_uring::{cqueue, squeue};
 
 use super::sqe::{so_error, sqe};
 use crate::port::Buf;
-use crate::sys::batch::{Batched, DatagramBatch};
 use crate::sys::fd::FdKind;
-use crate::sys::inflight::{Inflight, OpId};
+use crate::sys::inflight::{Inflight, OpId, Operation};
 use crate::sys::op::{self, Direction, Finished, Op};
 
 /// `user_data` of cancel requests, whose own completions are not packets.
@@ -32,7 +31,10 @@ pub(super) struct Table<T> {
     /// Completions made on this thread while reaping (a batch of datagram
     /// receives), queued with the reaped ones.
     pub(super) extra: Vec<Finished<T>>,
-    pub(super) batch: DatagramBatch,
+    /// Descriptors whose read lane's next operations are datagram receives
+    /// that the harvester fills from the socket with `recvmmsg` (with the
+    /// lock released) before the rest go to the ring.
+    pub(super) batches: Vec<RawFd>,
 }
 
 /// Times an operation is issued again after its issuer exited before its
@@ -49,6 +51,10 @@ pub(super) struct Lanes {
     /// first instead of trying at once a transfer that would fail
     /// (`IORING_RECVSEND_POLL_FIRST`, as liburing advises).
     pub(super) exhausted: [bool; 2],
+    /// A harvester is filling the read lane's receives with the lock
+    /// released: until it is done nobody else issues, cancels or completes
+    /// them.
+    pub(super) batching: bool,
 }
 
 impl std::ops::Index<usize> for Lanes {
@@ -74,6 +80,22 @@ pub(super) fn lane_index(d: Direction) -> usize {
 impl<T> Table<T> {
     pub(super) fn lane(&mut self, fd: RawFd, d: Direction) -> &mut VecDeque<OpId> {
         &mut self.lanes.entry(fd).or_default()[lane_index(d)]
+    }
+
+    /// Whether operations of direction `d` on `fd` are unfinished (one in
+    /// the kernel, perhaps more waiting behind it).
+    pub(super) fn waiting(&self, fd: RawFd, d: Direction) -> bool {
+        self.lanes
+            .get(&fd)
+            .is_some_and(|l| !l[lane_index(d)].is_empty())
+    }
+
+    /// Whether the last operation of direction `d` on `fd` found the socket
+    /// drained or full.
+    pub(super) fn exhausted(&self, fd: RawFd, d: Direction) -> bool {
+        self.lanes
+            .get(&fd)
+            .is_some_and(|l| l.exhausted[lane_index(d)])
     }
 
     /// Turns a completion into a packet (or a watch to settle), freeing its
@@ -122,7 +144,8 @@ impl<T> Table<T> {
         Some(finished)
     }
 
-    /// `done` left its lane: the next one goes to the kernel.
+    /// `done` left its lane: the next one goes to the kernel, or, for
+    /// datagram receives, to the harvester's batch first.
     pub(super) fn advance(&mut self, fd: RawFd, d: Direction, done: OpId) {
         let q = self.lane(fd, d);
         if q.front() != Some(&done) {
@@ -130,11 +153,24 @@ impl<T> Table<T> {
             return;
         }
         q.pop_front();
-        if q.is_empty() {
+        let Some(&next) = q.front() else {
+            return;
+        };
+        let datagram = |p: &Operation<T>| p.op == Op::RecvFrom && p.kind == FdKind::Datagram;
+        if d == Direction::Read
+            && !self.closing
+            && self.ops.get_mut(next).is_some_and(|(p, _)| datagram(p))
+        {
+            self.batches.push(fd);
             return;
         }
-        let drained = d == Direction::Read && self.receive_batch(fd);
-        if let Some(&next) = self.lane(fd, d).front() {
+        self.issue_front(fd, d, false);
+    }
+
+    /// The lane's first operation goes to the kernel (through `ready`);
+    /// with `drained`, it polls before it tries.
+    pub(super) fn issue_front(&mut self, fd: RawFd, d: Direction, drained: bool) {
+        if let Some(&next) = self.lanes.get(&fd).and_then(|l| l[lane_index(d)].front()) {
             if let Some((p, s)) = self.ops.get_mut(next) {
                 p.poll_first |= drained;
                 self.ready.push(sqe(p, s).user_data(next.0));
@@ -142,19 +178,13 @@ impl<T> Table<T> {
         }
     }
 
-    /// Datagrams already waiting on `fd` go straight into the receives
-    /// queued in its lane, with one `recvmmsg` on this thread instead of a
-    /// trip through the ring each. Returns whether the socket was found
-    /// drained (the lane's next receive should then poll first).
-    pub(super) fn receive_batch(&mut self, fd: RawFd) -> bool {
-        if self.closing {
-            return false;
+    /// Whether a harvester is filling receives of `fd` (of any descriptor,
+    /// for `None`) with the lock released.
+    pub(super) fn batching(&self, fd: Option<RawFd>) -> bool {
+        match fd {
+            Some(fd) => self.lanes.get(&fd).is_some_and(|l| l.batching),
+            None => self.lanes.values().any(|l| l.batching),
         }
-        let Some(lanes) = self.lanes.get_mut(&fd) else {
-            return false;
-        };
-        let lane = &mut lanes[lane_index(Direction::Read)];
-        self.batch.receive(fd, &mut self.ops, lane, &mut self.extra) == Batched::Drained
     }
 
     /// Completes, with `ECANCELED`, operations that wait their turn in a lane
@@ -165,9 +195,12 @@ impl<T> Table<T> {
         which: impl Fn(OpId) -> bool,
     ) -> Vec<Finished<T>> {
         let mut ids = Vec::new();
+        // A read lane waiting for a harvester's batch has nothing in the
+        // kernel: its first receive waits too.
+        let first_waits = self.batches.contains(&fd);
         if let Some(lanes) = self.lanes.get_mut(&fd) {
-            for q in lanes.queues.iter_mut() {
-                let mut i = 1;
+            for (d, q) in lanes.queues.iter_mut().enumerate() {
+                let mut i = if d == 0 && first_waits { 0 } else { 1 };
                 while i < q.len() {
                     if which(q[i]) {
                         ids.extend(q.remove(i));
