@@ -195,7 +195,7 @@ impl PortRing {
 
     /// The system call of [`flush`](Self::flush), whatever the thread holds.
     fn enter(&self) {
-        if HELD.with(Cell::get) == self as *const PortRing {
+        if self.holds() {
             HELD.with(|h| h.set(std::ptr::null()));
         }
         let _ = self.ring.submit();
@@ -209,7 +209,7 @@ impl PortRing {
         }
         let me = self as *const PortRing;
         let held = HELD.with(Cell::get);
-        if held.is_null() || held == me {
+        if held.is_null() || std::ptr::eq(held, me) {
             HELD.with(|h| h.set(me));
             true
         } else {
@@ -218,9 +218,14 @@ impl PortRing {
         }
     }
 
+    /// Whether the calling thread holds entries queued in this ring.
+    fn holds(&self) -> bool {
+        std::ptr::eq(HELD.with(Cell::get), self)
+    }
+
     /// Hands the kernel what the calling thread held back, if anything.
     pub(crate) fn submit_held(&self) {
-        if HELD.with(Cell::get) == self as *const PortRing {
+        if self.holds() {
             self.enter();
         }
     }
@@ -238,7 +243,7 @@ impl PortRing {
     pub(crate) fn wait(&self, deadline: Option<Instant>) {
         // This enter submits whatever is queued, what this thread held
         // back included.
-        if HELD.with(Cell::get) == self as *const PortRing {
+        if self.holds() {
             HELD.with(|h| h.set(std::ptr::null()));
         }
         self.ring.wait(deadline);
