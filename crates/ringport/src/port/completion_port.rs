@@ -370,7 +370,14 @@ impl<T: Send + 'static> CompletionPort<T> {
                 } else {
                     // The clock is read only here, on the way to waiting.
                     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-                    Self::spin(core, max).unwrap_or_else(|| {
+                    // A thread that holds its submissions for its wait does
+                    // not spin: what it waits for is not in the kernel yet.
+                    let spun = if io.holds() {
+                        None
+                    } else {
+                        Self::spin(core, max)
+                    };
+                    spun.unwrap_or_else(|| {
                         core.park(&activity::waiter(), deadline)
                             .map(|k| k + core.claim_more(max - k))
                     })

@@ -85,6 +85,12 @@ impl<T> Driver<T> {
         }
     }
 
+    /// Whether the calling thread holds submissions for its next wait
+    /// (see `sys::uring::hold_submissions`).
+    pub(crate) fn holds(&self) -> bool {
+        matches!(self, Driver::Uring(d) if d.ring().holds())
+    }
+
     /// Lets go of a descriptor's registration ([`attach`](Self::attach)
     /// returned true) without cancelling: the port closed.
     pub(crate) fn unfix(&self, fd: RawFd) {

@@ -219,7 +219,7 @@ impl PortRing {
     }
 
     /// Whether the calling thread holds entries queued in this ring.
-    fn holds(&self) -> bool {
+    pub(crate) fn holds(&self) -> bool {
         std::ptr::eq(HELD.with(Cell::get), self)
     }
 
