@@ -69,10 +69,10 @@ impl<T: Send + 'static> PoolBuilder<'_, T> {
     /// leaves), instead of one system call each: a worker that handles 20
     /// packets in a row and issues 20 receives makes one call where it made
     /// 21. Off by default. A handler that turns it on must not wait for
-    /// the outcome of an operation it started without going through the
+    /// the outcome of an operation it started without going through this
     /// port (`get`, or [`blocking`](CompletionPort::blocking) around the
-    /// wait); until then that operation has not reached the kernel. The
-    /// epoll backend ignores it.
+    /// wait; a `get` on another port does not count): until then that
+    /// operation has not reached the kernel. The epoll backend ignores it.
     pub fn submit_on_wait(mut self, on: bool) -> Self {
         self.submit_on_wait = on;
         self
