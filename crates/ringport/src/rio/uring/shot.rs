@@ -1,0 +1,560 @@
+//! Datagram receives through a provided-buffer ring consumed by one
+//! multishot `RECV`: the receive path at plain C's cost.
+//!
+//! A lane of datagram receives (`receive` on a datagram socket) gets a
+//! *buffer group* of its completion queue's ring: a ring of buffer entries
+//! in our memory (`IORING_REGISTER_PBUF_RING`), into which each posted
+//! receive's slice is published (tail advanced) in posting order, its
+//! buffer id the request's slot in the request table. One multishot `RECV`
+//! armed on the socket takes the entries in ring order, so the kernel fills
+//! the receives in posting order by construction, each datagram landing in
+//! the posted slice itself (no copy). `MSG_TRUNC` makes a completion's result
+//! the datagram's full length, so truncation shows as it does on the other
+//! paths (`EMSGSIZE`, the bytes that fit).
+//!
+//! A deferred receive is published only when it is committed (only ready
+//! requests leave the lane). The multishot is armed again whenever it ends
+//! with receives still published: the ring ran dry (`ENOBUFS`), the kernel
+//! cancelled it unasked (its issuing thread exited), a zero-length datagram
+//! or a socket error ended it (those go to the oldest published receive, as
+//! the ring's head buffer was not used). While it is not armed, the kernel
+//! reads nothing of the ring, so the entries from its head on are rewritten
+//! from the receives still published before it is armed again.
+//!
+//! A receive that cannot go this way (`receive_ex`, a zero-length slice)
+//! waits in the lane until every published receive has completed, then goes
+//! as a chain (see [`chain`](super::chain)); receives behind it wait for
+//! that chain. Order holds across both.
+//!
+//! Cancelling (request queue dropped), closing and resizing end or move the
+//! published receives only once the kernel has given back the multishot
+//! (its final completion reaped): then nothing reads the ring. A group whose
+//! lane went away is kept, registered, for the next lane; groups are
+//! unregistered when their ring is left (resize) or closed, and their memory
+//! freed only then.
+
+use std::alloc::Layout;
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use io_uring::{cqueue, opcode, types};
+
+use super::super::request::Op;
+use super::super::rq_shared::RqShared;
+use super::lane::{Lane, LaneState};
+use super::request_table::{Done, RequestTable, QUIET_BIT};
+use crate::sys::uring::ring::Ring;
+
+/// Marks the `user_data` of a multishot `RECV` (with [`QUIET_BIT`]); its
+/// low 16 bits are the buffer group.
+pub(super) const SHOT_BIT: u64 = 1 << 62;
+
+/// Whether a completion's `user_data` is a lane's multishot `RECV`.
+pub(super) fn is_shot(user_data: u64) -> bool {
+    user_data & (QUIET_BIT | SHOT_BIT) == QUIET_BIT | SHOT_BIT && user_data != u64::MAX
+}
+
+/// The most entries a buffer ring may have.
+const MAX_RING: u32 = 32_768;
+
+/// The most buffer groups a completion queue makes (ids are 16 bits).
+const MAX_GROUPS: usize = 1 << 15;
+
+/// The flags of every datagram receive (see `RequestQueue::receive`).
+const RECV_FLAGS: i32 = libc::MSG_TRUNC;
+
+/// Whether this kernel has buffer rings and multishot `RECV` (6.0+), unless
+/// `RINGPORT_RIO_MULTISHOT=0` turns the path off; asked once.
+pub(super) fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let off = std::env::var("RINGPORT_RIO_MULTISHOT")
+            .is_ok_and(|v| matches!(v.as_str(), "0" | "off" | "no" | "false"));
+        !off && crate::sys::uring::ring::kernel_at_least(6, 0)
+    })
+}
+
+/// One lane's buffer group: its ring of entries and what it holds.
+pub(super) struct Shot {
+    /// `entries` ring entries, page-aligned, zeroed at first.
+    base: NonNull<types::BufRingEntry>,
+    layout: Layout,
+    entries: u16,
+    /// Registered with the queue's current ring as group `bgid`.
+    registered: bool,
+    bgid: u16,
+    /// Ring positions: entries the kernel has taken (as the completions
+    /// reaped say) and entries published.
+    head: u16,
+    tail: u16,
+    /// Requests whose slices are published (positions `head..tail`),
+    /// oldest first; their slots are marked in the kernel (not counted in
+    /// the table's `in_kernel`, which counts the multishot instead).
+    pub(super) posted: VecDeque<u64>,
+    /// Its multishot `RECV` is in the kernel (its final completion not yet
+    /// reaped).
+    pub(super) armed: bool,
+    /// The lane it serves and its request queue; `None` when free.
+    lane: Option<Arc<Lane>>,
+    rq: Option<Arc<RqShared>>,
+}
+
+// SAFETY: the ring memory is owned by the group and only touched under its
+// completion queue's request table lock (and read by the kernel).
+unsafe impl Send for Shot {}
+
+impl Drop for Shot {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `Shot::new` with this layout. A group is only
+        // dropped with its table, which is dropped after its ring was closed
+        // with every multishot given back and groups unregistered (or is
+        // forgotten, never dropped, when the kernel still held requests).
+        unsafe { std::alloc::dealloc(self.base.as_ptr().cast(), self.layout) };
+    }
+}
+
+impl Shot {
+    fn new(bgid: u16, entries: u16) -> Option<Shot> {
+        let layout = Layout::from_size_align(
+            entries as usize * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .ok()?;
+        // SAFETY: a non-zero size (entries >= 2); freed in Drop with this layout.
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?.cast();
+        Some(Shot {
+            base,
+            layout,
+            entries,
+            registered: false,
+            bgid,
+            head: 0,
+            tail: 0,
+            posted: VecDeque::new(),
+            armed: false,
+            lane: None,
+            rq: None,
+        })
+    }
+
+    /// Writes the entry at position `pos` (not yet visible to the kernel:
+    /// at or after the published tail, or the multishot is not armed).
+    fn write(&mut self, pos: u16, ptr: *mut u8, len: u32, bid: u16) {
+        let i = (pos & (self.entries - 1)) as usize;
+        // SAFETY: i < entries, inside the allocation; the kernel reads an
+        // entry only between its head and the published tail while a
+        // multishot is armed, which the caller rules out for this position.
+        let e = unsafe { &mut *self.base.as_ptr().add(i) };
+        e.set_addr(ptr as u64);
+        e.set_len(len);
+        e.set_bid(bid);
+    }
+
+    /// Makes the entries up to `self.tail` visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail overlays the first entry's reserved field, inside
+        // the allocation, and is only ever accessed atomically by the kernel
+        // (which reads it with acquire); entries written before are seen.
+        let tail = unsafe { &*(types::BufRingEntry::tail(self.base.as_ptr()) as *const AtomicU16) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    fn user_data(&self) -> u64 {
+        QUIET_BIT | SHOT_BIT | u64::from(self.bgid)
+    }
+}
+
+/// The slot index a request's `user_data` carries (its buffer id).
+fn bid_of(user_data: u64) -> u16 {
+    (user_data & 0xffff) as u16
+}
+
+impl RequestTable {
+    /// The slice of the request behind `user_data` if it can go through a
+    /// buffer group: a plain datagram receive, waiting, its queue open.
+    fn shot_slice(&mut self, user_data: u64) -> Option<(*mut u8, u32, Arc<RqShared>)> {
+        let slot = self.slot(user_data)?;
+        if slot.in_kernel {
+            return None;
+        }
+        let request = slot.request.as_ref()?;
+        if !request.rq.datagram || request.rq.is_closing() {
+            return None;
+        }
+        match request.op {
+            Op::Recv { ptr, len, flags } if flags == RECV_FLAGS && len > 0 => {
+                Some((ptr, len, request.rq.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Marks a published request as out of the ring (`in_kernel` cleared).
+    fn unpost(&mut self, user_data: u64) {
+        if let Some(slot) = self.slot(user_data) {
+            slot.in_kernel = false;
+        }
+    }
+
+    /// A buffer group for `lane` (whose request queue is `rq`, most
+    /// receives `max`), registered with `ring`: a free one that is big
+    /// enough, else a new one. `None` when none can be had.
+    fn take_shot(&mut self, ring: &Ring, lane: &Arc<Lane>, rq: Arc<RqShared>) -> Option<u16> {
+        let want = rq.max[0]
+            .load(Ordering::SeqCst)
+            .clamp(8, MAX_RING)
+            .next_power_of_two()
+            .min(MAX_RING) as u16;
+        let found = self
+            .shots
+            .iter()
+            .position(|s| s.lane.is_none() && s.entries >= want);
+        let i = match found {
+            Some(i) => i,
+            None => {
+                if self.shots.len() >= MAX_GROUPS {
+                    return None;
+                }
+                let shot = Shot::new(self.shots.len() as u16, want)?;
+                self.shots.push(shot);
+                self.shots.len() - 1
+            }
+        };
+        let shot = &mut self.shots[i];
+        if !shot.registered {
+            shot.head = 0;
+            shot.tail = 0;
+            shot.publish();
+            // SAFETY: the ring memory is page-aligned, holds `entries`
+            // entries and stays allocated until the group is unregistered
+            // (or forever, if its table is forgotten).
+            unsafe { ring.register_buf_ring(shot.base.as_ptr() as u64, shot.entries, shot.bgid) }
+                .ok()?;
+            shot.registered = true;
+        }
+        shot.lane = Some(lane.clone());
+        shot.rq = Some(rq);
+        Some(i as u16)
+    }
+
+    /// Starts what a lane with (or able to have) a buffer group can start:
+    /// its ready datagram receives published to its ring, the multishot armed
+    /// if it is not. `None` when the lane's next requests go as a chain
+    /// instead (no group, or its front request cannot use one and nothing
+    /// is published). Returns whether an entry was queued on `ring`; the
+    /// caller holds the submission lock and submits.
+    pub(super) fn start_shot(
+        &mut self,
+        ring: &Ring,
+        lane: &mut LaneState,
+    ) -> std::io::Result<Option<bool>> {
+        if lane.no_shot {
+            return Ok(None);
+        }
+        let i = match lane.shot {
+            Some(i) => i as usize,
+            None => {
+                let Some(&front) = lane.waiting.front() else {
+                    return Ok(None);
+                };
+                if lane.ready() == 0 {
+                    return Ok(None);
+                }
+                let Some((_, _, rq)) = self.shot_slice(front) else {
+                    return Ok(None);
+                };
+                let Some(lane_arc) = self.slot(front).and_then(|s| s.lane.clone()) else {
+                    return Ok(None);
+                };
+                if !supported() {
+                    lane.no_shot = true;
+                    return Ok(None);
+                }
+                match self.take_shot(ring, &lane_arc, rq) {
+                    Some(i) => {
+                        lane.shot = Some(i);
+                        i as usize
+                    }
+                    None => {
+                        lane.no_shot = true;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        lane.rearm = false;
+        if !self.shots[i].registered {
+            // Left its old ring (a resize): registered again with this one.
+            let shot = &mut self.shots[i];
+            shot.head = 0;
+            shot.tail = 0;
+            shot.publish();
+            // SAFETY: as in `take_shot`.
+            unsafe { ring.register_buf_ring(shot.base.as_ptr() as u64, shot.entries, shot.bgid) }?;
+            shot.registered = true;
+        }
+        if !self.shots[i].armed {
+            // Nothing reads the ring: rewrite it from its head with the
+            // receives still published (one may have left it, see `reaped`).
+            let posted: Vec<u64> = self.shots[i].posted.iter().copied().collect();
+            let head = self.shots[i].head;
+            self.shots[i].tail = head;
+            for ud in posted {
+                let Some((ptr, len)) = self.slot(ud).and_then(|s| match s.request.as_ref()?.op {
+                    Op::Recv { ptr, len, .. } => Some((ptr, len)),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                let shot = &mut self.shots[i];
+                let t = shot.tail;
+                shot.write(t, ptr, len, bid_of(ud));
+                shot.tail = t.wrapping_add(1);
+            }
+        }
+        let entries = self.shots[i].entries as usize;
+        while lane.ready() > 0 && self.shots[i].posted.len() < entries {
+            let Some(&ud) = lane.waiting.front() else {
+                break;
+            };
+            let Some((ptr, len, _)) = self.shot_slice(ud) else {
+                break;
+            };
+            if let Some(slot) = self.slot(ud) {
+                slot.in_kernel = true;
+            }
+            let shot = &mut self.shots[i];
+            let t = shot.tail;
+            shot.write(t, ptr, len, bid_of(ud));
+            shot.tail = t.wrapping_add(1);
+            shot.posted.push_back(ud);
+            lane.waiting.pop_front();
+        }
+        let shot = &mut self.shots[i];
+        shot.publish();
+        let mut queued = false;
+        if !shot.armed && !shot.posted.is_empty() {
+            let Some(fd) = shot.rq.as_ref().map(|rq| rq.raw_fd()) else {
+                return Ok(Some(false));
+            };
+            let sqe = opcode::RecvMulti::new(types::Fd(fd), shot.bgid)
+                .flags(RECV_FLAGS)
+                .build()
+                .user_data(shot.user_data());
+            // SAFETY: the caller holds the submission lock. The entry points
+            // at no memory of ours; the buffers it takes are the published
+            // slices, which their requests' claims keep until their
+            // completions are reaped (or the multishot's final one is), and
+            // the ring memory, kept until the group is unregistered.
+            if let Err(e) = unsafe { ring.push(&sqe) } {
+                lane.rearm = true;
+                return Err(e);
+            }
+            shot.armed = true;
+            self.in_kernel += 1;
+            queued = true;
+        }
+        if self.shots[i].posted.is_empty() && lane.ready() > 0 {
+            // The front request cannot use the group: it goes as a chain.
+            return Ok(if queued { Some(true) } else { None });
+        }
+        Ok(Some(queued))
+    }
+
+    /// A completion of the multishot of group `user_data` was taken out of
+    /// the ring (result `res`, `flags`): a datagram landed in the published
+    /// receive its buffer id names, and when it is the final one, the
+    /// receives still published are ended (queue closing or cancelled),
+    /// or the group is to be armed again. Results go to `out`; lanes to
+    /// start to `kick`.
+    pub(super) fn shot_reaped(
+        &mut self,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        kick: &mut Vec<Arc<Lane>>,
+        out: &mut VecDeque<Done>,
+    ) {
+        let i = (user_data & 0xffff) as usize;
+        if i >= self.shots.len() {
+            return;
+        }
+        let mut landed = false;
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            let shot = &mut self.shots[i];
+            shot.head = shot.head.wrapping_add(1);
+            let ud = match shot.posted.front() {
+                Some(&ud) if bid_of(ud) == bid => shot.posted.pop_front(),
+                _ => shot
+                    .posted
+                    .iter()
+                    .position(|&ud| bid_of(ud) == bid)
+                    .and_then(|p| shot.posted.remove(p)),
+            };
+            if let Some(ud) = ud {
+                self.unpost(ud);
+                out.push_back(Done {
+                    user_data: ud,
+                    result: res,
+                });
+                landed = true;
+            }
+        }
+        let more = cqueue::more(flags);
+        if !more {
+            let shot = &mut self.shots[i];
+            if shot.armed {
+                shot.armed = false;
+                self.in_kernel -= 1;
+            }
+            if !landed && res != -libc::ENOBUFS && res != -libc::ECANCELED {
+                // A zero-length datagram or a socket error, taken from the
+                // socket without a buffer: the oldest receive reports it,
+                // as it would have from a chain.
+                if let Some(ud) = self.shots[i].posted.pop_front() {
+                    self.unpost(ud);
+                    out.push_back(Done {
+                        user_data: ud,
+                        result: res,
+                    });
+                }
+            }
+        }
+        let shot = &mut self.shots[i];
+        let closing = self.closing || shot.rq.as_ref().is_none_or(|rq| rq.is_closing());
+        if !more && closing {
+            // The kernel gave the multishot back: what is still published
+            // ends as cancelled, and the group is free for another lane.
+            let posted: Vec<u64> = shot.posted.drain(..).collect();
+            let lane = shot.lane.take();
+            shot.rq = None;
+            for ud in posted {
+                self.unpost(ud);
+                out.push_back(Done {
+                    user_data: ud,
+                    result: -libc::ECANCELED,
+                });
+            }
+            if let Some(lane) = lane {
+                let mut state = lane.lock();
+                state.shot = None;
+                state.rearm = false;
+                if state.startable() {
+                    drop(state);
+                    kick.push(lane);
+                }
+            }
+            return;
+        }
+        let Some(lane) = shot.lane.clone() else {
+            return;
+        };
+        let mut state = lane.lock();
+        let left = shot.posted.len();
+        if !more && left > 0 {
+            state.rearm = true;
+        }
+        // Requests wait in the lane behind a full ring, or behind one that
+        // must go as a chain once the ring is empty: either may go now.
+        let room = left == 0 || left + 1 == shot.entries as usize;
+        if (!more && left > 0) || (room && state.ready() > 0) {
+            if state.startable() {
+                drop(state);
+                kick.push(lane);
+            }
+        }
+    }
+
+    /// Before a close: the receives still published in groups whose
+    /// multishot is not in the kernel end as cancelled (into `out`); the
+    /// others end when their final completion is reaped.
+    pub(super) fn end_unarmed_shots(&mut self, out: &mut VecDeque<Done>) {
+        for i in 0..self.shots.len() {
+            if self.shots[i].armed {
+                continue;
+            }
+            let posted: Vec<u64> = self.shots[i].posted.drain(..).collect();
+            for ud in posted {
+                self.unpost(ud);
+                out.push_back(Done {
+                    user_data: ud,
+                    result: -libc::ECANCELED,
+                });
+            }
+        }
+    }
+
+    /// A request queue's lane is being cancelled (the queue dropped): if
+    /// its multishot is not in the kernel, its published receives go back
+    /// to the lane's front (to be ended as cancelled with the requests
+    /// waiting there) and its group is freed; if it is, its final
+    /// completion ends them.
+    pub(super) fn cancel_shot(&mut self, lane: &mut LaneState) {
+        let Some(i) = lane.shot else {
+            return;
+        };
+        let i = i as usize;
+        if i >= self.shots.len() || self.shots[i].armed {
+            return;
+        }
+        let posted: Vec<u64> = self.shots[i].posted.drain(..).collect();
+        for &ud in posted.iter().rev() {
+            self.unpost(ud);
+            lane.waiting.push_front(ud);
+        }
+        let shot = &mut self.shots[i];
+        shot.lane = None;
+        shot.rq = None;
+        lane.shot = None;
+        lane.rearm = false;
+    }
+
+    /// The queue leaves `ring` (a resize, every multishot given back): each
+    /// group is unregistered from it, and its published receives go back to
+    /// their lane, first (in posting order), to be published again on the
+    /// next ring; their lanes go to `kick`.
+    pub(super) fn leave_ring(&mut self, ring: &Ring, kick: &mut Vec<Arc<Lane>>) {
+        for i in 0..self.shots.len() {
+            if self.shots[i].armed {
+                continue;
+            }
+            if self.shots[i].registered {
+                let _ = ring.unregister_buf_ring(self.shots[i].bgid);
+                self.shots[i].registered = false;
+            }
+            let posted: Vec<u64> = self.shots[i].posted.drain(..).collect();
+            let lane = self.shots[i].lane.clone();
+            let mut again = Vec::with_capacity(posted.len());
+            for ud in posted {
+                let seq = self.slot(ud).map_or(0, |s| s.seq);
+                self.unpost(ud);
+                again.push((seq, ud));
+            }
+            if let Some(lane) = lane {
+                let mut state = lane.lock();
+                state.again.extend(again);
+                state.rearm = false;
+                if state.startable() {
+                    drop(state);
+                    kick.push(lane);
+                }
+            }
+        }
+    }
+
+    /// The queue is closing and the kernel holds none of its requests: every
+    /// group is unregistered from `ring` (their memory is freed with the
+    /// table).
+    pub(super) fn unregister_shots(&mut self, ring: &Ring) {
+        for shot in &mut self.shots {
+            if shot.registered && !shot.armed {
+                let _ = ring.unregister_buf_ring(shot.bgid);
+                shot.registered = false;
+            }
+            shot.lane = None;
+            shot.rq = None;
+        }
+    }
+}
