@@ -80,6 +80,10 @@ pub struct CqStats {
     pub results: u64,
     /// Notifications armed.
     pub notifies: u64,
+    /// Multishot receives armed on io_uring (see DESIGN.md: datagram
+    /// receives go through a provided-buffer ring); 0 on epoll, or where
+    /// the kernel lacks them and receives go one request at a time.
+    pub multishots: u64,
 }
 
 fn check_size(size: u32) -> Result<(), Error> {
@@ -215,6 +219,7 @@ impl CompletionQueue {
             dequeues: c.dequeues.load(Ordering::Relaxed),
             results: c.results.load(Ordering::Relaxed),
             notifies: c.notifies.load(Ordering::Relaxed),
+            multishots: self.shared.multishots(),
         }
     }
 

@@ -100,6 +100,8 @@ pub(super) struct RequestTable {
     pub(super) shots: Vec<Shot>,
     /// The queue is closing: a multishot given back ends what it had.
     pub(super) closing: bool,
+    /// Multishots armed, for the queue's stats.
+    pub(super) multishots: u64,
 }
 
 impl RequestTable {
@@ -112,6 +114,7 @@ impl RequestTable {
             next_seq: 0,
             shots: Vec::new(),
             closing: false,
+            multishots: 0,
         };
         s.grow(n);
         s

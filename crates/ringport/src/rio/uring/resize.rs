@@ -18,6 +18,10 @@ use crate::sys::uring::ring::Ring;
 use crate::Error;
 
 impl UringCq {
+    pub(in crate::rio) fn multishots(&self) -> u64 {
+        lock(&self.table).multishots
+    }
+
     pub(in crate::rio) fn ring_capacity(&self) -> u32 {
         lock(&self.consumer)
             .ring

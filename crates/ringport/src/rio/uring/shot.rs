@@ -354,6 +354,7 @@ impl RequestTable {
             }
             shot.armed = true;
             self.in_kernel += 1;
+            self.multishots += 1;
             queued = true;
         }
         if self.shots[i].posted.is_empty() && lane.ready() > 0 {
