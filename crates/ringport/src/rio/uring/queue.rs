@@ -559,7 +559,9 @@ impl UringCq {
         }
         buffer::release(&c.claims);
         c.claims.clear();
-        let outstanding = table.live();
+        // A multishot the kernel still holds (its final completion not
+        // reaped) may read its buffer ring even with no request left.
+        let outstanding = table.live().max(table.in_kernel());
         if table.in_kernel() == 0 {
             // Every multishot was given back: nothing reads the buffer
             // rings, which can go (their memory with the table).

@@ -174,7 +174,7 @@ fn bid_of(user_data: u64) -> u16 {
 impl RequestTable {
     /// The slice of the request behind `user_data` if it can go through a
     /// buffer group: a plain datagram receive, waiting, its queue open.
-    fn shot_slice(&mut self, user_data: u64) -> Option<(*mut u8, u32, Arc<RqShared>)> {
+    fn shot_slice(&mut self, user_data: u64) -> Option<(*mut u8, u32)> {
         let slot = self.slot(user_data)?;
         if slot.in_kernel {
             return None;
@@ -184,9 +184,7 @@ impl RequestTable {
             return None;
         }
         match request.op {
-            Op::Recv { ptr, len, flags } if flags == RECV_FLAGS && len > 0 => {
-                Some((ptr, len, request.rq.clone()))
-            }
+            Op::Recv { ptr, len, flags } if flags == RECV_FLAGS && len > 0 => Some((ptr, len)),
             _ => None,
         }
     }
@@ -262,10 +260,13 @@ impl RequestTable {
                 if lane.ready() == 0 {
                     return Ok(None);
                 }
-                let Some((_, _, rq)) = self.shot_slice(front) else {
+                if self.shot_slice(front).is_none() {
                     return Ok(None);
-                };
-                let Some(lane_arc) = self.slot(front).and_then(|s| s.lane.clone()) else {
+                }
+                let Some((lane_arc, rq)) = self
+                    .slot(front)
+                    .and_then(|s| Some((s.lane.clone()?, s.request.as_ref()?.rq.clone())))
+                else {
                     return Ok(None);
                 };
                 if !supported() {
@@ -292,7 +293,18 @@ impl RequestTable {
             shot.tail = 0;
             shot.publish();
             // SAFETY: as in `take_shot`.
-            unsafe { ring.register_buf_ring(shot.base.as_ptr() as u64, shot.entries, shot.bgid) }?;
+            let r = unsafe {
+                ring.register_buf_ring(shot.base.as_ptr() as u64, shot.entries, shot.bgid)
+            };
+            if r.is_err() {
+                // Chains from now on (nothing is published: `leave_ring`
+                // sent it back to the lane).
+                shot.lane = None;
+                shot.rq = None;
+                lane.shot = None;
+                lane.no_shot = true;
+                return Ok(None);
+            }
             shot.registered = true;
         }
         if !self.shots[i].armed {
@@ -319,7 +331,7 @@ impl RequestTable {
             let Some(&ud) = lane.waiting.front() else {
                 break;
             };
-            let Some((ptr, len, _)) = self.shot_slice(ud) else {
+            let Some((ptr, len)) = self.shot_slice(ud) else {
                 break;
             };
             if let Some(slot) = self.slot(ud) {
@@ -358,8 +370,9 @@ impl RequestTable {
             queued = true;
         }
         if self.shots[i].posted.is_empty() && lane.ready() > 0 {
-            // The front request cannot use the group: it goes as a chain.
-            return Ok(if queued { Some(true) } else { None });
+            // The front request cannot use the group (and nothing was
+            // armed, the ring being empty): it goes as a chain.
+            return Ok(None);
         }
         Ok(Some(queued))
     }
@@ -449,22 +462,22 @@ impl RequestTable {
             }
             return;
         }
+        let left = shot.posted.len();
+        // Requests may wait in the lane behind a full ring, or behind one
+        // that must go as a chain once the ring is empty: either may go now.
+        let room = left == 0 || left + 1 == shot.entries as usize;
+        let rearm = !more && left > 0;
+        if !rearm && !room {
+            return;
+        }
         let Some(lane) = shot.lane.clone() else {
             return;
         };
         let mut state = lane.lock();
-        let left = shot.posted.len();
-        if !more && left > 0 {
-            state.rearm = true;
-        }
-        // Requests wait in the lane behind a full ring, or behind one that
-        // must go as a chain once the ring is empty: either may go now.
-        let room = left == 0 || left + 1 == shot.entries as usize;
-        if (!more && left > 0) || (room && state.ready() > 0) {
-            if state.startable() {
-                drop(state);
-                kick.push(lane);
-            }
+        state.rearm |= rearm;
+        if (rearm || state.ready() > 0) && state.startable() {
+            drop(state);
+            kick.push(lane);
         }
     }
 
