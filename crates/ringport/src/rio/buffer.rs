@@ -78,11 +78,26 @@ impl Span {
 }
 
 /// A buffer's uses, sorted by start.
+///
+/// A use that ends leaves a tombstone in its place rather than shifting the
+/// rest of the list, and a new use that sorts next to a tombstone takes it
+/// over: the pattern of a receive loop (a slice released as its result is
+/// dequeued, claimed again by the next receive into it) costs a binary
+/// search, not a move of every use after it. Tombstones are swept out when
+/// they outnumber the live uses.
 #[derive(Default)]
 struct Uses {
-    spans: Vec<Span>,
+    spans: Vec<Use>,
+    /// Live uses in `spans` (the rest are tombstones).
+    live: usize,
     /// The longest span recorded since the list was last empty.
     max_len: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Use {
+    span: Span,
+    live: bool,
 }
 
 impl Uses {
@@ -93,28 +108,52 @@ impl Uses {
         }
         // A span starting before this cannot reach `new.start`.
         let from = new.start.saturating_sub(self.max_len);
-        let i = self.spans.partition_point(|s| s.start < from);
+        let i = self.spans.partition_point(|u| u.span.start < from);
         self.spans[i..]
             .iter()
-            .take_while(|s| s.start < new.end)
-            .find(|s| s.conflicts(new))
-            .map(|s| s.kind)
+            .take_while(|u| u.span.start < new.end)
+            .find(|u| u.live && u.span.conflicts(new))
+            .map(|u| u.span.kind)
     }
 
     fn insert(&mut self, span: Span) {
-        let i = self.spans.partition_point(|s| s.start <= span.start);
-        self.spans.insert(i, span);
+        let i = self.spans.partition_point(|u| u.span.start <= span.start);
+        let new = Use { span, live: true };
+        // Everything before `i` starts at or before `span`, everything from
+        // `i` on after it: a tombstone on either side of that point can
+        // take it without breaking the order.
+        if i > 0 && !self.spans[i - 1].live {
+            self.spans[i - 1] = new;
+        } else if i < self.spans.len() && !self.spans[i].live {
+            self.spans[i] = new;
+        } else {
+            self.spans.insert(i, new);
+        }
+        self.live += 1;
         self.max_len = self.max_len.max(span.end - span.start);
     }
 
     fn remove(&mut self, span: &Span) {
-        let i = self.spans.partition_point(|s| s.start < span.start);
-        if let Some(k) = self.spans[i..].iter().position(|s| s == span) {
-            self.spans.remove(i + k);
-        }
-        if self.spans.is_empty() {
+        let i = self.spans.partition_point(|u| u.span.start < span.start);
+        let Some(k) = self.spans[i..]
+            .iter()
+            .take_while(|u| u.span.start == span.start)
+            .position(|u| u.live && u.span == *span)
+        else {
+            return;
+        };
+        self.spans[i + k].live = false;
+        self.live -= 1;
+        if self.live == 0 {
+            self.spans.clear();
             self.max_len = 0;
+        } else if self.spans.len() > 2 * self.live + 16 {
+            self.spans.retain(|u| u.live);
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
     }
 }
 
@@ -206,10 +245,10 @@ pub fn deregister_buffer(id: BufferId) -> Result<(), Error> {
     let region = {
         let mut table = lock(&REGISTRY);
         let entry = table.entry(id)?;
-        if !entry.uses.spans.is_empty() {
+        if !entry.uses.is_empty() {
             return Err(RioError::BufferInUse {
                 id,
-                uses: entry.uses.spans.len(),
+                uses: entry.uses.live,
             }
             .into());
         }
@@ -398,6 +437,46 @@ mod tests {
         assert_eq!(u.conflict(&span(50, 50, SliceUse::BorrowMut)), None);
         u.remove(&span(0, 100, SliceUse::Receive));
         assert_eq!(u.conflict(&span(50, 60, SliceUse::BorrowMut)), None);
+    }
+
+    #[test]
+    fn ended_uses_leave_tombstones_that_new_uses_take_over() {
+        let mut u = Uses::default();
+        for i in 0..64 {
+            u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        // A receive loop: each slice released, then claimed again.
+        for round in 0..4 {
+            for i in (0..64).map(|i| (i * 7 + round) % 64) {
+                u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
+                assert_eq!(
+                    u.conflict(&span(i * 16, i * 16 + 1, SliceUse::Borrow)),
+                    None
+                );
+                u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
+                assert_eq!(u.spans.len(), 64, "no shift, no growth");
+            }
+        }
+        for i in 0..64 {
+            assert_eq!(
+                u.conflict(&span(i * 16 + 3, i * 16 + 4, SliceUse::Borrow)),
+                Some(SliceUse::Receive)
+            );
+        }
+        // Most of them go: the tombstones are swept; all go: empty.
+        for i in 0..60 {
+            u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        assert!(u.spans.len() <= 2 * 4 + 16);
+        assert_eq!(u.conflict(&span(0, 960, SliceUse::Receive)), None);
+        assert_eq!(
+            u.conflict(&span(0, 1024, SliceUse::Borrow)),
+            Some(SliceUse::Receive)
+        );
+        for i in 60..64 {
+            u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        assert!(u.is_empty() && u.spans.is_empty());
     }
 
     #[test]

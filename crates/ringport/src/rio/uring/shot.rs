@@ -146,6 +146,8 @@ impl Shot {
         // SAFETY: i < entries, inside the allocation; the kernel reads an
         // entry only between its head and the published tail while a
         // multishot is armed, which the caller rules out for this position.
+        // The setters write the address, length and id only, never the
+        // reserved field of entry 0, which is the tail the kernel reads.
         let e = unsafe { &mut *self.base.as_ptr().add(i) };
         e.set_addr(ptr as u64);
         e.set_len(len);
@@ -310,10 +312,10 @@ impl RequestTable {
         if !self.shots[i].armed {
             // Nothing reads the ring: rewrite it from its head with the
             // receives still published (one may have left it, see `reaped`).
-            let posted: Vec<u64> = self.shots[i].posted.iter().copied().collect();
             let head = self.shots[i].head;
             self.shots[i].tail = head;
-            for ud in posted {
+            for k in 0..self.shots[i].posted.len() {
+                let ud = self.shots[i].posted[k];
                 let Some((ptr, len)) = self.slot(ud).and_then(|s| match s.request.as_ref()?.op {
                     Op::Recv { ptr, len, .. } => Some((ptr, len)),
                     _ => None,
