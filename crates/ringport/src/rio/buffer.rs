@@ -83,13 +83,17 @@ impl Span {
 /// rest of the list, and a new use that sorts next to a tombstone takes it
 /// over: the pattern of a receive loop (a slice released as its result is
 /// dequeued, claimed again by the next receive into it) costs a binary
-/// search, not a move of every use after it. Tombstones are swept out when
-/// they outnumber the live uses.
+/// search, not a move of every use after it, even when a whole batch of
+/// slices was released at once. Tombstones are swept out when they
+/// outnumber the most uses live at once since the last sweep (plus a few):
+/// a window of uses sliding along a buffer does not grow the list forever.
 #[derive(Default)]
 struct Uses {
     spans: Vec<Use>,
     /// Live uses in `spans` (the rest are tombstones).
     live: usize,
+    /// The most uses live at once since the last sweep.
+    peak: usize,
     /// The longest span recorded since the list was last empty.
     max_len: u32,
 }
@@ -130,6 +134,7 @@ impl Uses {
             self.spans.insert(i, new);
         }
         self.live += 1;
+        self.peak = self.peak.max(self.live);
         self.max_len = self.max_len.max(span.end - span.start);
     }
 
@@ -145,10 +150,12 @@ impl Uses {
         self.spans[i + k].live = false;
         self.live -= 1;
         if self.live == 0 {
-            self.spans.clear();
+            // Nothing live reaches anywhere.
             self.max_len = 0;
-        } else if self.spans.len() > 2 * self.live + 16 {
+        }
+        if self.spans.len() - self.live > self.peak + 16 {
             self.spans.retain(|u| u.live);
+            self.peak = self.live;
         }
     }
 
@@ -463,20 +470,35 @@ mod tests {
                 Some(SliceUse::Receive)
             );
         }
-        // Most of them go: the tombstones are swept; all go: empty.
-        for i in 0..60 {
+        // A whole batch released at once keeps its places for the next.
+        for i in 0..64 {
             u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
         }
-        assert!(u.spans.len() <= 2 * 4 + 16);
-        assert_eq!(u.conflict(&span(0, 960, SliceUse::Receive)), None);
+        assert!(u.is_empty());
+        assert_eq!(u.conflict(&span(0, 1024, SliceUse::Receive)), None);
+        for i in (0..64).rev() {
+            u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        assert_eq!(u.spans.len(), 64);
         assert_eq!(
             u.conflict(&span(0, 1024, SliceUse::Borrow)),
             Some(SliceUse::Receive)
         );
-        for i in 60..64 {
+        // A window of two uses sliding along the buffer: the list stays short.
+        for i in 0..64 {
             u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
         }
-        assert!(u.is_empty() && u.spans.is_empty());
+        for i in 100..10_000 {
+            u.insert(span(i * 16, i * 16 + 16, SliceUse::Send));
+            if i > 100 {
+                u.remove(&span((i - 1) * 16, (i - 1) * 16 + 16, SliceUse::Send));
+            }
+            assert!(u.spans.len() <= 64 + 16 + 2, "{}", u.spans.len());
+        }
+        assert_eq!(
+            u.conflict(&span(0, 200_000, SliceUse::Receive)),
+            Some(SliceUse::Send)
+        );
     }
 
     #[test]
