@@ -31,13 +31,15 @@
 //! taking requests in, handing results over, cancelling, closing),
 //! [`notification`], [`resize`], [`chain`] (starting lanes' chains),
 //! [`harvest`] (datagrams taken straight from the socket), [`shot`]
-//! (multishot receives into buffer rings), [`request_table`],
+//! (multishot receives into buffer rings) and [`buf_ring`] (a buffer
+//! group's memory), [`request_table`],
 //! [`lane`].
 //!
 //! Lock order: consumer, then submission, then the request table, then a
 //! lane, then capacity; the buffer registry's lock is taken last, alone or
 //! under the request table.
 
+mod buf_ring;
 mod chain;
 mod harvest;
 mod lane;

@@ -19,14 +19,23 @@ use std::sync::Arc;
 use super::super::addr::{self, Control};
 use super::super::buffer::Claim;
 use super::super::request::{Op, Request, RioResult};
+use super::buf_ring::Shot;
 use super::lane::Lane;
-use super::shot::{is_shot, Shot};
 
 /// `user_data` of the NOPs a completion queue submits to make its ring
 /// readable; dequeue skips them. Its top bit marks it as not notifying.
 pub(super) const NOP: u64 = u64::MAX;
 
 pub(super) const QUIET_BIT: u64 = 1 << 63;
+
+/// Marks the `user_data` of a lane's multishot `RECV` (with [`QUIET_BIT`]);
+/// its low 16 bits are the buffer group (see [`shot`](super::shot)).
+pub(super) const SHOT_BIT: u64 = 1 << 62;
+
+/// Whether a completion's `user_data` is a lane's multishot `RECV`.
+fn is_shot(user_data: u64) -> bool {
+    user_data & (QUIET_BIT | SHOT_BIT) == QUIET_BIT | SHOT_BIT && user_data != NOP
+}
 
 /// The generations a slot's `user_data` carries (bit 62 marks a multishot,
 /// see [`shot`](super::shot)).
