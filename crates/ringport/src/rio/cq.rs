@@ -80,9 +80,11 @@ pub struct CqStats {
     pub results: u64,
     /// Notifications armed.
     pub notifies: u64,
-    /// Multishot receives armed on io_uring (see DESIGN.md: datagram
-    /// receives go through a provided-buffer ring); 0 on epoll, or where
-    /// the kernel lacks them and receives go one request at a time.
+    /// Multishot receives armed on io_uring: a datagram socket's receives
+    /// are published to a provided-buffer ring that one multishot `RECV`
+    /// consumes, armed again each time it ends (its ring ran dry, say). 0 on
+    /// epoll, with `RINGPORT_RIO_MULTISHOT=0`, or where the kernel lacks
+    /// them (before 6.0) and receives go one request at a time.
     pub multishots: u64,
 }
 
