@@ -34,7 +34,7 @@
 //! freed only then.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use io_uring::{cqueue, opcode, types};
@@ -59,12 +59,17 @@ const RECV_FLAGS: i32 = libc::MSG_TRUNC;
 /// `RINGPORT_RIO_MULTISHOT=0` turns the path off; asked once.
 pub(super) fn supported() -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
+    let supported = *SUPPORTED.get_or_init(|| {
         let off = std::env::var("RINGPORT_RIO_MULTISHOT")
             .is_ok_and(|v| matches!(v.as_str(), "0" | "off" | "no" | "false"));
         !off && crate::sys::uring::ring::kernel_at_least(6, 0)
-    })
+    });
+    supported && !REFUSED.load(Ordering::Relaxed)
 }
+
+/// A kernel (or a sandbox) refused a multishot `RECV` although its version
+/// says it has them: no lane tries again.
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The `user_data` of group `shot`'s multishot.
 fn shot_user_data(shot: &Shot) -> u64 {
@@ -322,13 +327,15 @@ impl RequestTable {
             }
         }
         let more = cqueue::more(flags);
+        // Refused at once (no buffer taken): not a datagram's error.
+        let refused = !more && !landed && (res == -libc::EINVAL || res == -libc::EOPNOTSUPP);
         if !more {
             let shot = &mut self.shots[i];
             if shot.armed {
                 shot.armed = false;
                 self.in_kernel -= 1;
             }
-            if !landed && res != -libc::ENOBUFS && res != -libc::ECANCELED {
+            if !landed && !refused && res != -libc::ENOBUFS && res != -libc::ECANCELED {
                 // A zero-length datagram or a socket error, taken from the
                 // socket without a buffer: the oldest receive reports it,
                 // as it would have from a chain.
@@ -373,6 +380,32 @@ impl RequestTable {
         let room = left == 0 || left + 1 == shot.entries as usize;
         let rearm = !more && left > 0;
         if !rearm && !room {
+            return;
+        }
+        if refused {
+            // Chains from now on, for this lane and every other: its
+            // receives go back to it, first, in posting order.
+            REFUSED.store(true, Ordering::Relaxed);
+            let posted: Vec<u64> = shot.posted.drain(..).collect();
+            let lane = shot.lane.take();
+            shot.rq = None;
+            let mut again = Vec::with_capacity(posted.len());
+            for ud in posted {
+                let seq = self.slot(ud).map_or(0, |s| s.seq);
+                self.unpost(ud);
+                again.push((seq, ud));
+            }
+            if let Some(lane) = lane {
+                let mut state = lane.lock();
+                state.again.extend(again);
+                state.shot = None;
+                state.no_shot = true;
+                state.rearm = false;
+                if state.startable() {
+                    drop(state);
+                    kick.push(lane);
+                }
+            }
             return;
         }
         let Some(lane) = shot.lane.clone() else {
