@@ -1653,3 +1653,36 @@ fn dropping_or_closing_with_the_multishot_armed() {
         }
     }
 }
+
+/// Moving a completion queue to a bigger ring while datagram receives wait
+/// in a buffer ring (the multishot armed on the old ring): they are started
+/// again on the new one ahead of later receives, and fill in posting order.
+#[test]
+fn resizing_with_the_multishot_armed_keeps_posting_order() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 8, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(8 * 16).unwrap();
+    let c = client();
+    for i in 0..4u64 {
+        rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::NONE, i)
+            .unwrap();
+    }
+    // One lands before the move; its result moves with the queue.
+    numbered(&c, addr, 0, 1);
+    thread::sleep(Duration::from_millis(20));
+    let before = cq.stats().multishots;
+    cq.resize(100).unwrap();
+    assert!(cq.ring_capacity() >= 100);
+    for i in 4..8u64 {
+        rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::NONE, i)
+            .unwrap();
+    }
+    numbered(&c, addr, 1, 7);
+    let results = take(&cq, 8);
+    let contexts: Vec<u64> = results.iter().map(|r| r.request_context).collect();
+    assert_eq!(contexts, (0..8).collect::<Vec<u64>>(), "{results:?}");
+    assert_eq!(numbers(id, &results), (0..8).collect::<Vec<u32>>());
+    // Armed again on the new ring.
+    assert_eq!(cq.stats().multishots > before, multishot_path(&cq));
+}
