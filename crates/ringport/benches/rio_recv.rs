@@ -1,8 +1,9 @@
-//! The UDP receive paths RIO could take, measured side by side: what the
-//! RIO engine does today (one `IORING_OP_RECV` per posted receive, into the
-//! user's registered slice), the alternative the RIO issue asks to measure
-//! (one multishot `RECV` on the socket, consuming a provided-buffer ring),
-//! and a plain `recvmmsg` loop (the C bar).
+//! The UDP receive paths of RIO, measured side by side: ringport's RIO
+//! engine (since 2026-11-30 its posted receives are published to a
+//! provided-buffer ring that one multishot `RECV` consumes; with
+//! `RINGPORT_RIO_MULTISHOT=0`, one `IORING_OP_RECV` per posted receive, in
+//! chains), a bare multishot `RECV` over a provided-buffer ring with no RIO
+//! around it, and a plain `recvmmsg` loop (the C bar).
 //!
 //! A GSO sender (`UDP_SEGMENT`, 63 datagrams of 1,024 bytes per `send`)
 //! pinned to CPU 0 feeds a receiver pinned to CPU 1 for a fixed time, then
@@ -294,8 +295,8 @@ fn main() {
     let rounds = env("RIO_RECV_ROUNDS", 3);
     type Receiver = fn(UdpSocket) -> Run;
     let receivers: [(&str, Receiver); 4] = [
-        ("rio polled (RECV/request)", rio_polled),
-        ("rio event (RECV/request)", rio_event),
+        ("rio polled", rio_polled),
+        ("rio event", rio_event),
         ("multishot RECV + buf ring", multishot),
         ("recvmmsg", recvmmsg),
     ];

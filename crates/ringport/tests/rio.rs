@@ -1420,3 +1420,269 @@ fn committed_receives_take_waiting_datagrams_in_order_with_truncation() {
         assert!(got.iter().all(|&b| b as usize == first));
     }
 }
+
+// Datagram receives on io_uring go through a provided-buffer ring consumed
+// by one multishot RECV where the kernel has them (src/rio/uring/shot.rs);
+// the tests below hold that path (and the epoll engine) to the same rules.
+
+/// Whether `cq`'s datagram receives go through the multishot path: io_uring,
+/// a 6.0+ kernel, and not switched off with `RINGPORT_RIO_MULTISHOT=0`.
+fn multishot_path(cq: &CompletionQueue) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let kernel = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let off = std::env::var("RINGPORT_RIO_MULTISHOT").is_ok_and(|v| v == "0");
+    cq.backend() == Backend::IoUring && kernel >= (6, 0) && !off
+}
+
+/// Sends `n` datagrams of 4 bytes, `first`, `first + 1`, ... (little-endian).
+fn numbered(c: &UdpSocket, to: std::net::SocketAddr, first: u32, n: u32) {
+    for i in first..first + n {
+        c.send_to(&i.to_le_bytes(), to).unwrap();
+    }
+}
+
+/// The number each result's slice holds, in result order (slices of 16
+/// bytes at 16 × request context).
+fn numbers(id: BufferId, results: &[RioResult]) -> Vec<u32> {
+    results
+        .iter()
+        .map(|r| {
+            assert_eq!((r.status, r.bytes), (0, 4), "{results:?}");
+            let b = bytes(RioBuf::new(id, r.request_context as u32 * 16, 4));
+            u32::from_le_bytes(b[..4].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// Every round uses up all the posted receives (the multishot's buffer ring
+/// runs dry and it ends with ENOBUFS), then posts them again one by one,
+/// before or after the next datagrams arrive: each round's results come in
+/// posting order, each receive with the datagram of its rank.
+#[test]
+fn posting_order_holds_across_the_buffer_ring_running_dry() {
+    const N: u32 = 8;
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(N, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, N, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(N as usize * 16).unwrap();
+    let c = client();
+    let mut next = 0u32;
+    for round in 0..6u32 {
+        // Contexts rotate so that slots and buffer ids are reused in new orders.
+        let order: Vec<u64> = (0..N as u64)
+            .map(|i| (i + round as u64) % N as u64)
+            .collect();
+        let datagrams_first = round % 2 == 1;
+        if datagrams_first {
+            numbered(&c, addr, next, N);
+            thread::sleep(Duration::from_millis(20));
+        }
+        for &i in &order {
+            rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::NONE, i)
+                .unwrap();
+        }
+        if !datagrams_first {
+            numbered(&c, addr, next, N);
+        }
+        let results = take(&cq, N as usize);
+        let contexts: Vec<u64> = results.iter().map(|r| r.request_context).collect();
+        assert_eq!(contexts, order, "round {round}: not in posting order");
+        let want: Vec<u32> = (next..next + N).collect();
+        assert_eq!(numbers(id, &results), want, "round {round}");
+        next += N;
+    }
+    assert_eq!(rq.outstanding(), (0, 0));
+    if multishot_path(&cq) {
+        // Armed again after each round ran the ring dry.
+        assert!(cq.stats().multishots >= 6, "{:?}", cq.stats());
+    } else {
+        assert_eq!(cq.stats().multishots, 0);
+    }
+}
+
+/// Truncation, a zero-length datagram and a receive with addresses in the
+/// middle of plain ones: each result as the per-request path gives it
+/// (`EMSGSIZE` with the bytes that fit), in posting order, and the queue
+/// goes on receiving after each.
+#[test]
+fn truncation_and_empty_datagrams_through_the_multishot_path() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(16, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 8, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(4096).unwrap();
+    let slice = |i: u64| RioBuf::new(id, i as u32 * 64, 8);
+    let c = client();
+    // Posted: plain 0..3, one with addresses (4), plain 5..6.
+    for i in 0..4u64 {
+        rq.receive(slice(i), RioFlags::NONE, i).unwrap();
+    }
+    let remote = RioBuf::new(id, 2048, rio::ADDRESS_LEN);
+    rq.receive_ex(slice(4), None, Some(remote), RioFlags::NONE, 4)
+        .unwrap();
+    for i in 5..7u64 {
+        rq.receive(slice(i), RioFlags::NONE, i).unwrap();
+    }
+    let sent: [&[u8]; 7] = [
+        b"abc",
+        b"twenty bytes, cut...",
+        b"",
+        b"exactly8",
+        b"from far away",
+        b"",
+        b"last",
+    ];
+    for d in sent {
+        c.send_to(d, addr).unwrap();
+    }
+    let results = take(&cq, sent.len());
+    for (k, (r, d)) in results.iter().zip(sent).enumerate() {
+        assert_eq!(r.request_context, k as u64, "{results:?}");
+        let want = if d.len() > 8 {
+            (libc::EMSGSIZE, 8)
+        } else {
+            (0, d.len() as u32)
+        };
+        assert_eq!((r.status, r.bytes), want, "datagram {k}: {results:?}");
+        let kept = &d[..d.len().min(8)];
+        assert_eq!(bytes(RioBuf::new(id, k as u32 * 64, r.bytes)), kept);
+    }
+    let from = rio::read_addr(&bytes(remote)).unwrap();
+    assert_eq!(from, c.local_addr().unwrap());
+    // And on.
+    rq.receive(slice(7), RioFlags::NONE, 7).unwrap();
+    c.send_to(b"more", addr).unwrap();
+    let r = take(&cq, 1)[0];
+    assert_eq!((r.request_context, r.status, r.bytes), (7, 0, 4));
+    // Armed again after each empty datagram and after the chain.
+    assert_eq!(cq.stats().multishots >= 3, multishot_path(&cq));
+}
+
+/// Deferred receives are not handed out before their commit: a datagram
+/// goes to the committed receive before them, the next ones wait in the
+/// socket; after the commit they fill the deferred receives in posting
+/// order.
+#[test]
+fn deferred_receives_take_datagrams_only_once_committed() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(16, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 8, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(8 * 16).unwrap();
+    let c = client();
+    rq.receive(RioBuf::new(id, 0, 16), RioFlags::NONE, 0)
+        .unwrap();
+    for i in 1..5u64 {
+        rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::DEFER, i)
+            .unwrap();
+    }
+    numbered(&c, addr, 100, 3);
+    let first = take(&cq, 1);
+    assert_eq!(numbers(id, &first), [100]);
+    none_for_a_while(&cq);
+    rq.commit().unwrap();
+    let rest = take(&cq, 2);
+    assert_eq!(
+        rest.iter().map(|r| r.request_context).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(numbers(id, &rest), [101, 102]);
+    numbered(&c, addr, 103, 2);
+    let last = take(&cq, 2);
+    assert_eq!(
+        last.iter().map(|r| r.request_context).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert_eq!(numbers(id, &last), [103, 104]);
+    assert_eq!(cq.stats().multishots > 0, multishot_path(&cq));
+}
+
+/// Dropping a request queue whose receives wait in its buffer ring (the
+/// multishot armed), or in one that ran dry with receives posted after,
+/// cancels them all; the socket closes and the buffer can be deregistered.
+/// Closing a completion queue in the same states leaks nothing either.
+#[test]
+fn dropping_or_closing_with_the_multishot_armed() {
+    for case in 0..4 {
+        let (server, addr) = udp();
+        let cq = CompletionQueue::new(16, Notify::Polled).unwrap();
+        let rq = RequestQueue::new(server, 8, 0, &cq, &cq, 9).unwrap();
+        let id = rio::register_buffer(8 * 16).unwrap();
+        let c = client();
+        let mut delivered = 0;
+        if case % 2 == 1 {
+            // The ring runs dry: the multishot ends; more receives follow.
+            for i in 0..2u64 {
+                rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::NONE, i)
+                    .unwrap();
+            }
+            numbered(&c, addr, 0, 2);
+            assert_eq!(numbers(id, &take(&cq, 2)), [0, 1]);
+        }
+        for i in 0..6u64 {
+            rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::NONE, i)
+                .unwrap();
+        }
+        // Two land (their results wait in the ring), four stay published.
+        numbered(&c, addr, 50, 2);
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(cq.stats().multishots > 0, multishot_path(&cq));
+        if case < 2 {
+            let fd = rq.as_raw_fd();
+            let name = fd_target(fd).unwrap();
+            drop(rq);
+            let results = take(&cq, 6);
+            for r in &results {
+                assert_eq!(r.socket_context, 9);
+                if r.status == 0 {
+                    delivered += 1;
+                } else {
+                    assert_eq!(r.status, libc::ECANCELED, "{results:?}");
+                }
+            }
+            assert!(delivered <= 2, "{results:?}");
+            assert_ne!(fd_target(fd), Some(name));
+            assert_eq!(cq.charged(), 0);
+            rio::deregister_buffer(id).unwrap();
+        } else {
+            cq.close().unwrap();
+            assert_eq!(rq.outstanding(), (0, 0));
+            rio::deregister_buffer(id).unwrap();
+            drop(rq);
+        }
+    }
+}
+
+/// Moving a completion queue to a bigger ring while datagram receives wait
+/// in a buffer ring (the multishot armed on the old ring): they are started
+/// again on the new one ahead of later receives, and fill in posting order.
+#[test]
+fn resizing_with_the_multishot_armed_keeps_posting_order() {
+    let (server, addr) = udp();
+    let cq = CompletionQueue::new(8, Notify::Polled).unwrap();
+    let rq = RequestQueue::new(server, 8, 0, &cq, &cq, 0).unwrap();
+    let id = rio::register_buffer(8 * 16).unwrap();
+    let c = client();
+    for i in 0..4u64 {
+        rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::NONE, i)
+            .unwrap();
+    }
+    // One lands before the move; its result moves with the queue.
+    numbered(&c, addr, 0, 1);
+    thread::sleep(Duration::from_millis(20));
+    let before = cq.stats().multishots;
+    cq.resize(100).unwrap();
+    assert!(cq.ring_capacity() >= 100);
+    for i in 4..8u64 {
+        rq.receive(RioBuf::new(id, i as u32 * 16, 16), RioFlags::NONE, i)
+            .unwrap();
+    }
+    numbered(&c, addr, 1, 7);
+    let results = take(&cq, 8);
+    let contexts: Vec<u64> = results.iter().map(|r| r.request_context).collect();
+    assert_eq!(contexts, (0..8).collect::<Vec<u64>>(), "{results:?}");
+    assert_eq!(numbers(id, &results), (0..8).collect::<Vec<u32>>());
+    // Armed again on the new ring.
+    assert_eq!(cq.stats().multishots > before, multishot_path(&cq));
+}

@@ -78,11 +78,30 @@ impl Span {
 }
 
 /// A buffer's uses, sorted by start.
+///
+/// A use that ends leaves a tombstone in its place rather than shifting the
+/// rest of the list, and a new use that sorts next to a tombstone takes it
+/// over: the pattern of a receive loop (a slice released as its result is
+/// dequeued, claimed again by the next receive into it) costs a binary
+/// search, not a move of every use after it, even when a whole batch of
+/// slices was released at once. Tombstones are swept out when they
+/// outnumber the most uses live at once since the last sweep (plus a few):
+/// a window of uses sliding along a buffer does not grow the list forever.
 #[derive(Default)]
 struct Uses {
-    spans: Vec<Span>,
+    spans: Vec<Use>,
+    /// Live uses in `spans` (the rest are tombstones).
+    live: usize,
+    /// The most uses live at once since the last sweep.
+    peak: usize,
     /// The longest span recorded since the list was last empty.
     max_len: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Use {
+    span: Span,
+    live: bool,
 }
 
 impl Uses {
@@ -93,28 +112,55 @@ impl Uses {
         }
         // A span starting before this cannot reach `new.start`.
         let from = new.start.saturating_sub(self.max_len);
-        let i = self.spans.partition_point(|s| s.start < from);
+        let i = self.spans.partition_point(|u| u.span.start < from);
         self.spans[i..]
             .iter()
-            .take_while(|s| s.start < new.end)
-            .find(|s| s.conflicts(new))
-            .map(|s| s.kind)
+            .take_while(|u| u.span.start < new.end)
+            .find(|u| u.live && u.span.conflicts(new))
+            .map(|u| u.span.kind)
     }
 
     fn insert(&mut self, span: Span) {
-        let i = self.spans.partition_point(|s| s.start <= span.start);
-        self.spans.insert(i, span);
+        let i = self.spans.partition_point(|u| u.span.start <= span.start);
+        let new = Use { span, live: true };
+        // Everything before `i` starts at or before `span`, everything from
+        // `i` on after it: a tombstone on either side of that point can
+        // take it without breaking the order.
+        if i > 0 && !self.spans[i - 1].live {
+            self.spans[i - 1] = new;
+        } else if i < self.spans.len() && !self.spans[i].live {
+            self.spans[i] = new;
+        } else {
+            self.spans.insert(i, new);
+        }
+        self.live += 1;
+        self.peak = self.peak.max(self.live);
         self.max_len = self.max_len.max(span.end - span.start);
     }
 
     fn remove(&mut self, span: &Span) {
-        let i = self.spans.partition_point(|s| s.start < span.start);
-        if let Some(k) = self.spans[i..].iter().position(|s| s == span) {
-            self.spans.remove(i + k);
-        }
-        if self.spans.is_empty() {
+        let i = self.spans.partition_point(|u| u.span.start < span.start);
+        let Some(k) = self.spans[i..]
+            .iter()
+            .take_while(|u| u.span.start == span.start)
+            .position(|u| u.live && u.span == *span)
+        else {
+            return;
+        };
+        self.spans[i + k].live = false;
+        self.live -= 1;
+        if self.live == 0 {
+            // Nothing live reaches anywhere.
             self.max_len = 0;
         }
+        if self.spans.len() - self.live > self.peak + 16 {
+            self.spans.retain(|u| u.live);
+            self.peak = self.live;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
     }
 }
 
@@ -206,10 +252,10 @@ pub fn deregister_buffer(id: BufferId) -> Result<(), Error> {
     let region = {
         let mut table = lock(&REGISTRY);
         let entry = table.entry(id)?;
-        if !entry.uses.spans.is_empty() {
+        if !entry.uses.is_empty() {
             return Err(RioError::BufferInUse {
                 id,
-                uses: entry.uses.spans.len(),
+                uses: entry.uses.live,
             }
             .into());
         }
@@ -398,6 +444,61 @@ mod tests {
         assert_eq!(u.conflict(&span(50, 50, SliceUse::BorrowMut)), None);
         u.remove(&span(0, 100, SliceUse::Receive));
         assert_eq!(u.conflict(&span(50, 60, SliceUse::BorrowMut)), None);
+    }
+
+    #[test]
+    fn ended_uses_leave_tombstones_that_new_uses_take_over() {
+        let mut u = Uses::default();
+        for i in 0..64 {
+            u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        // A receive loop: each slice released, then claimed again.
+        for round in 0..4 {
+            for i in (0..64).map(|i| (i * 7 + round) % 64) {
+                u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
+                assert_eq!(
+                    u.conflict(&span(i * 16, i * 16 + 1, SliceUse::Borrow)),
+                    None
+                );
+                u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
+                assert_eq!(u.spans.len(), 64, "no shift, no growth");
+            }
+        }
+        for i in 0..64 {
+            assert_eq!(
+                u.conflict(&span(i * 16 + 3, i * 16 + 4, SliceUse::Borrow)),
+                Some(SliceUse::Receive)
+            );
+        }
+        // A whole batch released at once keeps its places for the next.
+        for i in 0..64 {
+            u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        assert!(u.is_empty());
+        assert_eq!(u.conflict(&span(0, 1024, SliceUse::Receive)), None);
+        for i in (0..64).rev() {
+            u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        assert_eq!(u.spans.len(), 64);
+        assert_eq!(
+            u.conflict(&span(0, 1024, SliceUse::Borrow)),
+            Some(SliceUse::Receive)
+        );
+        // A window of two uses sliding along the buffer: the list stays short.
+        for i in 0..64 {
+            u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
+        }
+        for i in 100..10_000 {
+            u.insert(span(i * 16, i * 16 + 16, SliceUse::Send));
+            if i > 100 {
+                u.remove(&span((i - 1) * 16, (i - 1) * 16 + 16, SliceUse::Send));
+            }
+            assert!(u.spans.len() <= 64 + 16 + 2, "{}", u.spans.len());
+        }
+        assert_eq!(
+            u.conflict(&span(0, 200_000, SliceUse::Receive)),
+            Some(SliceUse::Send)
+        );
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct CqStats {
     pub results: u64,
     /// Notifications armed.
     pub notifies: u64,
+    /// Multishot receives armed on io_uring: a datagram socket's receives
+    /// are published to a provided-buffer ring that one multishot `RECV`
+    /// consumes, armed again each time it ends (its ring ran dry, say). 0 on
+    /// epoll, with `RINGPORT_RIO_MULTISHOT=0`, or where the kernel lacks
+    /// them (before 6.0) and receives go one request at a time.
+    pub multishots: u64,
 }
 
 fn check_size(size: u32) -> Result<(), Error> {
@@ -215,6 +221,7 @@ impl CompletionQueue {
             dequeues: c.dequeues.load(Ordering::Relaxed),
             results: c.results.load(Ordering::Relaxed),
             notifies: c.notifies.load(Ordering::Relaxed),
+            multishots: self.shared.multishots(),
         }
     }
 

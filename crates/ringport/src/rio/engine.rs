@@ -121,6 +121,14 @@ impl CqShared {
         }
     }
 
+    /// Multishot receives armed (io_uring only).
+    pub(super) fn multishots(&self) -> u64 {
+        match &self.engine {
+            CqEngine::Uring(e) => e.multishots(),
+            CqEngine::Epoll(_) => 0,
+        }
+    }
+
     pub(super) fn ring_capacity(&self) -> u32 {
         match &self.engine {
             CqEngine::Uring(e) => e.ring_capacity(),

@@ -90,6 +90,13 @@ impl Request {
         self.rq.done(self.kind);
     }
 
+    /// [`end`](Self::end) for a request its owner drops right after, where
+    /// it is, without moving it.
+    pub(super) fn end_in_place(&self, claims: &mut Vec<Claim>) {
+        claims.extend(self.claims.iter().flatten());
+        self.rq.done(self.kind);
+    }
+
     /// The status and bytes of the request, once its operation returned
     /// `res` (bytes, or a negated errno). For a receive with addresses,
     /// `msg` is the header the kernel filled: truncation is read from its

@@ -63,6 +63,10 @@ pub(super) fn start_lane(
         return Ok(false);
     }
     lane.requeue_again();
+    // Datagram receives go to the lane's buffer ring where they can.
+    if let Some(queued) = table.start_shot(ring, lane)? {
+        return Ok(queued);
+    }
     let drained = match (harvest, lane.waiting.front()) {
         (Some(h), Some(&ud)) if lane.ready() > 0 => match table.socket(ud) {
             Some(fd) => h.take(table, lane, fd),

@@ -47,12 +47,23 @@ pub(super) struct LaneState {
     /// Requests of the current chain that the kernel cancelled unasked, with
     /// their submission order, to go first in the next chain.
     pub(super) again: Vec<(u64, u64)>,
+    /// The lane's buffer group (see [`shot`](super::shot)): its datagram
+    /// receives go to a provided-buffer ring consumed by one multishot
+    /// `RECV`, instead of chains. Set by the first start that can use one.
+    pub(super) shot: Option<u16>,
+    /// A buffer group was tried for this lane and could not be had: chains
+    /// only.
+    pub(super) no_shot: bool,
+    /// The lane's multishot `RECV` ended with receives still in its buffer
+    /// ring (or room appeared in it): the next start arms it again.
+    pub(super) rearm: bool,
 }
 
 impl LaneState {
     /// Whether a new chain can start now and has something to take.
     pub(super) fn startable(&self) -> bool {
-        self.in_kernel == 0 && (self.waiting.len() > self.deferred || !self.again.is_empty())
+        self.in_kernel == 0
+            && (self.waiting.len() > self.deferred || !self.again.is_empty() || self.rearm)
     }
 
     /// Puts the requests to start again before those waiting, in the order

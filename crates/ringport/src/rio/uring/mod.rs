@@ -22,16 +22,24 @@
 //! lanes that one look at the ring restarted; a dequeue that restarts
 //! nothing makes no system call.
 //!
+//! A lane of datagram receives goes another way where the kernel allows:
+//! its receives are published, in posting order, to a provided-buffer ring
+//! that one multishot `RECV` consumes (see [`shot`]); the datagrams land in
+//! the posted slices in that order, with no system call per receive.
+//!
 //! The files: [`queue`] (the queue, its submission and consumer sides,
 //! taking requests in, handing results over, cancelling, closing),
 //! [`notification`], [`resize`], [`chain`] (starting lanes' chains),
-//! [`harvest`] (datagrams taken straight from the socket), [`request_table`],
+//! [`harvest`] (datagrams taken straight from the socket), [`shot`]
+//! (multishot receives into buffer rings) and [`buf_ring`] (a buffer
+//! group's memory), [`request_table`],
 //! [`lane`].
 //!
 //! Lock order: consumer, then submission, then the request table, then a
 //! lane, then capacity; the buffer registry's lock is taken last, alone or
 //! under the request table.
 
+mod buf_ring;
 mod chain;
 mod harvest;
 mod lane;
@@ -39,6 +47,7 @@ mod notification;
 mod queue;
 mod request_table;
 mod resize;
+mod shot;
 
 pub(super) use self::lane::Lane;
 pub(super) use self::queue::{queue_ring, UringCq};

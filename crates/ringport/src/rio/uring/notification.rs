@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::super::charge::CqCommon;
 use super::super::error::RioError;
 use super::super::notify::{wait_slice, Notifier, PortTarget};
-use super::queue::{waiting, UringCq};
+use super::queue::UringCq;
 use crate::sync::lock;
 use crate::sys::op::Recheck;
 use crate::sys::uring::ring::Ring;
@@ -46,8 +46,7 @@ impl UringCq {
                 c.armed = true;
                 c.fired = false;
                 common.counters.notifies.fetch_add(1, Ordering::Relaxed);
-                // SAFETY: the consumer lock is held.
-                if unsafe { waiting(&ring, &c.carry) } {
+                if self.waiting(common, &ring, c) {
                     c.fired = true;
                     efd.wake();
                     return Ok(());
@@ -58,8 +57,7 @@ impl UringCq {
                 // and reading the flag: either it sees the flag clear, or we
                 // see its CQE here.
                 fence(Ordering::SeqCst);
-                // SAFETY: the consumer lock is held.
-                if unsafe { waiting(&ring, &c.carry) } {
+                if self.waiting(common, &ring, c) {
                     // SAFETY: the consumer lock is held.
                     unsafe { ring.set_eventfd(false) };
                     c.fired = true;
@@ -68,8 +66,7 @@ impl UringCq {
                 Ok(())
             }
             Notifier::Port(target) => {
-                // SAFETY: the consumer lock is held.
-                let results = unsafe { waiting(&ring, &c.carry) };
+                let results = self.waiting(common, &ring, c);
                 if c.armed && !c.fired && !results {
                     return Err(RioError::AlreadyArmed.into());
                 }

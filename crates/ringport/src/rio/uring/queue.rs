@@ -72,7 +72,8 @@ const QUEUE_OPS: Purpose = Purpose {
 
 /// A ring for a completion queue of `size` results.
 pub(in crate::rio) fn queue_ring(size: u32) -> std::io::Result<Ring> {
-    Ring::new(size, size, &QUEUE_OPS)
+    // Room for each multishot's final completion (see `shot`).
+    Ring::with_slack(size, &QUEUE_OPS)
 }
 
 /// A completion queue on its own io_uring ring.
@@ -82,15 +83,6 @@ pub(in crate::rio) struct UringCq {
     pub(super) table: Mutex<RequestTable>,
     pub(super) notifier: Notifier,
     pub(super) closed: AtomicBool,
-}
-
-/// Whether results are waiting in `ring` or `carry`.
-///
-/// # Safety
-/// The caller holds the consumer lock.
-pub(super) unsafe fn waiting(ring: &Ring, carry: &VecDeque<Done>) -> bool {
-    // SAFETY: the caller holds the consumer lock.
-    !carry.is_empty() || !unsafe { ring.completions() }.is_empty()
 }
 
 impl UringCq {
@@ -155,12 +147,24 @@ impl UringCq {
         if !cq.is_empty() {
             let mut table = lock(&self.table);
             for e in cq {
-                if e.user_data() != NOP && table.taken(e.user_data(), e.result(), kick) {
-                    carry.push_back(e.into());
-                }
+                table.reaped(&e, kick, carry);
             }
         }
         carry.iter().any(|e| !is_quiet(e.user_data))
+    }
+
+    /// Whether results are waiting: what the ring holds is taken into
+    /// `c.carry` first (a multishot's own completions, which are no results,
+    /// must not fire a notification), then lanes it ended are started again.
+    /// The caller holds the consumer lock (for `c`).
+    pub(super) fn waiting(&self, common: &CqCommon, ring: &Ring, c: &mut Consumer) -> bool {
+        // SAFETY: the caller holds the consumer lock.
+        if !unsafe { ring.completions() }.is_empty() {
+            // SAFETY: as above.
+            unsafe { self.absorb(ring, &mut c.carry, &mut c.kick) };
+            let _ = self.restart(common, c);
+        }
+        !c.carry.is_empty()
     }
 
     /// Takes what the ring holds into the consumer's carry, so that a lane
@@ -300,9 +304,12 @@ impl UringCq {
             let e = match carry.pop_front() {
                 Some(e) => e,
                 None => match cq.next() {
-                    Some(e) if e.user_data() == NOP => continue,
-                    Some(e) if !table.taken(e.user_data(), e.result(), kick) => continue,
-                    Some(e) => Done::from(e),
+                    // What it means goes to carry (a multishot's completion
+                    // may end several receives, or none).
+                    Some(e) => {
+                        table.reaped(&e, kick, carry);
+                        continue;
+                    }
                     None => break,
                 },
             };
@@ -461,6 +468,10 @@ impl UringCq {
             let mut lane = lane.lock();
             lane.deferred = 0;
             lane.requeue_again();
+            // Receives published to a buffer ring no multishot reads come
+            // back to be cancelled here; those of an armed one end when
+            // the kernel gives it back (cancelled below).
+            table.cancel_shot(&mut lane);
             while let Some(ud) = lane.waiting.pop_front() {
                 let Some(nop) = table.entry(ud, false, true, false) else {
                     continue;
@@ -516,7 +527,10 @@ impl UringCq {
         let deadline = Instant::now() + KERNEL_WAIT;
         let _ = ring.cancel_all(deadline);
         let mut table = lock(&self.table);
+        table.closing = true;
         let c = &mut *consumer;
+        // Receives published to buffer rings no multishot reads end here.
+        table.end_unarmed_shots(&mut c.carry);
         // Results are dropped: completing them ends their requests.
         for e in c.carry.drain(..) {
             table.complete(e.user_data, e.result, &mut c.claims);
@@ -530,9 +544,15 @@ impl UringCq {
         loop {
             // SAFETY: the consumer lock is held.
             for e in unsafe { ring.completions() } {
-                table.complete(e.user_data(), e.result(), &mut c.claims);
+                table.reaped(&e, &mut c.kick, &mut c.carry);
             }
-            if table.live() == 0 || Instant::now() >= deadline {
+            for e in c.carry.drain(..) {
+                table.complete(e.user_data, e.result, &mut c.claims);
+            }
+            c.kick.clear();
+            // (A multishot may be owed with no receive left in its ring.)
+            let owed = table.live() > 0 || table.in_kernel() > 0;
+            if !owed || Instant::now() >= deadline {
                 break;
             }
             ring.wait(Some(
@@ -541,7 +561,14 @@ impl UringCq {
         }
         buffer::release(&c.claims);
         c.claims.clear();
-        let outstanding = table.live();
+        // A multishot the kernel still holds (its final completion not
+        // reaped) may read its buffer ring even with no request left.
+        let outstanding = table.live().max(table.in_kernel());
+        if table.in_kernel() == 0 {
+            // Every multishot was given back: nothing reads the buffer
+            // rings, which can go (their memory with the table).
+            table.unregister_shots(&ring);
+        }
         if outstanding > 0 {
             // The kernel may still write through pointers in these requests:
             // keep their memory (and the ring) forever rather than free it.

@@ -10,6 +10,7 @@
 //! the event notification reads straight from the CQ ring.
 
 use std::cell::UnsafeCell;
+use std::collections::VecDeque;
 
 use io_uring::{cqueue, opcode, squeue, types};
 
@@ -18,13 +19,27 @@ use std::sync::Arc;
 use super::super::addr::{self, Control};
 use super::super::buffer::Claim;
 use super::super::request::{Op, Request, RioResult};
+use super::buf_ring::Shot;
 use super::lane::Lane;
 
 /// `user_data` of the NOPs a completion queue submits to make its ring
 /// readable; dequeue skips them. Its top bit marks it as not notifying.
 pub(super) const NOP: u64 = u64::MAX;
 
-const QUIET_BIT: u64 = 1 << 63;
+pub(super) const QUIET_BIT: u64 = 1 << 63;
+
+/// Marks the `user_data` of a lane's multishot `RECV` (with [`QUIET_BIT`]);
+/// its low 16 bits are the buffer group (see [`shot`](super::shot)).
+pub(super) const SHOT_BIT: u64 = 1 << 62;
+
+/// Whether a completion's `user_data` is a lane's multishot `RECV`.
+fn is_shot(user_data: u64) -> bool {
+    user_data & (QUIET_BIT | SHOT_BIT) == QUIET_BIT | SHOT_BIT && user_data != NOP
+}
+
+/// The generations a slot's `user_data` carries (bit 62 marks a multishot,
+/// see [`shot`](super::shot)).
+const GENERATION: u64 = 0x3fff_ffff;
 
 /// A result taken out of the ring, or made in user space for a datagram
 /// receive carried out with `recvmmsg` (see [`harvest`](super::harvest)):
@@ -56,19 +71,20 @@ pub(super) struct Scratch {
     control: Control,
 }
 
-struct RequestSlot {
+pub(super) struct RequestSlot {
     generation: u32,
     /// Posting order, to start requests again in the same order.
-    seq: u64,
+    pub(super) seq: u64,
     /// Its entry is in the ring (or the kernel) and its completion has not
-    /// been taken out of the ring.
-    in_kernel: bool,
+    /// been taken out of the ring; or its slice is published in its lane's
+    /// buffer ring (see [`shot`](super::shot)).
+    pub(super) in_kernel: bool,
     /// It went to the ring as a NOP, its queue closing before it started:
     /// its completion means `ECANCELED`.
     cancelled: bool,
-    request: Option<Request>,
+    pub(super) request: Option<Request>,
     /// The lane of its request queue and kind (set with `request`).
-    lane: Option<Arc<Lane>>,
+    pub(super) lane: Option<Arc<Lane>>,
     scratch: UnsafeCell<Scratch>,
 }
 
@@ -85,8 +101,16 @@ pub(super) struct RequestTable {
     slots: Vec<Box<RequestSlot>>,
     free: Vec<u32>,
     live: usize,
-    in_kernel: usize,
+    /// Entries the ring owes a final completion for: requests in chains,
+    /// and armed multishots (not the receives published to them).
+    pub(super) in_kernel: usize,
     next_seq: u64,
+    /// The lanes' buffer groups (see [`shot`](super::shot)), by group id.
+    pub(super) shots: Vec<Shot>,
+    /// The queue is closing: a multishot given back ends what it had.
+    pub(super) closing: bool,
+    /// Multishots armed, for the queue's stats.
+    pub(super) multishots: u64,
 }
 
 impl RequestTable {
@@ -97,6 +121,9 @@ impl RequestTable {
             live: 0,
             in_kernel: 0,
             next_seq: 0,
+            shots: Vec::new(),
+            closing: false,
+            multishots: 0,
         };
         s.grow(n);
         s
@@ -144,7 +171,7 @@ impl RequestTable {
         let seq = self.next_seq;
         self.next_seq += 1;
         let slot = &mut self.slots[index as usize];
-        slot.generation = slot.generation.wrapping_add(1) & 0x7fff_ffff;
+        slot.generation = slot.generation.wrapping_add(1) & GENERATION as u32;
         slot.seq = seq;
         slot.in_kernel = false;
         slot.cancelled = false;
@@ -208,6 +235,30 @@ impl RequestTable {
         }
     }
 
+    /// A completion was taken out of the ring: what it means for its
+    /// request (see [`taken`](Self::taken)) or its lane's multishot (see
+    /// [`shot_reaped`](Self::shot_reaped)); the results to hand over go to
+    /// `out`, NOPs are dropped.
+    pub(super) fn reaped(
+        &mut self,
+        e: &cqueue::Entry,
+        kick: &mut Vec<Arc<Lane>>,
+        out: &mut VecDeque<Done>,
+    ) {
+        let user_data = e.user_data();
+        if user_data == NOP {
+            return;
+        }
+        if is_shot(user_data) {
+            self.shot_reaped(user_data, e.result(), e.flags(), kick, out);
+        } else if self.taken(user_data, e.result(), kick) {
+            out.push_back(Done {
+                user_data,
+                result: e.result(),
+            });
+        }
+    }
+
     /// The completion of `user_data` (result `res`) was taken out of the
     /// ring: the request's lane learns it, and lanes whose chain it ended
     /// with requests to start go to `kick`. Returns whether the completion
@@ -242,9 +293,9 @@ impl RequestTable {
         !again
     }
 
-    fn slot(&mut self, user_data: u64) -> Option<&mut RequestSlot> {
+    pub(super) fn slot(&mut self, user_data: u64) -> Option<&mut RequestSlot> {
         let index = (user_data & 0xffff_ffff) as usize;
-        let generation = ((user_data >> 32) & 0x7fff_ffff) as u32;
+        let generation = ((user_data >> 32) & GENERATION) as u32;
         let slot = self.slots.get_mut(index)?;
         (slot.generation == generation && slot.request.is_some()).then_some(&mut **slot)
     }
@@ -258,8 +309,9 @@ impl RequestTable {
         claims: &mut Vec<Claim>,
     ) -> Option<RioResult> {
         let slot = self.slot(user_data)?;
-        let request = slot.request.take()?;
-        slot.lane = None;
+        // The request ends where it is (not moved out of its slot, a copy
+        // of a couple of hundred bytes per result).
+        let request = slot.request.as_ref()?;
         let (status, bytes) = if std::mem::take(&mut slot.cancelled) {
             (libc::ECANCELED, 0)
         } else {
@@ -271,7 +323,9 @@ impl RequestTable {
         // Closing completes what it reaps without `taken`.
         let was_in_kernel = std::mem::take(&mut slot.in_kernel);
         let result = request.result(status, bytes);
-        request.end(claims);
+        request.end_in_place(claims);
+        slot.request = None;
+        slot.lane = None;
         self.free.push((user_data & 0xffff_ffff) as u32);
         self.live -= 1;
         self.in_kernel -= usize::from(was_in_kernel);

@@ -12,12 +12,16 @@ use super::super::error::RioError;
 use super::super::notify::Notifier;
 use super::chain::start_lanes;
 use super::queue::{queue_ring, UringCq, KERNEL_WAIT};
-use super::request_table::{Done, NOP};
+use super::request_table::Done;
 use crate::sync::lock;
 use crate::sys::uring::ring::Ring;
 use crate::Error;
 
 impl UringCq {
+    pub(in crate::rio) fn multishots(&self) -> u64 {
+        lock(&self.table).multishots
+    }
+
     pub(in crate::rio) fn ring_capacity(&self) -> u32 {
         lock(&self.consumer)
             .ring
@@ -79,9 +83,7 @@ impl UringCq {
         while table.in_kernel() > 0 {
             // SAFETY: the caller holds the consumer lock.
             for e in unsafe { old.completions() } {
-                if e.user_data() != NOP && table.taken(e.user_data(), e.result(), &mut kick) {
-                    carry.push_back(e.into());
-                }
+                table.reaped(&e, &mut kick, carry);
             }
             if table.in_kernel() == 0 || Instant::now() >= deadline {
                 break;
@@ -93,6 +95,9 @@ impl UringCq {
         let in_kernel = table.in_kernel();
         let target = if in_kernel == 0 { new } else { old };
         if in_kernel == 0 {
+            // The buffer groups move too: their receives start again on
+            // the new ring, first in their lanes.
+            table.leave_ring(old, &mut kick);
             table.grow(new.capacity());
             carry.reserve(new.capacity() as usize);
         }

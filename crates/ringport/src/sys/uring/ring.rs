@@ -46,6 +46,10 @@ pub(crate) struct Purpose {
 
 pub(crate) struct Ring {
     ring: IoUring,
+    /// The completions the ring's owner may count on: the CQ ring's size,
+    /// or less when the rest is room for completions beyond one per
+    /// request (see [`with_slack`](Self::with_slack)).
+    usable: u32,
 }
 
 impl Ring {
@@ -93,12 +97,27 @@ impl Ring {
                 format!("this kernel's io_uring lacks IORING_OP_{name}, which {what} needs"),
             ));
         }
-        Ok(Ring { ring })
+        let usable = ring.params().cq_entries();
+        Ok(Ring { ring, usable })
     }
 
-    /// Completions the CQ ring holds.
+    /// A ring for `size` requests whose CQ ring has room for as many
+    /// completions again (up to io_uring's limit): a multishot request's
+    /// final completion comes beside those of the requests it served, and a
+    /// full CQ ring would hold it back in the kernel's overflow list, out of
+    /// sight until the next `io_uring_enter`. [`capacity`](Self::capacity)
+    /// is `size` rounded as [`new`](Self::new) rounds it.
+    pub(crate) fn with_slack(size: u32, purpose: &Purpose) -> io::Result<Ring> {
+        let mut ring = Ring::new(size, size.saturating_mul(2), purpose)?;
+        let want = size.clamp(1, MAX_ENTRIES).next_power_of_two();
+        ring.usable = want.min(ring.usable);
+        Ok(ring)
+    }
+
+    /// Completions the ring's owner may count on (see
+    /// [`with_slack`](Self::with_slack)).
     pub(crate) fn capacity(&self) -> u32 {
-        self.ring.params().cq_entries()
+        self.usable
     }
 
     /// Queues one entry without submitting it. When the SQ is full, what is
@@ -216,6 +235,32 @@ impl Ring {
         };
     }
 
+    /// Registers the provided-buffer ring at `addr` (`entries` entries, a
+    /// power of two, page-aligned) as buffer group `bgid`.
+    ///
+    /// # Safety
+    /// The memory stays allocated, and is written only as the buffer ring
+    /// protocol allows (entries past the published tail, the tail itself),
+    /// until the group is unregistered or the ring is gone.
+    pub(crate) unsafe fn register_buf_ring(
+        &self,
+        addr: u64,
+        entries: u16,
+        bgid: u16,
+    ) -> io::Result<()> {
+        // SAFETY: the caller's promise.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, bgid, 0)
+        }
+    }
+
+    /// Unregisters buffer group `bgid`.
+    pub(crate) fn unregister_buf_ring(&self, bgid: u16) -> io::Result<()> {
+        self.ring.submitter().unregister_buf_ring(bgid)
+    }
+
     /// Cancels every request the kernel holds, waiting up to `until` for the
     /// cancellations to be issued (their completions come through the CQ).
     pub(crate) fn cancel_all(&self, until: Instant) -> io::Result<()> {
@@ -255,7 +300,17 @@ impl AsRawFd for Ring {
 /// older and would refuse the flag. The io-uring crate does not export it.
 pub(crate) fn poll_first() -> u16 {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let supported = *SUPPORTED.get_or_init(|| {
+    let supported = *SUPPORTED.get_or_init(|| kernel_at_least(5, 19));
+    if supported {
+        1
+    } else {
+        0
+    }
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+pub(crate) fn kernel_at_least(want_major: u32, want_minor: u32) -> bool {
+    {
         // SAFETY: all-zero is a valid `utsname`, which uname fills in.
         let mut u: libc::utsname = unsafe { std::mem::zeroed() };
         // SAFETY: a live utsname for uname to fill in.
@@ -270,11 +325,6 @@ pub(crate) fn poll_first() -> u16 {
             .split(|c: char| !c.is_ascii_digit())
             .filter_map(|n| n.parse::<u32>().ok());
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        (major, minor) >= (5, 19)
-    });
-    if supported {
-        1
-    } else {
-        0
+        (major, minor) >= (want_major, want_minor)
     }
 }
