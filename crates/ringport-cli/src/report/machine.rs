@@ -20,7 +20,10 @@ pub struct Machine {
     /// `git rev-parse --short HEAD` of the source tree the binary was built
     /// from (else of where the command ran), or "unknown".
     pub commit: String,
-    /// Uncommitted changes in that work tree (false when unknown).
+    /// Uncommitted changes in that work tree (false when unknown), reports
+    /// and documents aside: a run of several benches rewrites the committed
+    /// reports in `bench-results/` one after the other, which changes no
+    /// code.
     #[serde(default)]
     pub dirty: bool,
     /// /proc/loadavg's 1, 5 and 15 minute averages: a machine that was busy
@@ -64,8 +67,16 @@ impl Machine {
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         };
         let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-        let dirty =
-            git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        let dirty = git(&[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!bench-results",
+            ":!*.md",
+        ])
+        .is_some_and(|s| !s.is_empty());
         Machine {
             cpus: if cpus > 0 {
                 cpus
