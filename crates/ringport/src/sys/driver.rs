@@ -19,7 +19,7 @@ use crate::sys::{choose, Backend, Chosen};
 use crate::Error;
 
 /// How an operation started with skip-on-success (`*_now` methods of
-/// [`Handle`]) went: still pending, to complete to the port as a packet, or
+/// [`Handle`](crate::Handle)) went: still pending, to complete to the port as a packet, or
 /// done at once, with its packet here and none queued
 /// (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`).
 #[derive(Debug)]
