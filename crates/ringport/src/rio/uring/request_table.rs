@@ -337,20 +337,23 @@ impl RequestTable {
         Some(self.slot(user_data)?.request.as_ref()?.rq.raw_fd())
     }
 
+    /// The slot of a request on a datagram socket that waits in user space
+    /// (not in the kernel), its request queue not closing: one that a
+    /// `recvmmsg` batch or a buffer group may take.
+    pub(super) fn waiting_datagram(&mut self, user_data: u64) -> Option<&mut RequestSlot> {
+        let slot = self.slot(user_data)?;
+        let request = slot.request.as_ref()?;
+        (!slot.in_kernel && request.rq.datagram && !request.rq.is_closing()).then_some(slot)
+    }
+
     /// For a datagram receive waiting in its lane (not in the kernel, its
     /// request queue not closing), the header a `recvmmsg` fills for it:
     /// its slot's scratch header, pointing at the request's data slice (and
     /// address slices, and the scratch's control buffer). `None` for any
     /// other request.
     pub(super) fn batch_header(&mut self, user_data: u64) -> Option<libc::msghdr> {
-        let slot = self.slot(user_data)?;
-        if slot.in_kernel {
-            return None;
-        }
+        let slot = self.waiting_datagram(user_data)?;
         let request = slot.request.as_ref()?;
-        if !request.rq.datagram || request.rq.is_closing() {
-            return None;
-        }
         let s = slot.scratch.get_mut();
         match request.op {
             Op::Recv { ptr, len, flags } if flags & libc::MSG_WAITALL == 0 => message(s, ptr, len),

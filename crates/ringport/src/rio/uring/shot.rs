@@ -85,14 +85,7 @@ impl RequestTable {
     /// The slice of the request behind `user_data` if it can go through a
     /// buffer group: a plain datagram receive, waiting, its queue open.
     fn shot_slice(&mut self, user_data: u64) -> Option<(*mut u8, u32)> {
-        let slot = self.slot(user_data)?;
-        if slot.in_kernel {
-            return None;
-        }
-        let request = slot.request.as_ref()?;
-        if !request.rq.datagram || request.rq.is_closing() {
-            return None;
-        }
+        let request = self.waiting_datagram(user_data)?.request.as_ref()?;
         match request.op {
             Op::Recv { ptr, len, flags } if flags == RECV_FLAGS && len > 0 => Some((ptr, len)),
             _ => None,
@@ -104,6 +97,19 @@ impl RequestTable {
         if let Some(slot) = self.slot(user_data) {
             slot.in_kernel = false;
         }
+    }
+
+    /// Takes `posted` out of a buffer group: each is back to waiting in user
+    /// space, returned with its posting sequence for its lane to issue again.
+    fn unpost_all(&mut self, posted: Vec<u64>) -> Vec<(u64, u64)> {
+        posted
+            .into_iter()
+            .map(|ud| {
+                let seq = self.slot(ud).map_or(0, |s| s.seq);
+                self.unpost(ud);
+                (seq, ud)
+            })
+            .collect()
     }
 
     /// A buffer group for `lane` (whose request queue is `rq`, most
@@ -389,12 +395,7 @@ impl RequestTable {
             let posted: Vec<u64> = shot.posted.drain(..).collect();
             let lane = shot.lane.take();
             shot.rq = None;
-            let mut again = Vec::with_capacity(posted.len());
-            for ud in posted {
-                let seq = self.slot(ud).map_or(0, |s| s.seq);
-                self.unpost(ud);
-                again.push((seq, ud));
-            }
+            let again = self.unpost_all(posted);
             if let Some(lane) = lane {
                 let mut state = lane.lock();
                 state.again.extend(again);
@@ -478,12 +479,7 @@ impl RequestTable {
             }
             let posted: Vec<u64> = self.shots[i].posted.drain(..).collect();
             let lane = self.shots[i].lane.clone();
-            let mut again = Vec::with_capacity(posted.len());
-            for ud in posted {
-                let seq = self.slot(ud).map_or(0, |s| s.seq);
-                self.unpost(ud);
-                again.push((seq, ud));
-            }
+            let again = self.unpost_all(posted);
             if let Some(lane) = lane {
                 let mut state = lane.lock();
                 state.again.extend(again);
