@@ -7,7 +7,8 @@
 //! left runnable (`!waiter_runnable`, the invariant of `port/core.rs`).
 //!
 //! Run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ringport --release --test loom`.
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ringport --release --test loom`
+//! (`.ci/run` also runs `claim_that_finds_nothing_gives_its_slot_to_a_waiter` at 3).
 #![cfg(loom)]
 
 use std::fmt::Debug;
@@ -23,29 +24,22 @@ fn kind(e: impl Debug) -> String {
     format!("{e:?}")
 }
 
-/// What `CompletionPort::get` does with one slot: claim, or park if allowed
-/// (`wait`), then take the packet. `deadline: Some(_)` is a timed wait, which
-/// loom models as one chance to be released before the deadline passes.
+/// What `CompletionPort::get` does: take (popping at once if the thread
+/// stays active, claiming a slot if not), or park if allowed (`wait`).
+/// `deadline: Some(_)` is a timed wait, which loom models as one chance to
+/// be released before the deadline passes.
 fn get(
     core: &Core<u32>,
     was_active: bool,
     wait: bool,
     deadline: Option<Instant>,
 ) -> Result<u32, String> {
-    let claimed = match core.try_claim(was_active, 1) {
+    match core.try_get(was_active) {
         Err(e) if wait && kind(e) == "Empty" => {
             let me = Arc::new(Waiter::for_current_thread());
-            core.park(&me, deadline)
+            core.park(&me, deadline).map_err(kind)
         }
-        other => other,
-    };
-    match claimed {
-        Ok(k) => {
-            assert_eq!(k, 1);
-            // `None` only when the port was closed after the claim.
-            core.take().ok_or_else(|| "Closed".to_string())
-        }
-        Err(e) => Err(kind(e)),
+        other => other.map_err(kind),
     }
 }
 
@@ -293,9 +287,9 @@ fn get_again_races_close_and_a_post() {
 }
 
 /// Two threads parked in a known order (limit 2, so both may run): the
-/// last to park is woken by the first post, the other by the second. (A
-/// grant is a claim on one queued packet, not on a particular one, so the
-/// model waits for the first to be taken before the second post.)
+/// last to park gets the first packet and the other the second, even when
+/// the two posts come back to back (a grant pops its packet under the
+/// stack's mutex and hands that packet to that waiter).
 #[test]
 fn handoff_goes_to_the_last_waiter() {
     loom::model(|| {
@@ -308,16 +302,116 @@ fn handoff_goes_to_the_last_waiter() {
         core.push(10).unwrap();
         // The first waiter is parked and nobody is mid-transition.
         check_quiescent(&core);
+        assert_eq!(waiters(&core), 1);
+        core.push(20).unwrap();
         assert_eq!(
             second.join().unwrap(),
             10,
             "LIFO: last parked, first served"
         );
-        assert_eq!(waiters(&core), 1);
-        core.push(20).unwrap();
         assert_eq!(first.join().unwrap(), 20);
         assert_eq!(core.snapshot(), (0, 2, 0, false));
         check_quiescent(&core);
+    });
+}
+
+/// Limit 2, one thread active and one parked: the active thread's `get`
+/// (which pops without claiming) races a post's grant for the packet.
+/// Either the active thread takes it, and then the waiter was not woken
+/// (it takes the next post), or the waiter does and the active thread
+/// finds nothing; the grant that lost its packet is undone.
+#[test]
+fn active_pop_races_a_grant() {
+    loom::model(|| {
+        let core = Arc::new(Core::<u32>::new(2));
+        core.push(1).unwrap();
+        assert_eq!(get_now(&core, false), 1); // this thread is active
+        let waiter = spawn_on(&core, move |core| get(&core, false, true, None).unwrap());
+        spin_until(|| waiters(&core) == 1);
+        let poster = spawn_on(&core, move |core| core.push(2).unwrap());
+        let mine = get(&core, true, false, None);
+        poster.join().unwrap();
+        check_quiescent(&core);
+        match mine {
+            Ok(2) => {
+                assert_eq!(core.snapshot(), (0, 1, 1, false), "the waiter still parked");
+                core.push(3).unwrap();
+                assert_eq!(waiter.join().unwrap(), 3);
+            }
+            Err(e) => {
+                assert_eq!(e, "Empty");
+                assert_eq!(waiter.join().unwrap(), 2);
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+        assert_eq!((queued(&core), waiters(&core)), (0, 0));
+        check_quiescent(&core);
+    });
+}
+
+/// Limit 1, one thread parked: a thread that is not active claims a slot
+/// (to pop) while a post races it. Its claim may hold the only slot when
+/// the poster looks, so the poster grants nothing; if its pop then finds
+/// nothing (the order is claim, post's look, pop... or the packet came
+/// later), giving the slot back must grant the packet to the waiter.
+#[test]
+fn claim_races_a_post_and_a_parked_waiter() {
+    loom::model(|| {
+        let core = Arc::new(Core::<u32>::new(1));
+        let waiter = spawn_on(&core, move |core| get(&core, false, true, None));
+        spin_until(|| waiters(&core) == 1);
+        let claimer = spawn_on(&core, move |core| get(&core, false, false, None));
+        core.push(7).unwrap();
+        let mine = claimer.join().unwrap();
+        check_quiescent(&core);
+        match mine {
+            Ok(7) => {
+                assert_eq!(core.snapshot(), (0, 1, 1, false));
+                core.close();
+                assert_eq!(waiter.join().unwrap(), Err("Closed".to_string()));
+            }
+            Err(e) => {
+                assert_eq!(e, "Empty");
+                assert_eq!(waiter.join().unwrap(), Ok(7));
+                assert_eq!(core.snapshot(), (0, 1, 0, false));
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    });
+}
+
+/// Limit 2, one thread active and one parked: a thread that is not active
+/// claims the second slot while posts race it and the active thread pops.
+/// If the active thread takes the packet the claimant counted on, the
+/// claimant's pop finds nothing and it gives the slot back, and a packet
+/// posted while that slot looked taken must then go to the waiter (the
+/// releaser's half of the handshake): nobody is left parked beside it.
+#[test]
+fn claim_that_finds_nothing_gives_its_slot_to_a_waiter() {
+    loom::model(|| {
+        let core = Arc::new(Core::<u32>::new(2));
+        core.push(1).unwrap();
+        assert_eq!(get_now(&core, false), 1); // this thread is active
+        let waiter = spawn_on(&core, move |core| get(&core, false, true, None));
+        spin_until(|| waiters(&core) == 1);
+        let claimer = spawn_on(&core, move |core| get(&core, false, false, None));
+        let poster = spawn_on(&core, move |core| {
+            core.push(2).unwrap();
+            core.push(3).unwrap();
+        });
+        let mine = get(&core, true, false, None);
+        poster.join().unwrap();
+        let theirs = claimer.join().unwrap();
+        check_quiescent(&core);
+        core.close();
+        let waited = waiter.join().unwrap();
+        let mut got: Vec<u32> = [mine, theirs, waited]
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        got.sort_unstable();
+        got.dedup();
+        assert!(got.iter().all(|p| [2, 3].contains(p)), "{got:?}");
     });
 }
 
@@ -414,9 +508,7 @@ fn every_packet_is_dropped_once() {
             })
         };
         let taker = spawn_on(&core, move |core| {
-            if core.try_claim(false, 1).is_ok() {
-                drop(core.take());
-            }
+            drop(core.try_get(false));
         });
         core.close();
         poster.join().unwrap();

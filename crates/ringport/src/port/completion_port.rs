@@ -204,7 +204,7 @@ impl<T> std::fmt::Debug for CompletionPort<T> {
         let s = core.state();
         f.debug_struct("CompletionPort")
             .field("concurrency", &core.limit())
-            .field("queued", &s.queued())
+            .field("queued", &core.queued())
             .field("active", &s.active())
             .field("waiters", &s.waiters())
             .field("closed", &s.closed())
@@ -281,9 +281,9 @@ impl<T: Send + 'static> CompletionPort<T> {
     /// Errors: [`Error::Timeout`] when nothing came in time, [`Error::Closed`]
     /// once the port is closed (also for threads already waiting).
     pub fn get(&self, timeout: Option<Duration>) -> Result<Packet<T>, Error> {
-        self.dequeue(1, timeout)?;
-        // `None` only if the port was closed (and drained) since the claim.
-        self.shared().core.take().ok_or(Error::Closed)
+        let p = self.dequeue(timeout)?;
+        self.count_taken(1);
+        Ok(p)
     }
 
     /// Takes up to `out.len()` packets at once (`GetQueuedCompletionStatusEx`),
@@ -296,24 +296,22 @@ impl<T: Send + 'static> CompletionPort<T> {
         out: &mut [Option<Packet<T>>],
         timeout: Option<Duration>,
     ) -> Result<usize, Error> {
-        if out.is_empty() {
+        let Some((first, rest)) = out.split_first_mut() else {
             return Err(Error::InvalidArgument(
                 "get_many with an empty output slice",
             ));
-        }
-        let k = self.dequeue(out.len() as u64, timeout)?;
+        };
+        *first = Some(self.dequeue(timeout)?);
         let core = &self.shared().core;
-        let mut taken = 0;
-        for slot in &mut out[..k] {
-            match core.take() {
+        let mut taken = 1;
+        for slot in rest {
+            match core.take_more() {
                 Some(p) => *slot = Some(p),
                 None => break,
             }
             taken += 1;
         }
-        if taken == 0 {
-            return Err(Error::Closed);
-        }
+        self.count_taken(taken as u64);
         Ok(taken)
     }
 
@@ -328,90 +326,81 @@ impl<T: Send + 'static> CompletionPort<T> {
         if max == 0 {
             return Err(Error::InvalidArgument("get_into with max 0"));
         }
-        let k = self.dequeue(max as u64, timeout)?;
+        out.push(self.dequeue(timeout)?);
         let core = &self.shared().core;
-        let mut taken = 0;
-        for _ in 0..k {
-            match core.take() {
+        let mut taken = 1;
+        while taken < max {
+            match core.take_more() {
                 Some(p) => out.push(p),
                 None => break,
             }
             taken += 1;
         }
-        if taken == 0 {
-            return Err(Error::Closed);
-        }
+        self.count_taken(taken as u64);
         Ok(taken)
     }
 
-    /// Claims up to `max` packets for the calling thread, waiting at most
-    /// `timeout` for the first, and records the thread as active; returns
-    /// how many it claimed (at least 1). The caller then takes that many
-    /// from the queue (fewer only if the port closes meanwhile), moving
-    /// each packet once, straight to where it goes.
-    fn dequeue(&self, max: u64, timeout: Option<Duration>) -> Result<usize, Error> {
+    /// Takes one packet for the calling thread, waiting at most `timeout`,
+    /// and leaves the thread active on this port (a batch then pops more
+    /// with `take_more`). A thread that stays active reads one plain
+    /// thread-local cell here, not the activity record.
+    fn dequeue(&self, timeout: Option<Duration>) -> Result<Packet<T>, Error> {
         let shared = self.shared();
         let core = &shared.core;
         let io = &shared.io;
         let id = self.id();
-        // A thread that stays active on this port reads one plain
-        // thread-local cell here (and below), not the activity record.
         let was_active = activity::active_here(id) || activity::begin_get(id);
-        let claimed = match core.try_claim(was_active, max) {
+        let got = match core.try_get(was_active) {
             Err(NoPacket::Empty) => {
-                // try_claim gave up the slot this thread held, if any.
+                // try_get gave up the slot this thread held, if any.
                 activity::clear();
-                if io.harvest(core, true) {
-                    // Completions the kernel finished: the thread that reaps
-                    // them keeps the first (no hop to another thread).
-                    Ok(1 + core.claim_more(max - 1))
-                } else if timeout == Some(Duration::ZERO) {
-                    Err(NoPacket::Empty)
-                } else {
-                    // The clock is read only here, on the way to waiting.
-                    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-                    // A thread that holds its submissions for its wait does
-                    // not spin: what it waits for is not in the kernel yet.
-                    let spun = if io.holds() {
-                        None
-                    } else {
-                        Self::spin(core, max)
-                    };
-                    spun.unwrap_or_else(|| {
-                        core.park(&activity::waiter(), deadline)
-                            .map(|k| k + core.claim_more(max - k))
-                    })
+                // Completions the kernel finished: the thread that reaps
+                // them keeps the first (no hop to another thread).
+                match io.harvest(core, true) {
+                    Some(p) => Ok(p),
+                    None if timeout == Some(Duration::ZERO) => Err(NoPacket::Empty),
+                    None => {
+                        // The clock is read only here, on the way to waiting.
+                        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+                        // A thread that holds its submissions for its wait
+                        // does not spin: what it waits for is not in the
+                        // kernel yet.
+                        let spun = if io.holds() { None } else { Self::spin(core) };
+                        spun.unwrap_or_else(|| core.park(&activity::waiter(), deadline))
+                    }
                 }
             }
             other => other,
         };
-        let k = match claimed {
-            Ok(k) => k,
-            Err(e) => {
-                io.submit_held();
-                activity::clear();
-                return Err(match e {
-                    NoPacket::Empty => Error::Timeout,
-                    NoPacket::Closed => Error::Closed,
-                    NoPacket::TooManyWaiters => Error::TooManyWaiters,
-                });
+        got.map_err(|e| {
+            io.submit_held();
+            activity::clear();
+            match e {
+                NoPacket::Empty => Error::Timeout,
+                NoPacket::Closed => Error::Closed,
+                NoPacket::TooManyWaiters => Error::TooManyWaiters,
             }
-        };
-        if !activity::count_here(id, k) {
-            activity::set_active(shared, k);
+        })
+    }
+
+    /// Records `n` packets taken by the calling thread, which is active on
+    /// this port (one plain thread-local add while it stays so).
+    fn count_taken(&self, n: u64) {
+        if !activity::count_here(self.id(), n) {
+            activity::set_active(self.shared(), n);
         }
-        Ok(k as usize)
     }
 
     /// Spins briefly (then yields) before parking, as crossbeam-channel
     /// does: under a steady stream a thread finds the next packet without a
     /// futex round trip. A spinning thread is neither active nor waiting, so
-    /// posts meanwhile queue without waking anyone.
-    fn spin(core: &Core<Packet<T>>, max: u64) -> Option<Result<u64, NoPacket>> {
+    /// posts meanwhile queue without waking anyone, and it only reads until
+    /// it sees a packet.
+    fn spin(core: &Core<Packet<T>>) -> Option<Result<Packet<T>, NoPacket>> {
         let backoff = crossbeam_utils::Backoff::new();
         while !backoff.is_completed() {
             backoff.snooze();
-            match core.try_claim(false, max) {
+            match core.claim() {
                 Err(NoPacket::Empty) => {}
                 other => return Some(other),
             }
@@ -484,7 +473,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             wakeups: c.wakeups.load(Ordering::Relaxed),
             handoffs: c.handoffs.load(Ordering::Relaxed),
             max_active: c.max_active.load(Ordering::Relaxed),
-            queued: s.queued(),
+            queued: shared.core.queued(),
             active: s.active(),
             waiting: s.waiters(),
             threads,

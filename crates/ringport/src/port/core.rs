@@ -2,50 +2,64 @@
 //!
 //! # How a packet finds a thread
 //!
-//! Every packet is pushed on the [`Queue`] first and then *published*: one
-//! `fetch_add` of `queued` on the [`StateWord`]. If the word it returns had a
-//! parked waiter and a free slot, the poster then grants, under the stack's
-//! mutex, to the most recent waiter (a CAS `waiters -= 1`, `queued -= 1`,
-//! `active += 1`, then the wake); otherwise the packet waits for a thread
-//! calling `get` to claim it. Claiming is a CAS (`queued -= k`, and
-//! `active += 1` unless the caller keeps the slot it held), after which the
-//! claimant pops `k` packets: it never finds the queue short, because a
-//! packet is counted only after its push completed. A batch (`get_many`) is
-//! one claim, one CAS, however many packets it takes.
+//! The queue is the only record of what is queued: the [`StateWord`] holds
+//! the `active` and `waiters` counts and the `closed` bit, not a packet
+//! count. So the common cases write nothing shared but the queue:
+//!
+//! - A post pushes its packet and then only *reads* the word. If it shows a
+//!   parked waiter and a free slot, the poster grants: under the stack's
+//!   mutex it moves one waiter to active (a CAS), pops a packet and hands it
+//!   to the most recent waiter, then wakes it. Otherwise the packet waits.
+//! - A thread that stays active (it calls `get` again) pops without touching
+//!   the word: the slot it holds is the one it would claim. It reads the word
+//!   to see that the port is open and not over its limit.
+//! - A thread that is not active claims a slot (a CAS, `active += 1`, while
+//!   below the limit) and then pops. If the queue turned out empty it gives
+//!   the slot back, and giving a slot back always looks for a waiter that
+//!   could now run (see the invariant).
 //!
 //! # Locks
 //!
 //! The fast paths (a post with nobody parked, a `get` that finds work) touch
-//! only the state word and the lock-free queue. The waiter stack's mutex is
-//! taken to park, to wake, to time out and to close, and every change of the
-//! `waiters` count happens under it, so the stack's length always equals that
-//! count when the mutex is free. A parker re-checks the state under the mutex
-//! and moves `waiters` 0→1 with a CAS; a poster that saw `waiters == 0` in its
-//! own `fetch_add` was therefore ordered before that park, and the parker sees
-//! its packet and claims it instead of sleeping; a poster that saw a waiter
-//! takes the mutex, so it finds that waiter on the stack. This is the
-//! no-lost-wakeup argument; `tests/loom.rs` checks it.
+//! only the lock-free queue and, read-only, the state word. The waiter
+//! stack's mutex is taken to park, to grant, to time out and to close, and
+//! every change of the `waiters` count happens under it, so the stack's
+//! length equals that count whenever the mutex is free.
+//!
+//! Two handshakes keep a packet from being stranded. A poster pushes, fences
+//! (`SeqCst`) and reads the word; a parker adds itself to `waiters`, fences
+//! and looks at the queue. A thread that gives a slot up subtracts it from
+//! `active`, fences and looks at the queue. In each pair at least one side
+//! sees the other's write (the store-buffering pattern that `SeqCst`
+//! fences forbid), so either the poster sees the waiter or the free slot and
+//! grants, or the other side sees the packet and takes it (or grants it).
+//! `tests/loom.rs` checks this.
 //!
 //! # The invariant
 //!
-//! After every transition `!state.waiter_runnable(limit)` holds: no thread is
-//! parked while a packet it could take is queued and a slot is free. (A post
-//! breaks it for the moment between its `fetch_add` and its grant; a thread
-//! calling `get` meanwhile may take the packet, as it could if it had come
-//! first, and the grant then finds nothing to grant.) Posts keep it by
-//! granting, claims and parks cannot break it, and a release of a
-//! slot by anything other than `get` (`blocking`, thread exit, moving to
-//! another port) calls [`Core::release`], which wakes one waiter if needed.
+//! After every transition `!waiter_runnable` holds: no thread is parked
+//! while a packet is queued and a slot is free. (A post breaks it for the
+//! moment between its push and its grant; a thread calling `get` meanwhile
+//! may take the packet, as it could if it had come first, and the grant
+//! then finds nothing to grant.) Posts keep it by granting, parks by looking
+//! at the queue after announcing themselves, and every release of a slot
+//! (a `get` that found nothing, `blocking`, thread exit, moving to another
+//! port) by looking at the queue after it.
+//!
+//! # Strict LIFO
+//!
+//! A grant pops the packet under the stack's mutex and writes it into the
+//! waiter's own slot before waking it, so the most recent waiter is the one
+//! that runs; an active thread racing the grant may take the packet first,
+//! and then no waiter wakes at all.
 
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
 use super::queue::Queue;
-use super::state::{
-    StateWord, MAX_ACTIVE, MAX_QUEUED, MAX_WAITERS, ONE_ACTIVE, ONE_QUEUED, ONE_WAITER,
-};
-use super::waiter::{Waiter, CLOSED, GRANTED, LEAD, WAITING};
+use super::state::{StateWord, MAX_ACTIVE, MAX_WAITERS, ONE_ACTIVE, ONE_WAITER};
+use super::waiter::{Waiter, CLOSED, GRANTED};
 use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// Why a thread got no packet.
@@ -74,10 +88,10 @@ pub(crate) trait Kernel<T>: Send + Sync {
     fn sleep(&self, deadline: Option<Instant>);
     /// Ends a concurrent [`sleep`](Self::sleep) (or the next one, if none).
     fn wake(&self);
-    /// Moves finished completions into `core` as packets and publishes them;
-    /// with `keep`, the (inactive, not waiting) caller claims the first for
-    /// itself if the limit allows, and the result says whether it did.
-    fn harvest(&self, core: &Core<T>, keep: bool) -> bool;
+    /// Moves finished completions into `core` as packets and publishes them
+    /// (see [`Core::publish_completed`]); with `keep`, the (inactive, not
+    /// waiting) caller takes the first for itself if the limit allows.
+    fn harvest(&self, core: &Core<T>, keep: bool) -> Option<T>;
     /// Whether operations are in flight that could complete. While none
     /// are, waiting threads all park in user space (a futex wake is cheaper
     /// than waking a thread out of the kernel), and the thread that starts
@@ -89,12 +103,26 @@ pub(crate) trait Kernel<T>: Send + Sync {
     fn submit_held(&self) {}
 }
 
+/// A parked thread and the place a grant puts its packet.
+pub(super) struct Parked<T> {
+    pub(super) waiter: Arc<Waiter>,
+    /// The parker's own `Option<T>`, on its stack frame in
+    /// [`Core::park`]. Written only under the stack's mutex, by the thread
+    /// that takes this entry off the stack with a `GRANTED` verdict; read by
+    /// the parker only once the entry is off the stack (it saw `GRANTED`, or
+    /// it took the mutex and removed itself), so never concurrently.
+    pub(super) slot: *mut Option<T>,
+}
+
+// SAFETY: the pointer is only a way to move one `T` to the parked thread
+// (see `slot`); sending the entry between threads is sending that `T`.
+unsafe impl<T: Send> Send for Parked<T> {}
+
 /// The waiter stack: user-space waiters, most recent last, and at index 0
 /// the kernel sleeper when there is one.
-#[derive(Default)]
-struct Stack {
-    waiters: Vec<Arc<Waiter>>,
-    sleeper: bool,
+pub(super) struct Stack<T> {
+    pub(super) waiters: Vec<Parked<T>>,
+    pub(super) sleeper: bool,
 }
 
 /// PortCounters kept beside the state word, each on its own line.
@@ -109,13 +137,13 @@ pub(crate) struct PortCounters {
 
 /// A port's engine: state word, packet queue and LIFO waiter stack.
 pub struct Core<T> {
-    state: CachePadded<AtomicU64>,
-    limit: u64,
-    queue: Queue<T>,
-    stack: Mutex<Stack>,
+    pub(super) state: CachePadded<AtomicU64>,
+    pub(super) limit: u64,
+    pub(super) queue: Queue<T>,
+    pub(super) stack: Mutex<Stack<T>>,
     /// `stack.sleeper`, readable without the mutex (written under it).
-    has_sleeper: AtomicBool,
-    kernel: Option<Arc<dyn Kernel<T>>>,
+    pub(super) has_sleeper: AtomicBool,
+    pub(super) kernel: Option<Arc<dyn Kernel<T>>>,
     pub(crate) counters: PortCounters,
 }
 
@@ -133,7 +161,10 @@ impl<T> Core<T> {
             state: CachePadded::new(AtomicU64::new(0)),
             limit: (limit as u64).clamp(1, MAX_ACTIVE),
             queue: Queue::new(),
-            stack: Mutex::new(Stack::default()),
+            stack: Mutex::new(Stack {
+                waiters: Vec::new(),
+                sleeper: false,
+            }),
             has_sleeper: AtomicBool::new(false),
             kernel,
             counters: PortCounters::default(),
@@ -149,28 +180,38 @@ impl<T> Core<T> {
         StateWord(self.state.load(Ordering::Acquire))
     }
 
-    /// The state word as `(queued, active, waiters, closed)`, for the loom model.
+    /// Packets queued and not yet taken (a snapshot).
+    pub(crate) fn queued(&self) -> u64 {
+        self.queue.len()
+    }
+
+    /// `(queued, active, waiters, closed)`, for the loom model.
     #[cfg(loom)]
     pub fn snapshot(&self) -> (u64, u64, u64, bool) {
         let s = self.state();
-        (s.queued(), s.active(), s.waiters(), s.closed())
+        (self.queued(), s.active(), s.waiters(), s.closed())
     }
 
     /// Whether a parked waiter could run right now (the invariant every
     /// finished transition leaves false), for the loom model.
     #[cfg(loom)]
     pub fn waiter_runnable(&self) -> bool {
-        self.state().waiter_runnable(self.limit)
+        self.runnable(self.state())
     }
 
-    fn cas(&self, old: StateWord, new: u64) -> Result<(), StateWord> {
+    /// Whether, in state `s`, a parked waiter could take a queued packet.
+    fn runnable(&self, s: StateWord) -> bool {
+        !s.closed() && s.waiters() > 0 && s.active() < self.limit && !self.queue.is_empty()
+    }
+
+    pub(super) fn cas(&self, old: StateWord, new: u64) -> Result<(), StateWord> {
         self.state
             .compare_exchange_weak(old.0, new, Ordering::AcqRel, Ordering::Acquire)
             .map(|_| ())
             .map_err(StateWord)
     }
 
-    fn note_active(&self, active: u64) {
+    pub(super) fn note_active(&self, active: u64) {
         if active > self.counters.max_active.load(Ordering::Relaxed) {
             self.counters
                 .max_active
@@ -178,364 +219,123 @@ impl<T> Core<T> {
         }
     }
 
-    /// Queues a packet without making it claimable yet (see
-    /// [`publish`](Self::publish) and [`publish_fresh`](Self::publish_fresh)).
+    /// Queues a packet without publishing it yet (see
+    /// [`publish_completed`](Self::publish_completed)).
     pub(crate) fn enqueue(&self, packet: T) {
         self.queue.push(packet);
     }
 
-    /// Publishes `n` enqueued packets, first claiming one of them for the
-    /// (inactive) caller if `keep` and the limit allow: the thread that
-    /// harvested completions keeps the first, with no hop to another thread.
-    /// Returns whether it kept one (the caller is then active).
-    pub(crate) fn publish_fresh(&self, mut n: u64, keep: bool) -> bool {
-        let mut kept = false;
-        if keep {
-            let mut s = self.state();
-            while !s.closed() && s.active() < self.limit {
-                match self.cas(s, s.0 + ONE_ACTIVE) {
-                    Ok(()) => {
-                        self.note_active(s.active() + 1);
-                        kept = true;
-                        n -= 1;
-                        break;
-                    }
-                    Err(now) => s = now,
-                }
-            }
-        }
-        if n > 0 {
-            let _ = self.publish(n);
-        }
-        kept
-    }
-
-    /// Publishes `n` packets a kernel source just enqueued (see
-    /// [`publish_fresh`](Self::publish_fresh)), counting them as completed.
-    pub(crate) fn publish_completed(&self, n: u64, keep: bool) -> bool {
+    /// Publishes `n` packets a kernel source just enqueued, counting them as
+    /// completed. With `keep`, the (inactive) caller first takes one for
+    /// itself if the limit allows: the thread that harvested completions
+    /// runs the first, with no hop to another thread; the rest go to parked
+    /// waiters, most recent first. Returns the kept packet (the caller is
+    /// then active).
+    pub(crate) fn publish_completed(&self, n: u64, keep: bool) -> Option<T> {
         if n == 0 {
-            return false;
+            return None;
         }
         self.counters.completed.fetch_add(n, Ordering::Relaxed);
-        self.publish_fresh(n, keep)
+        let mine = if keep { self.claim().ok() } else { None };
+        self.publish();
+        mine
     }
 
-    /// Queues one packet and makes it claimable. On a closed port the packet
-    /// is dropped (with whatever it owns) and `Err` returned.
+    /// Queues one packet and hands it to the most recent waiter if one may
+    /// run. On a closed port the packet is dropped (with whatever it owns)
+    /// and `Err` returned.
     pub fn push(&self, packet: T) -> Result<(), NoPacket> {
-        self.queue.push(packet);
-        self.publish(1)
-    }
-
-    /// Makes `n` packets that were just pushed claimable, handing them to
-    /// parked waiters first (LIFO) while the limit allows.
-    ///
-    /// One `fetch_add` on the state word: a single read-for-ownership of its
-    /// line, where a load and a compare-and-swap take two and retry under
-    /// contention. The word it returns says what the packets found. Closed:
-    /// the count is taken back and the packets drained. A waiter parked and
-    /// a slot free: the word now has `waiter_runnable`, and the poster
-    /// grants, under the stack's mutex, to the most recent waiters first
-    /// (as a slot given up does). Until it does, a thread calling `get` may
-    /// take the packet; a parked thread never wakes for a packet another
-    /// took, because a grant is a claim taken off `queued` by the granter's
-    /// CAS.
-    pub(crate) fn publish(&self, n: u64) -> Result<(), NoPacket> {
-        let old = StateWord(self.state.fetch_add(n * ONE_QUEUED, Ordering::AcqRel));
-        if old.closed() {
-            // `close` cleared `queued` before we added to it, and a closed
-            // word's `queued` is changed by nobody else, so this cannot
-            // underflow.
-            self.state.fetch_sub(n * ONE_QUEUED, Ordering::AcqRel);
-            self.drain();
+        if self.state().closed() {
             return Err(NoPacket::Closed);
         }
-        if old.waiters() > 0 && old.active() < self.limit {
-            self.grant_runnable(true);
-        }
+        self.queue.push(packet);
+        self.publish();
         Ok(())
     }
 
-    /// Pops the most recent waiter (its count already taken off the state
-    /// word by the caller's CAS) and hands it a claim on one packet.
-    fn grant_top(&self, stack: &mut Stack) {
-        let w = stack
-            .waiters
-            .pop()
-            .expect("waiters count and stack length agree under the mutex");
-        self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
-        self.release_waiter(&w, GRANTED);
+    /// After packets were pushed: grant them to parked waiters (LIFO) while
+    /// the limit allows. One fence and one read of the state word; the word
+    /// is written only if a waiter is granted. If a close came between the
+    /// push and here, the close's drain may have run already: drain again,
+    /// so that nothing stays queued on a closed port (the post counts as
+    /// before the close, whose drain drops queued packets).
+    fn publish(&self) {
+        // The poster's half of the handshake with a parker or a releaser:
+        // our push (the queue's SeqCst tail CAS) before our read of the word.
+        fence(Ordering::SeqCst);
+        let s = self.state();
+        if s.closed() {
+            self.drain();
+        } else if s.waiters() > 0 && s.active() < self.limit {
+            self.grant_runnable(true);
+        }
     }
 
-    fn release_waiter(&self, w: &Waiter, verdict: u8) {
-        w.release(verdict);
-        // The kernel sleeper granting itself while it harvests needs no wake.
-        if w.in_kernel() && !w.is_current() {
-            if let Some(k) = &self.kernel {
-                k.wake();
+    /// Takes a packet for a thread that calls `get`. `was_active` says it
+    /// holds a slot on this port: then, unless the port is over its limit
+    /// (a thread came back from `blocking`) or closed, it pops without a
+    /// claim, keeping its slot. Otherwise, or if the queue is empty, its
+    /// activity ends and it claims as a thread that was not active. On `Ok`
+    /// the caller is active; on `Err` it is not.
+    pub fn try_get(&self, was_active: bool) -> Result<T, NoPacket> {
+        if !was_active {
+            return self.claim();
+        }
+        let s = self.state();
+        if !s.closed() && s.active() <= self.limit {
+            if let Some(p) = self.queue.pop() {
+                return Ok(p);
             }
         }
+        let s = StateWord(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel));
+        if s.closed() {
+            return Err(NoPacket::Closed);
+        }
+        // The slot we gave up may let us (first: we are running) or a
+        // parked waiter take a packet that came meanwhile.
+        let mine = self.claim();
+        if mine.is_err() {
+            self.settle();
+        }
+        mine
     }
 
-    /// Called when the kernel sleeper has left the kernel (under the stack
-    /// mutex): if threads are parked in user space, the most recent takes
-    /// its place, so kernel completions always have a thread watching.
-    fn promote(&self, stack: &mut Stack) {
-        stack.sleeper = false;
-        self.has_sleeper.store(false, Ordering::SeqCst);
-        // Pairs with the fence in kernel_work_started: either we see its
-        // operation in flight, or it sees that nobody sleeps in the kernel.
-        fence(Ordering::SeqCst);
-        if self.kernel.as_ref().is_some_and(|k| k.busy()) {
-            self.lead_top(stack);
+    /// Pops one more packet for a thread that is already active (a batch:
+    /// the thread counts once however many it takes).
+    pub fn take_more(&self) -> Option<T> {
+        if self.state().closed() {
+            return None;
         }
+        self.queue.pop()
     }
 
-    /// Sends the most recent user-space waiter, if any, to sleep in the
-    /// kernel (under the stack mutex, with no sleeper there).
-    fn lead_top(&self, stack: &mut Stack) {
-        if let Some(w) = stack.waiters.pop() {
-            self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
-            w.release(LEAD);
-        }
-    }
-
-    /// Called by a kernel source after it started an operation: if threads
-    /// wait in user space and none sleeps in the kernel (there was nothing
-    /// to wait for there), the most recent is sent to sleep in the kernel.
-    pub(crate) fn kernel_work_started(&self) {
-        // Pairs with the fences in park and promote (a Dekker handshake on
-        // the in-flight count and the sleeper flag).
-        fence(Ordering::SeqCst);
-        if self.has_sleeper.load(Ordering::SeqCst) || self.state().waiters() == 0 {
-            return;
-        }
-        let mut stack = lock(&self.stack);
-        if !stack.sleeper {
-            self.lead_top(&mut stack);
-        }
-    }
-
-    /// Claims up to `max` packets without blocking. `was_active` says the
-    /// caller held a slot on this port, which this call gives up first (the
-    /// thread's activity ends when it calls `get` again). On `Ok(k)` the caller
-    /// is active and must [`take`](Self::take) `k` packets; on `Err` it is not
-    /// active.
-    pub fn try_claim(&self, was_active: bool, max: u64) -> Result<u64, NoPacket> {
-        let mine = if was_active { ONE_ACTIVE } else { 0 };
+    /// Claims a slot and pops a packet for a thread that is not active. The
+    /// queue is looked at before the slot is claimed, so a thread spinning
+    /// on an empty port writes nothing shared.
+    pub(crate) fn claim(&self) -> Result<T, NoPacket> {
         let mut s = self.state();
         loop {
             if s.closed() {
-                if was_active {
-                    self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel);
-                }
                 return Err(NoPacket::Closed);
             }
-            let others = StateWord(s.0 - mine);
-            let k = others.claimable(self.limit).min(max);
-            if k > 0 {
-                let new = others.0 - k * ONE_QUEUED + ONE_ACTIVE;
-                match self.cas(s, new) {
-                    Ok(()) => {
-                        self.note_active(StateWord(new).active());
-                        return Ok(k);
-                    }
-                    Err(now) => s = now,
-                }
-            } else if was_active {
-                // Nothing for us, so nothing for a parked waiter either: they
-                // see the same queue and the same limit. No wake needed.
-                match self.cas(s, others.0) {
-                    Ok(()) => return Err(NoPacket::Empty),
-                    Err(now) => s = now,
-                }
-            } else {
+            if s.active() >= self.limit || self.queue.is_empty() {
                 return Err(NoPacket::Empty);
             }
-        }
-    }
-
-    /// Claims up to `max` more packets for a thread that is already active
-    /// (after it was granted one), without touching the active count.
-    pub fn claim_more(&self, max: u64) -> u64 {
-        let mut s = self.state();
-        loop {
-            let k = s.queued().min(max);
-            if k == 0 || s.closed() {
-                return 0;
-            }
-            match self.cas(s, s.0 - k * ONE_QUEUED) {
-                Ok(()) => return k,
+            match self.cas(s, s.0 + ONE_ACTIVE) {
+                Ok(()) => break,
                 Err(now) => s = now,
             }
         }
-    }
-
-    /// Parks the (inactive) caller until it is granted a packet, the port
-    /// closes, or the deadline passes. On `Ok(k)` the caller is active and
-    /// must take `k` packets. If the port has a kernel source and nobody
-    /// sleeps on it, the caller sleeps there instead of in user space,
-    /// harvesting what wakes it.
-    pub fn park(&self, me: &Arc<Waiter>, deadline: Option<Instant>) -> Result<u64, NoPacket> {
-        loop {
-            let in_kernel = {
-                let mut stack = lock(&self.stack);
-                let mut s = self.state();
-                loop {
-                    if s.closed() {
-                        return Err(NoPacket::Closed);
-                    }
-                    let k = s.claimable(self.limit);
-                    let new = if k > 0 {
-                        s.0 - ONE_QUEUED + ONE_ACTIVE
-                    } else if s.waiters() >= MAX_WAITERS {
-                        return Err(NoPacket::TooManyWaiters);
-                    } else {
-                        s.0 + ONE_WAITER
-                    };
-                    match self.cas(s, new) {
-                        Ok(()) if k > 0 => {
-                            self.note_active(StateWord(new).active());
-                            return Ok(1);
-                        }
-                        Ok(()) => break,
-                        Err(now) => s = now,
-                    }
-                }
-                // Our waiter count is published (the CAS above); the fence
-                // pairs with kernel_work_started's: either we see its
-                // operation in flight and sleep in the kernel, or it sees us
-                // waiting and sends us there.
-                fence(Ordering::SeqCst);
-                let in_kernel = !stack.sleeper && self.kernel.as_ref().is_some_and(|k| k.busy());
-                me.reset(in_kernel);
-                if in_kernel {
-                    stack.sleeper = true;
-                    self.has_sleeper.store(true, Ordering::SeqCst);
-                    stack.waiters.insert(0, me.clone());
-                } else {
-                    stack.waiters.push(me.clone());
-                }
-                in_kernel
-            };
-            if let (true, Some(kernel)) = (in_kernel, &self.kernel) {
-                kernel.sleep(deadline);
-                let expired = deadline.is_some_and(|d| Instant::now() >= d);
-                if me.verdict() != WAITING || expired {
-                    match self.leave_kernel(me) {
-                        // Not granted and not past the deadline: wait again.
-                        Err(NoPacket::Empty) if !expired => continue,
-                        result => return result,
-                    }
-                }
-                // Completions woke us (or nothing did). Step off the stack and
-                // reap, keeping the first completion: the thread that is awake
-                // runs it, with no hop to another thread. The rest go to the
-                // most recent waiters.
-                if let Some(result) = self.step_out(me) {
-                    return result;
-                }
-                if kernel.harvest(self, true) {
-                    // Whoever waits behind us now watches the kernel, unless
-                    // a thread took the role while we harvested (we left it
-                    // in step_out): promoting then would clear *its* claim
-                    // and could hand it a LEAD verdict while it sleeps
-                    // there, which once sent a `get(None)` home empty.
-                    let mut stack = lock(&self.stack);
-                    if !stack.sleeper {
-                        self.promote(&mut stack);
-                    }
-                    return Ok(1);
-                }
-                continue; // nothing for us: wait again
+        match self.queue.pop() {
+            Some(p) => {
+                self.note_active(s.active() + 1);
+                Ok(p)
             }
-            // Parking in user space: no enter of ours will submit what this
-            // thread held back.
-            if let Some(k) = &self.kernel {
-                k.submit_held();
-            }
-            let verdict = match me.wait(deadline) {
-                WAITING => self.unpark_timed_out(me),
-                v => v,
-            };
-            match verdict {
-                GRANTED => return Ok(1),
-                CLOSED => return Err(NoPacket::Closed),
-                // Promoted: take the kernel sleeper's place (even past our
-                // deadline, for one pass, so that leaving promotes the next
-                // waiter and the role is never dropped while threads wait).
-                LEAD => continue,
-                _ => return Err(NoPacket::Empty),
-            }
-        }
-    }
-
-    /// The kernel sleeper is back, granted, closed, or past its deadline;
-    /// it gives up the role.
-    fn leave_kernel(&self, me: &Arc<Waiter>) -> Result<u64, NoPacket> {
-        let mut stack = lock(&self.stack);
-        let result = match me.verdict() {
-            GRANTED => Ok(1),
-            CLOSED => return Err(NoPacket::Closed),
-            _ => {
-                self.remove(&mut stack, me);
+            None => {
+                // Another thread took it between our look and our pop.
+                self.release();
                 Err(NoPacket::Empty)
             }
-        };
-        self.promote(&mut stack);
-        result
-    }
-
-    /// The kernel sleeper leaves the stack and the role without a verdict,
-    /// unless a verdict came meanwhile (then that is the result).
-    fn step_out(&self, me: &Arc<Waiter>) -> Option<Result<u64, NoPacket>> {
-        let mut stack = lock(&self.stack);
-        match me.verdict() {
-            WAITING => {
-                self.remove(&mut stack, me);
-                stack.sleeper = false;
-                self.has_sleeper.store(false, Ordering::SeqCst);
-                None
-            }
-            _ => {
-                drop(stack);
-                Some(self.leave_kernel(me))
-            }
-        }
-    }
-
-    fn remove(&self, stack: &mut Stack, me: &Arc<Waiter>) {
-        if let Some(i) = stack.waiters.iter().rposition(|w| Arc::ptr_eq(w, me)) {
-            stack.waiters.remove(i);
-            self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
-        }
-    }
-
-    /// The deadline passed. Under the mutex the verdict is final: either a
-    /// releaser got to us first (and we take what it gave), or we are still on
-    /// the stack and leave it (verdict `WAITING`).
-    fn unpark_timed_out(&self, me: &Arc<Waiter>) -> u8 {
-        let mut stack = lock(&self.stack);
-        let verdict = me.verdict();
-        if verdict == WAITING {
-            self.remove(&mut stack, me);
-        }
-        verdict
-    }
-
-    /// Pops one claimed packet. `None` only if the port was closed and its
-    /// queue drained after the claim.
-    pub fn take(&self) -> Option<T> {
-        loop {
-            if let Some(p) = self.queue.pop() {
-                return Some(p);
-            }
-            if self.state().closed() {
-                return None;
-            }
-            // A counted packet is always pushed already; an empty pop can only
-            // be a concurrent drain that has not finished. Let it run.
-            crate::sync::thread::yield_now();
         }
     }
 
@@ -543,30 +343,81 @@ impl<T> Core<T> {
     /// blocking section, exiting the thread, or moving to another port. Wakes
     /// a waiter if that slot was the only thing keeping it parked.
     pub fn release(&self) {
-        let s = StateWord(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel) - ONE_ACTIVE);
-        if s.waiter_runnable(self.limit) {
+        self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel);
+        self.settle();
+    }
+
+    /// The releaser's half of the handshake with a poster: after our slot
+    /// went back (an RMW on the word), look at the queue; a poster that read
+    /// the word before that saw the limit reached and granted nothing.
+    fn settle(&self) {
+        fence(Ordering::SeqCst);
+        if self.runnable(self.state()) {
             self.grant_runnable(false);
         }
     }
 
-    /// Grants queued packets to the most recent waiters while a waiter is
-    /// runnable (`handoff`: counted as a post handing its packet over).
+    /// Grants queued packets to the most recent waiters while a waiter can
+    /// run (`handoff`: counted as a post handing its packet over). Each grant
+    /// moves a waiter to active with a CAS, then pops the packet and writes
+    /// it into the waiter's slot. If the pop finds nothing (a thread calling
+    /// `get` took the packet) the grant is undone, which frees a slot again,
+    /// so the queue is looked at once more.
     #[cold]
     fn grant_runnable(&self, handoff: bool) {
         let mut stack = lock(&self.stack);
         let mut s = self.state();
-        while s.waiter_runnable(self.limit) {
-            let new = s.0 - ONE_WAITER - ONE_QUEUED + ONE_ACTIVE;
-            match self.cas(s, new) {
-                Ok(()) => {
+        while self.runnable(s) {
+            let new = s.0 - ONE_WAITER + ONE_ACTIVE;
+            if let Err(now) = self.cas(s, new) {
+                s = now;
+                continue;
+            }
+            match self.queue.pop() {
+                Some(p) => {
                     self.note_active(StateWord(new).active());
                     if handoff {
                         self.counters.handoffs.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.grant_top(&mut stack);
-                    s = StateWord(new);
+                    self.grant_top(&mut stack, p);
                 }
-                Err(now) => s = now,
+                None => {
+                    // `waiters += 1, active -= 1` in one step (active >= 1).
+                    self.state
+                        .fetch_add(ONE_WAITER - ONE_ACTIVE, Ordering::AcqRel);
+                    fence(Ordering::SeqCst);
+                }
+            }
+            s = self.state();
+        }
+    }
+
+    /// Pops the most recent waiter (its count already moved to active by
+    /// the caller's CAS), gives it `packet` and wakes it.
+    fn grant_top(&self, stack: &mut Stack<T>, packet: T) {
+        let Some(top) = stack.waiters.pop() else {
+            // The count and the stack agree under the mutex, and the CAS saw
+            // a waiter: unreachable. Queue the packet again rather than lose it.
+            debug_assert!(false, "waiters count and stack length disagree");
+            self.queue.push(packet);
+            return;
+        };
+        // SAFETY: `top` was on the stack until now and we hold the stack's
+        // mutex, so its parker is not reading the slot and nobody else is
+        // writing it (see `Parked::slot`); the parker's frame outlives its
+        // entry, because it leaves `park` only after seeing a verdict or
+        // removing itself under this mutex.
+        unsafe { *top.slot = Some(packet) };
+        self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+        self.release_waiter(&top.waiter, GRANTED);
+    }
+
+    pub(super) fn release_waiter(&self, w: &Waiter, verdict: u8) {
+        w.release(verdict);
+        // The kernel sleeper granting itself while it harvests needs no wake.
+        if w.in_kernel() && !w.is_current() {
+            if let Some(k) = &self.kernel {
+                k.wake();
             }
         }
     }
@@ -585,18 +436,15 @@ impl<T> Core<T> {
             let mut stack = lock(&self.stack);
             let mut s = self.state();
             while !s.closed() {
-                // Clear the waiter count with the stack, so the two agree,
-                // and the queued count: the drain below drops every
-                // unclaimed packet, and nothing can be claimed once closed.
-                let new = (s.0 & !(MAX_WAITERS * ONE_WAITER) & !(MAX_QUEUED * ONE_QUEUED))
-                    | StateWord(0).with_closed().0;
+                // Clear the waiter count with the stack, so the two agree.
+                let new = (s.0 & !(MAX_WAITERS * ONE_WAITER)) | StateWord(0).with_closed().0;
                 match self.cas(s, new) {
                     Ok(()) => break,
                     Err(now) => s = now,
                 }
             }
             for w in std::mem::take(&mut stack.waiters) {
-                self.release_waiter(&w, CLOSED);
+                self.release_waiter(&w.waiter, CLOSED);
             }
             !s.closed()
         };

@@ -8,6 +8,7 @@ mod buf;
 mod completion_port;
 pub(crate) mod core;
 mod packet;
+mod park;
 pub(crate) mod queue;
 pub(crate) mod state;
 mod stats;

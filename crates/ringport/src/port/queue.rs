@@ -1,8 +1,10 @@
 //! The packet queue: FIFO, many producers, many consumers.
 //!
-//! It holds packets only; who may take one is decided beforehand by a claim
-//! on the state word, so a consumer that pops has already been counted and
-//! the queue needs no notion of waiting.
+//! It holds packets only; who may take one (the limit, the waiter stack)
+//! is the port's business (`core.rs`), which also uses the queue as its
+//! count of queued packets: `is_empty` is the check each side of the
+//! port's post/park handshake makes, so the queue needs no notion of
+//! waiting.
 //!
 //! The storage is crossbeam-channel's unbounded (list) channel, reduced to
 //! the queue (`push`, `pop`; no waking, no disconnection) and with one
@@ -272,6 +274,42 @@ mod list {
             }
         }
 
+        /// Whether the queue holds no message. `SeqCst`, like the tail CAS of
+        /// `push`, because the port pairs this load with a load of its state
+        /// word (a parker checks here after announcing itself, a poster checks
+        /// the word after pushing: at least one of them sees the other). A
+        /// push in progress counts as a message: `pop` waits for it.
+        pub(crate) fn is_empty(&self) -> bool {
+            let head = self.head.index.load(Ordering::SeqCst);
+            let tail = self.tail.index.load(Ordering::SeqCst);
+            head >> SHIFT == tail >> SHIFT
+        }
+
+        /// How many messages the queue holds (a snapshot, for statistics).
+        pub(crate) fn len(&self) -> u64 {
+            loop {
+                let mut tail = self.tail.index.load(Ordering::SeqCst);
+                let mut head = self.head.index.load(Ordering::SeqCst);
+                // A consistent pair: the tail did not move while we read the head.
+                if self.tail.index.load(Ordering::SeqCst) != tail {
+                    continue;
+                }
+                tail &= !((1 << SHIFT) - 1);
+                head &= !((1 << SHIFT) - 1);
+                // The hand-over index at a block's end holds no message.
+                if (tail >> SHIFT) & (LAP - 1) == LAP - 1 {
+                    tail = tail.wrapping_add(1 << SHIFT);
+                }
+                if (head >> SHIFT) & (LAP - 1) == LAP - 1 {
+                    head = head.wrapping_add(1 << SHIFT);
+                }
+                let lap = (head >> SHIFT) / LAP;
+                tail = tail.wrapping_sub((lap * LAP) << SHIFT) >> SHIFT;
+                head = head.wrapping_sub((lap * LAP) << SHIFT) >> SHIFT;
+                return tail - head - tail / LAP;
+            }
+        }
+
         /// Takes the oldest message, or `None` if the queue is empty.
         pub(crate) fn pop(&self) -> Option<T> {
             let backoff = Backoff::new();
@@ -395,13 +433,18 @@ mod list {
         fn fifo_across_blocks_and_blocks_are_reused() {
             let q = Queue::new();
             for round in 0..5u64 {
+                assert!(q.is_empty());
                 for i in 0..200u64 {
                     q.push(round * 1000 + i);
+                    assert_eq!(q.len(), i + 1);
                 }
                 for i in 0..200u64 {
+                    assert!(!q.is_empty());
                     assert_eq!(q.pop(), Some(round * 1000 + i));
+                    assert_eq!(q.len(), 199 - i);
                 }
                 assert_eq!(q.pop(), None);
+                assert!(q.is_empty());
             }
             let spares = q
                 .spares
@@ -474,5 +517,11 @@ impl<T> Queue<T> {
     }
     pub(crate) fn pop(&self) -> Option<T> {
         crate::sync::lock(&self.0).pop_front()
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        crate::sync::lock(&self.0).is_empty()
+    }
+    pub(crate) fn len(&self) -> u64 {
+        crate::sync::lock(&self.0).len() as u64
     }
 }

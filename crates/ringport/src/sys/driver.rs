@@ -175,9 +175,9 @@ impl<T> Driver<T> {
     }
 
     /// Moves finished operations into the port; with `keep`, the (inactive)
-    /// caller claims the first for itself if the limit allows, and returns
-    /// whether it did.
-    pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
+    /// caller takes the first for itself if the limit allows (it is then
+    /// active).
+    pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> Option<Packet<T>> {
         match self {
             Driver::Uring(d) => d.harvest(core, keep),
             Driver::Epoll(d) => d.harvest(core, keep),
@@ -198,7 +198,7 @@ impl<T: Send + 'static> Kernel<Packet<T>> for Driver<T> {
             Driver::Epoll(d) => d.wake(),
         }
     }
-    fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
+    fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> Option<Packet<T>> {
         Driver::harvest(self, core, keep)
     }
     fn submit_held(&self) {

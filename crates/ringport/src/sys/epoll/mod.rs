@@ -377,7 +377,7 @@ impl<T> EpollDriver<T> {
         core: &Core<Packet<T>>,
         done: impl IntoIterator<Item = Finished<T>>,
         keep: bool,
-    ) -> bool {
+    ) -> Option<Packet<T>> {
         let mut n = 0;
         for p in done.into_iter().filter_map(Finished::settle) {
             core.enqueue(p);
@@ -387,8 +387,8 @@ impl<T> EpollDriver<T> {
     }
 
     /// Performs what readiness, the clock and the file pool allow, and
-    /// publishes the results; with `keep`, the caller claims the first.
-    pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
+    /// publishes the results; with `keep`, the caller takes the first.
+    pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> Option<Packet<T>> {
         let Spare {
             mut events,
             mut done,

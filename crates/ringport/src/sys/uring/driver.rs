@@ -202,9 +202,9 @@ impl<T> UringDriver<T> {
         waiting
     }
 
-    /// Reaps completions into the port; with `keep`, the caller claims the
-    /// first for itself if the limit allows. Returns whether it did.
-    pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> bool {
+    /// Reaps completions into the port; with `keep`, the caller takes the
+    /// first for itself if the limit allows.
+    pub(crate) fn harvest(&self, core: &Core<Packet<T>>, keep: bool) -> Option<Packet<T>> {
         let mut n = 0;
         let mut watches = Vec::new();
         loop {
