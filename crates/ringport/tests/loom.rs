@@ -34,7 +34,7 @@ fn get(
     wait: bool,
     deadline: Option<Instant>,
 ) -> Result<u32, String> {
-    match core.try_get(was_active) {
+    match core.try_get(was_active, false) {
         Err(e) if wait && kind(e) == "Empty" => {
             let me = Arc::new(Waiter::for_current_thread());
             core.park(&me, deadline).map_err(kind)
@@ -508,7 +508,7 @@ fn every_packet_is_dropped_once() {
             })
         };
         let taker = spawn_on(&core, move |core| {
-            drop(core.try_get(false));
+            drop(core.try_get(false, false));
         });
         core.close();
         poster.join().unwrap();

@@ -263,11 +263,13 @@ impl<T: Send + 'static> CompletionPort<T> {
     ///
     /// On a closed port the packet is dropped, with whatever its token owns,
     /// and [`Error::Closed`] returned.
+    #[inline]
     pub fn post(&self, key: u64, token: T, result: std::io::Result<usize>) -> Result<(), Error> {
         self.post_packet(Packet::new(key, token, result))
     }
 
     /// Queues a packet built beforehand; see [`post`](Self::post).
+    #[inline]
     pub fn post_packet(&self, packet: Packet<T>) -> Result<(), Error> {
         let core = &self.shared().core;
         core.push(packet).map_err(|_| Error::Closed)?;
@@ -280,6 +282,7 @@ impl<T: Send + 'static> CompletionPort<T> {
     ///
     /// Errors: [`Error::Timeout`] when nothing came in time, [`Error::Closed`]
     /// once the port is closed (also for threads already waiting).
+    #[inline]
     pub fn get(&self, timeout: Option<Duration>) -> Result<Packet<T>, Error> {
         let p = self.dequeue(timeout)?;
         self.count_taken(1);
@@ -342,15 +345,33 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     /// Takes one packet for the calling thread, waiting at most `timeout`,
     /// and leaves the thread active on this port (a batch then pops more
-    /// with `take_more`). A thread that stays active reads one plain
-    /// thread-local cell here, not the activity record.
+    /// with `take_more`). The fast path, inlined where the packet goes so
+    /// that it is moved once: a thread that stays active (one plain
+    /// thread-local cell says so) pops.
+    #[inline]
     fn dequeue(&self, timeout: Option<Duration>) -> Result<Packet<T>, Error> {
+        if activity::active_here(self.id()) {
+            if let Some(p) = self.shared().core.pop_active() {
+                return Ok(p);
+            }
+        }
+        self.dequeue_slow(timeout)
+    }
+
+    /// `dequeue` when the thread was not active here, or found nothing.
+    #[cold]
+    #[inline(never)]
+    fn dequeue_slow(&self, timeout: Option<Duration>) -> Result<Packet<T>, Error> {
         let shared = self.shared();
         let core = &shared.core;
         let io = &shared.io;
         let id = self.id();
         let was_active = activity::active_here(id) || activity::begin_get(id);
-        let got = match core.try_get(was_active) {
+        // With nothing in flight in the kernel, the next packet can only be
+        // a post: an active thread spins for it before giving up its slot.
+        // With operations in flight it looks at the kernel's completions
+        // first (below).
+        let got = match core.try_get(was_active, !io.busy()) {
             Err(NoPacket::Empty) => {
                 // try_get gave up the slot this thread held, if any.
                 activity::clear();
@@ -385,6 +406,7 @@ impl<T: Send + 'static> CompletionPort<T> {
 
     /// Records `n` packets taken by the calling thread, which is active on
     /// this port (one plain thread-local add while it stays so).
+    #[inline]
     fn count_taken(&self, n: u64) {
         if !activity::count_here(self.id(), n) {
             activity::set_active(self.shared(), n);

@@ -26,13 +26,13 @@
 //! every change of the `waiters` count happens under it, so the stack's
 //! length equals that count whenever the mutex is free.
 //!
-//! Two handshakes keep a packet from being stranded. A poster pushes, fences
-//! (`SeqCst`) and reads the word; a parker adds itself to `waiters`, fences
-//! and looks at the queue. A thread that gives a slot up subtracts it from
-//! `active`, fences and looks at the queue. In each pair at least one side
-//! sees the other's write (the store-buffering pattern that `SeqCst`
-//! fences forbid), so either the poster sees the waiter or the free slot and
-//! grants, or the other side sees the packet and takes it (or grants it).
+//! Two handshakes keep a packet from being stranded. A poster pushes and
+//! then reads the word; a parker adds itself to `waiters` and then looks at
+//! the queue. A thread that gives a slot up subtracts it from `active` and
+//! then looks at the queue. In each pair at least one side sees the other's
+//! write (every access involved is `SeqCst`: see [`handshake`]), so either
+//! the poster sees the waiter or the free slot and grants, or the other
+//! side sees the packet and takes it (or grants it).
 //! `tests/loom.rs` checks this.
 //!
 //! # The invariant
@@ -55,12 +55,29 @@
 
 use std::time::Instant;
 
-use crossbeam_utils::CachePadded;
+use crossbeam_utils::{Backoff, CachePadded};
 
 use super::queue::Queue;
 use super::state::{StateWord, MAX_ACTIVE, MAX_WAITERS, ONE_ACTIVE, ONE_WAITER};
 use super::waiter::{Waiter, CLOSED, GRANTED};
-use crate::sync::{fence, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+#[cfg(loom)]
+use crate::sync::fence;
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+
+/// Between the two halves of the port's store-buffering handshakes (see
+/// "Locks" above): one side writes its location (an RMW: the queue's tail
+/// CAS, or a CAS/add on the state word) and then reads the other's (the
+/// word, or the queue's indices). All of these are `SeqCst`, so they fall
+/// in one total order and the two sides cannot both miss each other's
+/// write (C++20's store-buffering rule, which Rust's atomics follow). On
+/// x86 that is a locked instruction and a plain load, with no fence between.
+/// loom treats `SeqCst` accesses as `AcqRel` (weaker than they are), so
+/// under loom a fence stands in and the model checks the protocol with it.
+#[inline(always)]
+pub(super) fn handshake() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
 
 /// Why a thread got no packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +197,11 @@ impl<T> Core<T> {
         StateWord(self.state.load(Ordering::Acquire))
     }
 
+    /// The word, read as the second half of a handshake (see [`handshake`]).
+    pub(super) fn state_sc(&self) -> StateWord {
+        StateWord(self.state.load(Ordering::SeqCst))
+    }
+
     /// Packets queued and not yet taken (a snapshot).
     pub(crate) fn queued(&self) -> u64 {
         self.queue.len()
@@ -206,7 +228,7 @@ impl<T> Core<T> {
 
     pub(super) fn cas(&self, old: StateWord, new: u64) -> Result<(), StateWord> {
         self.state
-            .compare_exchange_weak(old.0, new, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange_weak(old.0, new, Ordering::SeqCst, Ordering::Acquire)
             .map(|_| ())
             .map_err(StateWord)
     }
@@ -244,6 +266,7 @@ impl<T> Core<T> {
     /// Queues one packet and hands it to the most recent waiter if one may
     /// run. On a closed port the packet is dropped (with whatever it owns)
     /// and `Err` returned.
+    #[inline]
     pub fn push(&self, packet: T) -> Result<(), NoPacket> {
         if self.state().closed() {
             return Err(NoPacket::Closed);
@@ -259,11 +282,12 @@ impl<T> Core<T> {
     /// push and here, the close's drain may have run already: drain again,
     /// so that nothing stays queued on a closed port (the post counts as
     /// before the close, whose drain drops queued packets).
+    #[inline]
     fn publish(&self) {
         // The poster's half of the handshake with a parker or a releaser:
         // our push (the queue's SeqCst tail CAS) before our read of the word.
-        fence(Ordering::SeqCst);
-        let s = self.state();
+        handshake();
+        let s = self.state_sc();
         if s.closed() {
             self.drain();
         } else if s.waiters() > 0 && s.active() < self.limit {
@@ -274,20 +298,32 @@ impl<T> Core<T> {
     /// Takes a packet for a thread that calls `get`. `was_active` says it
     /// holds a slot on this port: then, unless the port is over its limit
     /// (a thread came back from `blocking`) or closed, it pops without a
-    /// claim, keeping its slot. Otherwise, or if the queue is empty, its
-    /// activity ends and it claims as a thread that was not active. On `Ok`
-    /// the caller is active; on `Err` it is not.
-    pub fn try_get(&self, was_active: bool) -> Result<T, NoPacket> {
+    /// claim, keeping its slot. With `spin` it keeps trying a little while
+    /// (crossbeam's backoff: spinning, then yielding) before it gives the
+    /// slot up: a thread counts as running until it blocks, as on Windows,
+    /// and when posts stream in, the next is usually nanoseconds away, so
+    /// this spares two writes of the shared word per packet (giving the slot
+    /// up and claiming it again) and a herd of claims racing for one packet.
+    /// Otherwise, or if nothing came, its activity ends and it claims as a
+    /// thread that was not active. On `Ok` the caller is active; on `Err`
+    /// it is not.
+    pub fn try_get(&self, was_active: bool, spin: bool) -> Result<T, NoPacket> {
         if !was_active {
             return self.claim();
         }
-        let s = self.state();
-        if !s.closed() && s.active() <= self.limit {
-            if let Some(p) = self.queue.pop() {
-                return Ok(p);
+        if let Some(p) = self.pop_active() {
+            return Ok(p);
+        }
+        if spin {
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
+                if let Some(p) = self.pop_active() {
+                    return Ok(p);
+                }
             }
         }
-        let s = StateWord(self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel));
+        let s = StateWord(self.state.fetch_sub(ONE_ACTIVE, Ordering::SeqCst));
         if s.closed() {
             return Err(NoPacket::Closed);
         }
@@ -298,6 +334,18 @@ impl<T> Core<T> {
             self.settle();
         }
         mine
+    }
+
+    /// A pop by a thread that holds a slot, while the port is open and not
+    /// over its limit (reading the word, which stays in every reader's cache
+    /// while nobody writes it): the fast path of `get`.
+    #[inline]
+    pub(crate) fn pop_active(&self) -> Option<T> {
+        let s = self.state();
+        if s.closed() || s.active() > self.limit {
+            return None;
+        }
+        self.queue.pop()
     }
 
     /// Pops one more packet for a thread that is already active (a batch:
@@ -343,7 +391,7 @@ impl<T> Core<T> {
     /// blocking section, exiting the thread, or moving to another port. Wakes
     /// a waiter if that slot was the only thing keeping it parked.
     pub fn release(&self) {
-        self.state.fetch_sub(ONE_ACTIVE, Ordering::AcqRel);
+        self.state.fetch_sub(ONE_ACTIVE, Ordering::SeqCst);
         self.settle();
     }
 
@@ -351,8 +399,8 @@ impl<T> Core<T> {
     /// went back (an RMW on the word), look at the queue; a poster that read
     /// the word before that saw the limit reached and granted nothing.
     fn settle(&self) {
-        fence(Ordering::SeqCst);
-        if self.runnable(self.state()) {
+        handshake();
+        if self.runnable(self.state_sc()) {
             self.grant_runnable(false);
         }
     }
@@ -384,11 +432,11 @@ impl<T> Core<T> {
                 None => {
                     // `waiters += 1, active -= 1` in one step (active >= 1).
                     self.state
-                        .fetch_add(ONE_WAITER - ONE_ACTIVE, Ordering::AcqRel);
-                    fence(Ordering::SeqCst);
+                        .fetch_add(ONE_WAITER - ONE_ACTIVE, Ordering::SeqCst);
+                    handshake();
                 }
             }
-            s = self.state();
+            s = self.state_sc();
         }
     }
 

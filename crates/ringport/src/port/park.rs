@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::core::{Core, Kernel, NoPacket, Parked, Stack};
+use super::core::{handshake, Core, Kernel, NoPacket, Parked, Stack};
 use super::state::{MAX_WAITERS, ONE_ACTIVE, ONE_WAITER};
 use super::waiter::{Waiter, CLOSED, GRANTED, LEAD, WAITING};
 use crate::sync::{fence, lock, Arc, Ordering};
@@ -124,7 +124,7 @@ impl<T> Core<T> {
         // either we see its operation in flight and sleep in the kernel, or
         // it sees us waiting and sends us there.
         fence(Ordering::SeqCst);
-        let mut s = self.state();
+        let mut s = self.state_sc();
         while s.active() < self.limit && !self.queue.is_empty() {
             // Grant ourselves, as `grant_runnable` would (nobody else can
             // while we hold the mutex).
@@ -138,9 +138,9 @@ impl<T> Core<T> {
             }
             // Taken meanwhile by a thread calling `get`: a waiter again.
             self.state
-                .fetch_add(ONE_WAITER - ONE_ACTIVE, Ordering::AcqRel);
-            fence(Ordering::SeqCst);
-            s = self.state();
+                .fetch_add(ONE_WAITER - ONE_ACTIVE, Ordering::SeqCst);
+            handshake();
+            s = self.state_sc();
         }
         let in_kernel = !stack.sleeper && self.kernel.as_ref().is_some_and(|k| k.busy());
         me.reset(in_kernel);
