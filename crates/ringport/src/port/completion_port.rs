@@ -273,7 +273,6 @@ impl<T: Send + 'static> CompletionPort<T> {
     pub fn post_packet(&self, packet: Packet<T>) -> Result<(), Error> {
         let core = &self.shared().core;
         core.push(packet).map_err(|_| Error::Closed)?;
-        core.counters.posted.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -489,7 +488,7 @@ impl<T: Send + 'static> CompletionPort<T> {
             })
             .collect();
         Stats {
-            posted: c.posted.load(Ordering::Relaxed),
+            posted: shared.core.posted(),
             completed: c.completed.load(Ordering::Relaxed),
             dequeued: threads.iter().map(|t| t.dequeued).sum(),
             wakeups: c.wakeups.load(Ordering::Relaxed),

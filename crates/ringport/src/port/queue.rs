@@ -285,6 +285,14 @@ mod list {
             head >> SHIFT == tail >> SHIFT
         }
 
+        /// How many messages were ever pushed: read off the tail index, which
+        /// counts them (plus one hand-over index a block), so the port needs
+        /// no counter of its own for `Stats::posted`.
+        pub(crate) fn pushed(&self) -> u64 {
+            let tail = self.tail.index.load(Ordering::Relaxed) >> SHIFT;
+            tail - tail / LAP
+        }
+
         /// How many messages the queue holds (a snapshot, for statistics).
         pub(crate) fn len(&self) -> u64 {
             loop {
@@ -437,6 +445,7 @@ mod list {
                 for i in 0..200u64 {
                     q.push(round * 1000 + i);
                     assert_eq!(q.len(), i + 1);
+                    assert_eq!(q.pushed(), round * 200 + i + 1);
                 }
                 for i in 0..200u64 {
                     assert!(!q.is_empty());
@@ -505,23 +514,28 @@ mod list {
 }
 
 #[cfg(loom)]
-pub(crate) struct Queue<T>(crate::sync::Mutex<std::collections::VecDeque<T>>);
+pub(crate) struct Queue<T>(crate::sync::Mutex<(std::collections::VecDeque<T>, u64)>);
 
 #[cfg(loom)]
 impl<T> Queue<T> {
     pub(crate) fn new() -> Self {
-        Queue(crate::sync::Mutex::new(std::collections::VecDeque::new()))
+        Queue(crate::sync::Mutex::new((std::collections::VecDeque::new(), 0)))
     }
     pub(crate) fn push(&self, value: T) {
-        crate::sync::lock(&self.0).push_back(value)
+        let mut q = crate::sync::lock(&self.0);
+        q.0.push_back(value);
+        q.1 += 1;
     }
     pub(crate) fn pop(&self) -> Option<T> {
-        crate::sync::lock(&self.0).pop_front()
+        crate::sync::lock(&self.0).0.pop_front()
     }
     pub(crate) fn is_empty(&self) -> bool {
-        crate::sync::lock(&self.0).is_empty()
+        crate::sync::lock(&self.0).0.is_empty()
     }
     pub(crate) fn len(&self) -> u64 {
-        crate::sync::lock(&self.0).len() as u64
+        crate::sync::lock(&self.0).0.len() as u64
+    }
+    pub(crate) fn pushed(&self) -> u64 {
+        crate::sync::lock(&self.0).1
     }
 }
