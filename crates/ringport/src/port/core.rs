@@ -323,7 +323,7 @@ impl<T> Core<T> {
         }
         if spin {
             let backoff = Backoff::new();
-            while !backoff.is_completed() {
+            while !backoff.is_completed() && self.may_pop() {
                 backoff.snooze();
                 if let Some(p) = self.pop_active() {
                     return Ok(p);
@@ -348,11 +348,18 @@ impl<T> Core<T> {
     /// while nobody writes it): the fast path of `get`.
     #[inline]
     pub(crate) fn pop_active(&self) -> Option<T> {
-        let s = self.state();
-        if s.closed() || s.active() > self.limit {
+        if !self.may_pop() {
             return None;
         }
         self.queue.pop()
+    }
+
+    /// Whether an active thread may keep taking packets: the port is open
+    /// and not over its limit.
+    #[inline]
+    fn may_pop(&self) -> bool {
+        let s = self.state();
+        !s.closed() && s.active() <= self.limit
     }
 
     /// Pops one more packet for a thread that is already active (a batch:

@@ -519,7 +519,10 @@ pub(crate) struct Queue<T>(crate::sync::Mutex<(std::collections::VecDeque<T>, u6
 #[cfg(loom)]
 impl<T> Queue<T> {
     pub(crate) fn new() -> Self {
-        Queue(crate::sync::Mutex::new((std::collections::VecDeque::new(), 0)))
+        Queue(crate::sync::Mutex::new((
+            std::collections::VecDeque::new(),
+            0,
+        )))
     }
     pub(crate) fn push(&self, value: T) {
         let mut q = crate::sync::lock(&self.0);
