@@ -123,6 +123,33 @@ fn waiters_are_released_lifo() {
     assert_eq!((stats.queued, stats.waiting), (0, 0));
 }
 
+/// Posts that come back to back, before any woken waiter has run, still
+/// reach the waiters in LIFO order packet by packet: a grant hands its
+/// packet to the waiter it wakes (it does not merely let it take whatever
+/// is queued when it gets to run).
+#[test]
+fn back_to_back_posts_reach_waiters_lifo_packet_by_packet() {
+    let port = CompletionPort::<u64>::new(8).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for i in 0..4u64 {
+        let (p, tx) = (port.clone(), tx.clone());
+        threads.push(thread::spawn(move || {
+            let packet = p.get(Some(LONG)).expect("a packet");
+            tx.send((i, packet.token)).unwrap();
+        }));
+        wait_until("the waiter to park", || waiting(&port) == i + 1);
+    }
+    for token in 0..4u64 {
+        port.post(0, token, Ok(0)).unwrap();
+    }
+    let mut got: Vec<(u64, u64)> = (0..4).map(|_| recv(&rx)).collect();
+    got.sort_unstable();
+    assert_eq!(got, [(0, 3), (1, 2), (2, 1), (3, 0)], "(waiter, token)");
+    threads.into_iter().for_each(join);
+    assert_eq!(port.stats().queued, 0);
+}
+
 /// Runs `threads` workers on `port` until each takes a `STOP` packet, calling
 /// `handler` on every other packet; returns each worker's count.
 fn run_workers(
