@@ -9,6 +9,7 @@ mod shards;
 mod sockperf;
 mod tcp;
 mod udp;
+mod uring_raw;
 
 use std::path::PathBuf;
 
