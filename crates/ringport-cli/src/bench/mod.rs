@@ -2,6 +2,7 @@
 //! same process and prints the ratio.
 
 mod echo;
+mod epoll_raw;
 mod file;
 mod port;
 mod rio;

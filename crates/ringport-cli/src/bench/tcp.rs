@@ -34,8 +34,9 @@ pub struct Args {
     /// and the variants ringport-noskip (no skip-on-success),
     /// ringport-epoll and ringport-rio (`serve tcp-echo --mode rio-port`:
     /// Registered I/O, one worker whatever --threads says); uring-raw and
-    /// uring-raw-plain, hand-written io_uring servers (one thread whatever
-    /// --threads says; see bench/uring_raw.rs).
+    /// uring-raw-plain, hand-written io_uring servers, and epoll-raw, a
+    /// plain epoll loop (one thread whatever --threads says; see
+    /// bench/uring_raw.rs and bench/epoll_raw.rs).
     #[arg(
         long,
         value_delimiter = ',',
@@ -49,7 +50,7 @@ pub struct Args {
     shards: Vec<usize>,
 }
 
-const PEERS: [(&str, Start); 10] = [
+const PEERS: [(&str, Start); 11] = [
     ("ringport", |t, b| tcp_with(t, b, |_| {})),
     // The same server with every send's packet going through the port.
     ("ringport-noskip", |t, b| tcp_with(t, b, |o| o.skip = false)),
@@ -64,6 +65,8 @@ const PEERS: [(&str, Start); 10] = [
     // The floor on io_uring: a hand-written server, every lever on (and off).
     ("uring-raw", super::uring_raw::start),
     ("uring-raw-plain", super::uring_raw::start_plain),
+    // The system-call floor on readiness: recv + send per message.
+    ("epoll-raw", super::epoll_raw::start),
 ];
 
 pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
