@@ -18,8 +18,10 @@
 //!   same `io_uring_enter` that waits for the next batch.
 //!
 //! `uring-raw-plain` is the same loop on a ring with no setup flags, no
-//! registered ring fd and plain file descriptors: what those levers are
-//! worth.
+//! registered ring fd and plain file descriptors, and `uring-raw-oneshot`
+//! the same loop with a one-shot RECV issued after each completion instead
+//! of the multishot one (what a completion port's receives look like to
+//! the kernel): what those levers are worth.
 
 use std::collections::VecDeque;
 use std::io;
@@ -31,7 +33,7 @@ use std::thread::{self, JoinHandle};
 
 use io_uring::squeue::Entry;
 use io_uring::types::{BufRingEntry, Fd, Fixed};
-use io_uring::{cqueue, opcode, IoUring, SubmissionQueue, Submitter};
+use io_uring::{cqueue, opcode, squeue, IoUring, SubmissionQueue, Submitter};
 
 use super::echo::{localhost, Server};
 
@@ -42,30 +44,41 @@ pub(super) struct Levers {
     pub defer: bool,
     /// Connections in the registered file table (`IOSQE_FIXED_FILE`).
     pub fixed: bool,
+    /// One multishot RECV per connection; without it, a one-shot RECV
+    /// (still taking a provided buffer, and with `IORING_RECVSEND_POLL_FIRST`:
+    /// it arms its poll without trying first) issued again after each
+    /// completion, as a completion port issues receives.
+    pub multishot: bool,
 }
+
+const ALL: Levers = Levers {
+    defer: true,
+    fixed: true,
+    multishot: true,
+};
 
 /// Every lever on.
 pub(super) fn start(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    start_with(
-        threads,
-        batch,
-        Levers {
-            defer: true,
-            fixed: true,
-        },
-    )
+    start_with(threads, batch, ALL)
 }
 
 /// No setup flag, plain file descriptors.
 pub(super) fn start_plain(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
-    start_with(
-        threads,
-        batch,
-        Levers {
-            defer: false,
-            fixed: false,
-        },
-    )
+    let plain = Levers {
+        defer: false,
+        fixed: false,
+        ..ALL
+    };
+    start_with(threads, batch, plain)
+}
+
+/// Every lever on but the multishot receive.
+pub(super) fn start_oneshot(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
+    let oneshot = Levers {
+        multishot: false,
+        ..ALL
+    };
+    start_with(threads, batch, oneshot)
 }
 
 /// Submission queue entries (what one batch can queue before a submit).
@@ -76,6 +89,8 @@ const CQ_ENTRIES: u32 = 4096;
 /// Provided buffers (a power of two) and the bytes of each.
 const BUFS: u16 = 512;
 const BUF_LEN: usize = 4096;
+/// `IORING_RECVSEND_POLL_FIRST`.
+const RECVSEND_POLL_FIRST: u16 = 1;
 /// The one buffer group.
 const BGID: u16 = 0;
 /// Registered file slots, and the most connections served at once.
@@ -479,15 +494,27 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// The multishot receive of connection `slot`.
+    /// The receive of connection `slot`: multishot, or one-shot.
     fn recv(&self, slot: u32) -> Entry {
-        let e = if self.levers.fixed {
-            opcode::RecvMulti::new(Fixed(slot), BGID).build()
-        } else {
-            let fd = self.conns[slot as usize]
-                .as_ref()
-                .map_or(-1, |c| c.fd.as_raw_fd());
-            opcode::RecvMulti::new(Fd(fd), BGID).build()
+        let fd = self.conns[slot as usize]
+            .as_ref()
+            .map_or(-1, |c| c.fd.as_raw_fd());
+        let e = match (self.levers.multishot, self.levers.fixed) {
+            (true, true) => opcode::RecvMulti::new(Fixed(slot), BGID).build(),
+            (true, false) => opcode::RecvMulti::new(Fd(fd), BGID).build(),
+            (false, fixed) => {
+                let len = BUF_LEN as u32;
+                let null = std::ptr::null_mut();
+                let e = if fixed {
+                    opcode::Recv::new(Fixed(slot), null, len)
+                } else {
+                    opcode::Recv::new(Fd(fd), null, len)
+                };
+                e.buf_group(BGID)
+                    .ioprio(RECVSEND_POLL_FIRST)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
         };
         e.user_data(RECV | slot as u64)
     }
