@@ -34,7 +34,7 @@ pub struct Args {
     /// and the variants ringport-noskip (no skip-on-success),
     /// ringport-epoll and ringport-rio (`serve tcp-echo --mode rio-port`:
     /// Registered I/O, one worker whatever --threads says); uring-raw and
-    /// its variants uring-raw-plain and uring-raw-oneshot, hand-written
+    /// its variants uring-raw-plain, -oneshot and -coop, hand-written
     /// io_uring servers, and epoll-raw, a
     /// plain epoll loop (one thread whatever --threads says; see
     /// bench/uring_raw.rs and bench/epoll_raw.rs).
@@ -51,7 +51,7 @@ pub struct Args {
     shards: Vec<usize>,
 }
 
-const PEERS: [(&str, Start); 12] = [
+const PEERS: [(&str, Start); 13] = [
     ("ringport", |t, b| tcp_with(t, b, |_| {})),
     // The same server with every send's packet going through the port.
     ("ringport-noskip", |t, b| tcp_with(t, b, |o| o.skip = false)),
@@ -67,6 +67,7 @@ const PEERS: [(&str, Start); 12] = [
     ("uring-raw", super::uring_raw::start),
     ("uring-raw-plain", super::uring_raw::start_plain),
     ("uring-raw-oneshot", super::uring_raw::start_oneshot),
+    ("uring-raw-coop", super::uring_raw::start_coop),
     // The system-call floor on readiness: recv + send per message.
     ("epoll-raw", super::epoll_raw::start),
 ];

@@ -18,7 +18,9 @@
 //!   same `io_uring_enter` that waits for the next batch.
 //!
 //! `uring-raw-plain` is the same loop on a ring with no setup flags, no
-//! registered ring fd and plain file descriptors, and `uring-raw-oneshot`
+//! registered ring fd and plain file descriptors, `uring-raw-coop` the same
+//! with `COOP_TASKRUN` instead of `DEFER_TASKRUN` (what a ring that many
+//! threads submit to, as a port's, can have), and `uring-raw-oneshot`
 //! the same loop with a one-shot RECV issued after each completion instead
 //! of the multishot one (what a completion port's receives look like to
 //! the kernel): what those levers are worth.
@@ -40,8 +42,8 @@ use super::echo::{localhost, Server};
 /// The levers a `uring-raw` server uses.
 #[derive(Clone, Copy)]
 pub(super) struct Levers {
-    /// `SINGLE_ISSUER | DEFER_TASKRUN` and a registered ring fd.
-    pub defer: bool,
+    /// How the ring runs task work.
+    pub taskrun: Taskrun,
     /// Connections in the registered file table (`IOSQE_FIXED_FILE`).
     pub fixed: bool,
     /// One multishot RECV per connection; without it, a one-shot RECV
@@ -51,8 +53,23 @@ pub(super) struct Levers {
     pub multishot: bool,
 }
 
+/// How a ring runs its task work (the receives that data arriving made
+/// ready, in the submitter's context).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taskrun {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN`: only when the thread waits for
+    /// completions; needs one issuing thread per ring. Registered ring fd.
+    Defer,
+    /// `COOP_TASKRUN | TASKRUN_FLAG`: without interrupting the thread, at
+    /// its next entry to the kernel; any thread may submit (what the
+    /// port's shared ring uses). Registered ring fd.
+    Coop,
+    /// No flag: the kernel interrupts the thread to run it.
+    Plain,
+}
+
 const ALL: Levers = Levers {
-    defer: true,
+    taskrun: Taskrun::Defer,
     fixed: true,
     multishot: true,
 };
@@ -65,11 +82,21 @@ pub(super) fn start(threads: usize, batch: usize) -> Result<Box<dyn Server>, Str
 /// No setup flag, plain file descriptors.
 pub(super) fn start_plain(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
     let plain = Levers {
-        defer: false,
+        taskrun: Taskrun::Plain,
         fixed: false,
         ..ALL
     };
     start_with(threads, batch, plain)
+}
+
+/// Every lever on, but the task run cooperative instead of deferred: what
+/// a ring many threads submit to can have.
+pub(super) fn start_coop(threads: usize, batch: usize) -> Result<Box<dyn Server>, String> {
+    let coop = Levers {
+        taskrun: Taskrun::Coop,
+        ..ALL
+    };
+    start_with(threads, batch, coop)
 }
 
 /// Every lever on but the multishot receive.
@@ -273,9 +300,11 @@ fn serve(
 fn build(levers: Levers, bufs: &BufRing) -> Result<IoUring, String> {
     let mut b = IoUring::builder();
     b.setup_cqsize(CQ_ENTRIES);
-    if levers.defer {
-        b.setup_single_issuer().setup_defer_taskrun();
-    }
+    match levers.taskrun {
+        Taskrun::Defer => b.setup_single_issuer().setup_defer_taskrun(),
+        Taskrun::Coop => b.setup_coop_taskrun().setup_taskrun_flag(),
+        Taskrun::Plain => &mut b,
+    };
     let ring = b
         .build(SQ_ENTRIES)
         .map_err(|e| format!("io_uring_setup: {e}"))?;
@@ -332,7 +361,7 @@ struct Loop<'b> {
 impl Loop<'_> {
     fn run(mut self, ring: &mut IoUring, listener: RawFd, stop: RawFd) -> io::Result<()> {
         let (mut sub, sq, mut cq) = ring.split();
-        if self.levers.defer {
+        if self.levers.taskrun != Taskrun::Plain {
             sub.register_ring_fd()?;
         }
         let mut q = Sq { sub, sq };
