@@ -24,6 +24,15 @@
 //! the same loop with a one-shot RECV issued after each completion instead
 //! of the multishot one (what a completion port's receives look like to
 //! the kernel): what those levers are worth.
+//!
+//! What it showed (2026-11-30, `bench tcp --pin`, Linux 6.18 on a 2-CPU
+//! KVM guest; the run is BENCHMARKS.md's `tcp-pin-floor` report): the
+//! kernel's TCP work billed to the server (the send with its loopback
+//! delivery into the client's socket, and the receive's copy) is
+//! 5.0–5.5 µs of every server's 5.8–6.4 µs per 64-byte message, whatever
+//! drives it, so no design gets far below tokio here: uring-raw ~0.9×
+//! tokio's server CPU per message, uring-raw-coop (a port's kind of ring)
+//! ~0.95×.
 
 use std::collections::VecDeque;
 use std::io;
