@@ -275,7 +275,7 @@ fn bench_tcp_pin_counts_every_servers_own_cpu() {
     args(
         &mut cmd,
         "bench tcp --pin --seconds 0.3 --warmup 0.1 --rounds 1 --connections 8 \
-         --peers ringport,ringport-epoll,ringport-rio,tokio,mio,monoio,std",
+         --peers ringport,ringport-epoll,ringport-rio,tokio,mio,monoio,std,uring-raw,uring-raw-oneshot,uring-raw-coop,epoll-raw",
     );
     let out = run(cmd, Duration::from_secs(60));
     let stdout = text(&out.stdout);
@@ -323,6 +323,8 @@ fn bench_tcp_pin_counts_every_servers_own_cpu() {
         "mio",
         "monoio",
         "std",
+        "uring-raw",
+        "epoll-raw",
     ] {
         let row = table
             .iter()

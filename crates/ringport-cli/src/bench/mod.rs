@@ -2,6 +2,7 @@
 //! same process and prints the ratio.
 
 mod echo;
+mod epoll_raw;
 mod file;
 mod port;
 mod rio;
@@ -9,6 +10,7 @@ mod shards;
 mod sockperf;
 mod tcp;
 mod udp;
+mod uring_raw;
 
 use std::path::PathBuf;
 

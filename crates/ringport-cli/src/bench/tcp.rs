@@ -33,7 +33,11 @@ pub struct Args {
     /// Servers to run, comma-separated: ringport, tokio, mio, monoio, std,
     /// and the variants ringport-noskip (no skip-on-success),
     /// ringport-epoll and ringport-rio (`serve tcp-echo --mode rio-port`:
-    /// Registered I/O, one worker whatever --threads says).
+    /// Registered I/O, one worker whatever --threads says); uring-raw and
+    /// its variants uring-raw-plain, -oneshot and -coop, hand-written
+    /// io_uring servers, and epoll-raw, a
+    /// plain epoll loop (one thread whatever --threads says; see
+    /// bench/uring_raw.rs and bench/epoll_raw.rs).
     #[arg(
         long,
         value_delimiter = ',',
@@ -47,7 +51,7 @@ pub struct Args {
     shards: Vec<usize>,
 }
 
-const PEERS: [(&str, Start); 8] = [
+const PEERS: [(&str, Start); 13] = [
     ("ringport", |t, b| tcp_with(t, b, |_| {})),
     // The same server with every send's packet going through the port.
     ("ringport-noskip", |t, b| tcp_with(t, b, |o| o.skip = false)),
@@ -59,6 +63,13 @@ const PEERS: [(&str, Start); 8] = [
     ("mio", start_mio),
     ("monoio", start_monoio),
     ("std", start_std),
+    // The floor on io_uring: a hand-written server, every lever on (and off).
+    ("uring-raw", super::uring_raw::start),
+    ("uring-raw-plain", super::uring_raw::start_plain),
+    ("uring-raw-oneshot", super::uring_raw::start_oneshot),
+    ("uring-raw-coop", super::uring_raw::start_coop),
+    // The system-call floor on readiness: recv + send per message.
+    ("epoll-raw", super::epoll_raw::start),
 ];
 
 pub fn run(mut args: Args, quick: bool, report: &mut Report) -> Result<(), String> {
