@@ -367,10 +367,11 @@ impl<T: Send + 'static> CompletionPort<T> {
         let id = self.id();
         let was_active = activity::active_here(id) || activity::begin_get(id);
         // With nothing in flight in the kernel, the next packet can only be
-        // a post: an active thread spins for it before giving up its slot.
-        // With operations in flight it looks at the kernel's completions
-        // first (below).
-        let got = match core.try_get(was_active, !io.busy()) {
+        // a post: an active thread spins for it before giving up its slot
+        // (unless the caller may not wait at all). With operations in flight
+        // it looks at the kernel's completions first (below).
+        let spin_active = was_active && timeout != Some(Duration::ZERO) && !io.busy();
+        let got = match core.try_get(was_active, spin_active) {
             Err(NoPacket::Empty) => {
                 // try_get gave up the slot this thread held, if any.
                 activity::clear();
@@ -384,8 +385,14 @@ impl<T: Send + 'static> CompletionPort<T> {
                         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
                         // A thread that holds its submissions for its wait
                         // does not spin: what it waits for is not in the
-                        // kernel yet.
-                        let spun = if io.holds() { None } else { Self::spin(core) };
+                        // kernel yet. Nor does one that just spun while
+                        // active (twice the spin cost the bursty case 10 %
+                        // more CPU per item and took no more packets).
+                        let spun = if io.holds() || spin_active {
+                            None
+                        } else {
+                            Self::spin(core)
+                        };
                         spun.unwrap_or_else(|| core.park(&activity::waiter(), deadline))
                     }
                 }
