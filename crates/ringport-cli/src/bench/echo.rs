@@ -17,7 +17,11 @@
 //! that every thread it counts as the server's was on the server's CPU.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::args::parse_duration;
@@ -423,6 +427,71 @@ fn report(
         &ours,
         &theirs,
     ));
+}
+
+/// A hand-written server (the `*-raw` peers) on a thread of its own,
+/// stopped by writing an eventfd its loop watches.
+struct ThreadServer {
+    name: &'static str,
+    addr: SocketAddr,
+    stop: OwnedFd,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Server for ThreadServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn stop(mut self: Box<Self>) -> Result<(), String> {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local array to an eventfd we own.
+        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(format!("the {} thread panicked", self.name)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Binds a listener on localhost and runs `serve(listener, stop eventfd,
+/// ready)` on a thread named after `name`; returns once `serve` said on
+/// `ready` that it is serving (or why it cannot).
+pub(super) fn spawn_thread_server(
+    name: &'static str,
+    serve: impl FnOnce(TcpListener, RawFd, mpsc::Sender<Result<(), String>>) -> Result<(), String>
+        + Send
+        + 'static,
+) -> Result<Box<dyn Server>, String> {
+    let listener = TcpListener::bind(localhost()).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // SAFETY: eventfd takes no pointer; the fd it returns is checked, then owned.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(format!("eventfd: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: efd is a fresh descriptor nothing else owns.
+    let stop = unsafe { OwnedFd::from_raw_fd(efd) };
+    let stop_fd = stop.as_raw_fd();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = thread::Builder::new()
+        .name(format!("{name}-echo"))
+        .spawn(move || serve(listener, stop_fd, ready_tx))
+        .map_err(|e| format!("starting the {name} thread: {e}"))?;
+    let server = Box::new(ThreadServer {
+        name,
+        addr,
+        stop,
+        thread: Some(thread),
+    });
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(server),
+        Ok(Err(e)) => Err(server.stop().err().unwrap_or(e)),
+        Err(_) => Err(server
+            .stop()
+            .err()
+            .unwrap_or_else(|| format!("the {name} thread ended at start"))),
+    }
 }
 
 pub(super) fn localhost() -> SocketAddr {

@@ -7,12 +7,11 @@
 //! connection ready at once.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
 
-use super::echo::{localhost, Server};
+use super::echo::{spawn_thread_server, Server};
 
 /// The bytes one `recv` takes.
 const BUF: usize = 16 << 10;
@@ -21,60 +20,12 @@ const BUF: usize = 16 << 10;
 const LISTENER: u64 = u64::MAX;
 const STOP: u64 = u64::MAX - 1;
 
-/// The running server: its thread, and the eventfd that stops it.
-struct EpollRaw {
-    addr: SocketAddr,
-    stop: OwnedFd,
-    thread: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl Server for EpollRaw {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-    fn stop(mut self: Box<Self>) -> Result<(), String> {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live local array to an eventfd we own.
-        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err("the epoll-raw thread panicked".into()),
-            None => Ok(()),
-        }
-    }
-}
-
 /// Starts the server (one thread, whatever `threads` says).
 pub(super) fn start(_threads: usize, _batch: usize) -> Result<Box<dyn Server>, String> {
-    let listener = TcpListener::bind(localhost()).map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    // SAFETY: eventfd takes no pointer; the fd it returns is checked, then owned.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        return Err(format!("eventfd: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: efd is a fresh descriptor nothing else owns.
-    let stop = unsafe { OwnedFd::from_raw_fd(efd) };
-    let stop_fd = stop.as_raw_fd();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let thread = thread::Builder::new()
-        .name("epoll-raw-echo".into())
-        .spawn(move || serve(&listener, stop_fd, &ready_tx))
-        .map_err(|e| format!("starting the epoll-raw thread: {e}"))?;
-    let server = EpollRaw {
-        addr,
-        stop,
-        thread: Some(thread),
-    };
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Box::new(server)),
-        Ok(Err(e)) => Err(Box::new(server).stop().err().unwrap_or(e)),
-        Err(_) => Err(Box::new(server)
-            .stop()
-            .err()
-            .unwrap_or_else(|| "the epoll-raw thread ended at start".into())),
-    }
+    spawn_thread_server("epoll-raw", |listener, stop, ready| {
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        serve(&listener, stop, &ready)
+    })
 }
 
 /// A connection: its socket, and bytes a short send left behind.

@@ -36,17 +36,16 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
 
 use io_uring::squeue::Entry;
 use io_uring::types::{BufRingEntry, Fd, Fixed};
 use io_uring::{cqueue, opcode, squeue, IoUring, SubmissionQueue, Submitter};
 
-use super::echo::{localhost, Server};
+use super::echo::{spawn_thread_server, Server};
 
 /// The levers a `uring-raw` server uses.
 #[derive(Clone, Copy)]
@@ -140,58 +139,10 @@ const SEND: u64 = 3 << 56;
 const STOP: u64 = 4 << 56;
 const KIND: u64 = 0xff << 56;
 
-/// The running server: its thread, and the eventfd that stops it.
-struct UringRaw {
-    addr: SocketAddr,
-    stop: OwnedFd,
-    thread: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl Server for UringRaw {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-    fn stop(mut self: Box<Self>) -> Result<(), String> {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live local array to an eventfd we own.
-        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), 8) };
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err("the uring-raw thread panicked".into()),
-            None => Ok(()),
-        }
-    }
-}
-
 fn start_with(_threads: usize, _batch: usize, levers: Levers) -> Result<Box<dyn Server>, String> {
-    let listener = TcpListener::bind(localhost()).map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    // SAFETY: eventfd takes no pointer; the fd it returns is checked, then owned.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        return Err(format!("eventfd: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: efd is a fresh descriptor nothing else owns.
-    let stop = unsafe { OwnedFd::from_raw_fd(efd) };
-    let stop_fd = stop.as_raw_fd();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let thread = thread::Builder::new()
-        .name("uring-raw-echo".into())
-        .spawn(move || serve(&listener, stop_fd, levers, &ready_tx))
-        .map_err(|e| format!("starting the uring-raw thread: {e}"))?;
-    let server = UringRaw {
-        addr,
-        stop,
-        thread: Some(thread),
-    };
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Box::new(server)),
-        Ok(Err(e)) => Err(Box::new(server).stop().err().unwrap_or(e)),
-        Err(_) => Err(Box::new(server)
-            .stop()
-            .err()
-            .unwrap_or_else(|| "the uring-raw thread ended at start".into())),
-    }
+    spawn_thread_server("uring-raw", move |listener, stop, ready| {
+        serve(&listener, stop, levers, &ready)
+    })
 }
 
 /// The provided-buffer ring: `BUFS` entries the kernel takes buffers from,
