@@ -13,7 +13,9 @@
 //! *read*; a write may not overlap any other use, reads may overlap each
 //! other. Checking a new use looks only at uses that start within the longest
 //! use's length before it, so with slices of one size it costs a binary
-//! search and a step or two.
+//! search and a step or two; in a receive loop (slices released and claimed
+//! again in the same order) not even the search: a claim first tries the
+//! place after the last one, and a release the place its claim was put.
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut};
@@ -96,6 +98,9 @@ struct Uses {
     peak: usize,
     /// The longest span recorded since the list was last empty.
     max_len: u32,
+    /// Where the last use was recorded: the next one, in a loop over the
+    /// buffer's slices, most likely goes right after it.
+    cursor: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -120,22 +125,91 @@ impl Uses {
             .map(|u| u.span.kind)
     }
 
-    fn insert(&mut self, span: Span) {
+    /// Records `new` if it conflicts with nothing, and returns where (a
+    /// hint for [`remove`](Self::remove)); else what it conflicts with.
+    fn claim(&mut self, new: Span) -> Result<usize, SliceUse> {
+        if let Some(at) = self.claim_near_cursor(new) {
+            return at;
+        }
+        if let Some(conflict) = self.conflict(&new) {
+            return Err(conflict);
+        }
+        Ok(self.insert(new))
+    }
+
+    /// [`claim`](Self::claim) without a search, when a tombstone right after
+    /// the last use recorded (or at the start, or that use's own place) can
+    /// take `new` with the list still sorted: then the uses that could
+    /// overlap it are its neighbours. `None` when no such place is found.
+    fn claim_near_cursor(&mut self, new: Span) -> Option<Result<usize, SliceUse>> {
+        let len = self.spans.len();
+        let next = self.cursor + 1;
+        let at = [next, 0, self.cursor].into_iter().find(|&p| {
+            p < len
+                && !self.spans[p].live
+                && (p == 0 || self.spans[p - 1].span.start <= new.start)
+                && (p + 1 == len || self.spans[p + 1].span.start >= new.start)
+        })?;
+        if new.start != new.end {
+            // Sorted: the uses before `at` start at or before `new`, those
+            // after it at or after `new`.
+            let from = new.start.saturating_sub(self.max_len);
+            let before = self.spans[..at]
+                .iter()
+                .rev()
+                .take_while(|u| u.span.start >= from);
+            let after = self.spans[at + 1..]
+                .iter()
+                .take_while(|u| u.span.start < new.end);
+            if let Some(u) = before
+                .chain(after)
+                .find(|u| u.live && u.span.conflicts(&new))
+            {
+                return Some(Err(u.span.kind));
+            }
+        }
+        self.spans[at] = Use {
+            span: new,
+            live: true,
+        };
+        self.recorded(at, &new);
+        Some(Ok(at))
+    }
+
+    fn insert(&mut self, span: Span) -> usize {
         let i = self.spans.partition_point(|u| u.span.start <= span.start);
         let new = Use { span, live: true };
         // Everything before `i` starts at or before `span`, everything from
         // `i` on after it: a tombstone on either side of that point can
         // take it without breaking the order.
-        if i > 0 && !self.spans[i - 1].live {
-            self.spans[i - 1] = new;
+        let at = if i > 0 && !self.spans[i - 1].live {
+            i - 1
         } else if i < self.spans.len() && !self.spans[i].live {
-            self.spans[i] = new;
+            i
         } else {
             self.spans.insert(i, new);
-        }
+            i
+        };
+        self.spans[at] = new;
+        self.recorded(at, &span);
+        at
+    }
+
+    /// Bookkeeping of a use just recorded at `at`.
+    fn recorded(&mut self, at: usize, span: &Span) {
+        self.cursor = at;
         self.live += 1;
         self.peak = self.peak.max(self.live);
         self.max_len = self.max_len.max(span.end - span.start);
+    }
+
+    /// Ends the use `span`, found at `hint` if it is still there (nothing
+    /// moved since it was recorded), else by a search.
+    fn remove_at(&mut self, span: &Span, hint: usize) {
+        match self.spans.get(hint) {
+            Some(u) if u.live && u.span == *span => self.ended(hint),
+            _ => self.remove(span),
+        }
     }
 
     fn remove(&mut self, span: &Span) {
@@ -147,7 +221,12 @@ impl Uses {
         else {
             return;
         };
-        self.spans[i + k].live = false;
+        self.ended(i + k);
+    }
+
+    /// The live use at `i` has ended: it becomes a tombstone.
+    fn ended(&mut self, i: usize) {
+        self.spans[i].live = false;
         self.live -= 1;
         if self.live == 0 {
             // Nothing live reaches anywhere.
@@ -156,6 +235,7 @@ impl Uses {
         if self.spans.len() - self.live > self.peak + 16 {
             self.spans.retain(|u| u.live);
             self.peak = self.live;
+            self.cursor = 0;
         }
     }
 
@@ -194,6 +274,9 @@ impl Table {
 pub(super) struct Claim {
     id: BufferId,
     span: Span,
+    /// Where the use was recorded in its buffer's list (a hint: a sweep or
+    /// an insertion before it may have moved it since).
+    at: u32,
 }
 
 /// Registers a new buffer of `len` bytes (`RIORegisterBuffer`): page-aligned,
@@ -297,18 +380,24 @@ pub(super) fn claim(buf: &RioBuf, kind: SliceUse) -> Result<(Claim, *mut u8), Er
         end: buf.offset + buf.len,
         kind,
     };
-    if let Some(conflict) = entry.uses.conflict(&span) {
-        return Err(RioError::SliceBusy {
-            buf: *buf,
-            conflict,
-        }
-        .into());
-    }
     // SAFETY: offset + len <= region.len, checked above, so the pointer stays
     // inside the allocation.
     let ptr = unsafe { region.ptr.as_ptr().add(buf.offset as usize) };
-    entry.uses.insert(span);
-    Ok((Claim { id: buf.id, span }, ptr))
+    match entry.uses.claim(span) {
+        Ok(at) => Ok((
+            Claim {
+                id: buf.id,
+                span,
+                at: at as u32,
+            },
+            ptr,
+        )),
+        Err(conflict) => Err(RioError::SliceBusy {
+            buf: *buf,
+            conflict,
+        }
+        .into()),
+    }
 }
 
 /// Ends the uses recorded by `claims`, under one lock.
@@ -319,7 +408,7 @@ pub(super) fn release(claims: &[Claim]) {
     let mut table = lock(&REGISTRY);
     for c in claims {
         if let Ok(entry) = table.entry(c.id) {
-            entry.uses.remove(&c.span);
+            entry.uses.remove_at(&c.span, c.at as usize);
         }
     }
 }
@@ -499,6 +588,62 @@ mod tests {
             u.conflict(&span(0, 200_000, SliceUse::Receive)),
             Some(SliceUse::Send)
         );
+    }
+
+    #[test]
+    fn claims_near_the_cursor_agree_with_a_search() {
+        // Random claims and releases, mostly in receive-loop order, against
+        // a list of live uses checked one by one.
+        let mut u = Uses::default();
+        let mut model: Vec<(Span, usize)> = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let kinds = [
+            SliceUse::Receive,
+            SliceUse::Send,
+            SliceUse::Borrow,
+            SliceUse::BorrowMut,
+        ];
+        let mut slot = 0;
+        for _ in 0..20_000 {
+            if next(3) == 0 && !model.is_empty() {
+                let (span, at) = model.remove(next(model.len() as u64) as usize);
+                u.remove_at(&span, at);
+            } else {
+                slot = if next(4) == 0 {
+                    next(64)
+                } else {
+                    (slot + 1) % 64
+                };
+                let start = (slot * 16 + next(3) * 8) as u32;
+                let len = [0, 8, 16, 24, 40][next(5) as usize];
+                let span = span(start, start + len, kinds[next(4) as usize]);
+                let expected = model
+                    .iter()
+                    .find(|(m, _)| span.start < span.end && m.conflicts(&span))
+                    .map(|(m, _)| m.kind);
+                match u.claim(span) {
+                    Ok(at) => {
+                        assert_eq!(expected, None, "{span:?}");
+                        model.push((span, at));
+                    }
+                    Err(kind) => {
+                        assert!(expected.is_some(), "{span:?}");
+                        assert!(model.iter().any(|(m, _)| m.kind == kind));
+                    }
+                }
+            }
+            assert_eq!(u.live, model.len());
+            assert!(u
+                .spans
+                .windows(2)
+                .all(|w| w[0].span.start <= w[1].span.start));
+        }
     }
 
     #[test]
