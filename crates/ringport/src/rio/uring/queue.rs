@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::super::buffer::{self, Claim};
-use super::super::charge::CqCommon;
+use super::super::charge::{CqCommon, CqCounters};
 use super::super::error::RioError;
 use super::super::notify::{Notifier, Notify};
 use super::super::request::{Request, RioResult};
@@ -364,19 +364,21 @@ impl UringCq {
             return Err(common.capacity.full());
         };
         let (first_deferred, busy) = {
-            let mut state = lane.lock();
+            // SAFETY: the table lock is held, and no other guard of a lane.
+            let mut state = unsafe { lane.lock() };
             state.waiting.push_back(user_data);
             state.deferred += usize::from(defer);
             (defer && state.deferred == 1, state.in_kernel > 0)
         };
-        common.counters.requests.fetch_add(1, Ordering::Relaxed);
+        // Every writer of `requests` holds the submission lock.
+        CqCounters::bump_locked(&common.counters.requests, 1);
         if defer {
             if first_deferred {
                 deferred.push(lane.clone());
             }
             return Ok(());
         }
-        commit_lanes(deferred, kick);
+        commit_lanes(&mut table, deferred, kick);
         kick.push(lane.clone());
         drop(table);
         let mut consumer = self.try_consumer();
@@ -437,7 +439,7 @@ impl UringCq {
             chain,
         } = &mut *guard;
         let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
-        commit_lanes(deferred, kick);
+        commit_lanes(&mut lock(&self.table), deferred, kick);
         let mut consumer = self.try_consumer();
         self.catch_up(consumer.as_deref_mut(), kick);
         let started = self.start_with(ring, chain, kick, consumer.as_deref_mut());
@@ -465,7 +467,10 @@ impl UringCq {
         deferred.retain(|d| !lanes.iter().flatten().any(|l| Arc::ptr_eq(d, l)));
         let mut table = lock(&self.table);
         for lane in lanes.into_iter().flatten() {
-            let mut lane = lane.lock();
+            // SAFETY: the table lock is held, and no other guard of a lane
+            // (the two lanes are distinct, and the table's methods called
+            // with this one take none).
+            let mut lane = unsafe { lane.lock() };
             lane.deferred = 0;
             lane.requeue_again();
             // Receives published to a buffer ring no multishot reads come

@@ -83,7 +83,8 @@ pub(super) struct RequestSlot {
     /// its completion means `ECANCELED`.
     cancelled: bool,
     pub(super) request: Option<Request>,
-    /// The lane of its request queue and kind (set with `request`).
+    /// The lane of its request queue and kind (set with `request`; kept
+    /// when it ends, for the next one).
     pub(super) lane: Option<Arc<Lane>>,
     scratch: UnsafeCell<Scratch>,
 }
@@ -163,6 +164,9 @@ impl RequestTable {
     /// `user_data`; if the table is full,
     /// abandons the request and returns `None`. Nothing reaches the ring
     /// until [`entry`](Self::entry) is asked for.
+    // Inlined into `submit`: the request then moves once, into its slot,
+    // not first into this call's argument (a `memcpy` each).
+    #[inline(always)]
     pub(super) fn insert(&mut self, request: Request, lane: &Arc<Lane>) -> Option<u64> {
         let Some(index) = self.free.pop() else {
             request.abandon();
@@ -178,7 +182,12 @@ impl RequestTable {
         let quiet = if request.quiet { QUIET_BIT } else { 0 };
         let user_data = quiet | (u64::from(slot.generation) << 32) | u64::from(index);
         slot.request = Some(request);
-        slot.lane = Some(lane.clone());
+        // A slot keeps its lane when its request ends (see `complete`): a
+        // receive loop reposts into the same lane, which then costs no
+        // reference count.
+        if !slot.lane.as_ref().is_some_and(|l| Arc::ptr_eq(l, lane)) {
+            slot.lane = Some(lane.clone());
+        }
         self.live += 1;
         Some(user_data)
     }
@@ -280,7 +289,9 @@ impl RequestTable {
         };
         let again = res == -libc::ECANCELED && !cancelled && !request.rq.is_closing();
         {
-            let mut state = lane.lock();
+            // SAFETY: `&mut self` is the table, locked by the caller; no
+            // other guard of a lane is held.
+            let mut state = unsafe { lane.lock() };
             state.in_kernel = state.in_kernel.saturating_sub(1);
             if again {
                 state.again.push((seq, user_data));
@@ -325,7 +336,8 @@ impl RequestTable {
         let result = request.result(status, bytes);
         request.end_in_place(claims);
         slot.request = None;
-        slot.lane = None;
+        // The lane stays for the slot's next request (a lane is plain
+        // memory: keeping it a little longer holds nothing else).
         self.free.push((user_data & 0xffff_ffff) as u32);
         self.live -= 1;
         self.in_kernel -= usize::from(was_in_kernel);
@@ -411,7 +423,9 @@ impl RequestTable {
                 continue;
             };
             if let Some(lane) = slot.lane.take() {
-                let mut state = lane.lock();
+                // SAFETY: the table is locked by the caller (`&mut self`);
+                // no other guard of a lane is held.
+                let mut state = unsafe { lane.lock() };
                 state.waiting.clear();
                 state.again.clear();
                 state.deferred = 0;
