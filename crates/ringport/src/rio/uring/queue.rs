@@ -359,10 +359,19 @@ impl UringCq {
             return Err(RioError::QueueClosed.into());
         };
         let mut table = lock(&self.table);
-        let Some(user_data) = table.insert(request, lane) else {
+        let Some((user_data, place)) = table.take_slot(request.quiet, lane) else {
             drop(table);
+            request.abandon();
             return Err(common.capacity.full());
         };
+        // Written without dropping the old value (a free slot holds none):
+        // an assignment would build `Some(request)` aside first, to drop the
+        // old value before moving it in, and copy the request twice.
+        debug_assert!(place.is_none());
+        // SAFETY: `place` is a valid, aligned `&mut` to an initialised
+        // `Option<Request>` that is `None` (the slot was free), so
+        // overwriting it without a drop leaks nothing.
+        unsafe { std::ptr::write(place, Some(request)) };
         let (first_deferred, busy) = {
             // SAFETY: the table lock is held, and no other guard of a lane.
             let mut state = unsafe { lane.lock() };

@@ -160,36 +160,36 @@ impl RequestTable {
         self.in_kernel
     }
 
-    /// Stores `request`, which waits its turn in `lane`, and returns its
-    /// `user_data`; if the table is full,
-    /// abandons the request and returns `None`. Nothing reaches the ring
-    /// until [`entry`](Self::entry) is asked for.
-    // Inlined into `submit`: the request then moves once, into its slot,
-    // not first into this call's argument (a `memcpy` each).
-    #[inline(always)]
-    pub(super) fn insert(&mut self, request: Request, lane: &Arc<Lane>) -> Option<u64> {
-        let Some(index) = self.free.pop() else {
-            request.abandon();
-            return None;
-        };
+    /// Takes a free slot for a request (`DONT_NOTIFY` if `quiet`) that will
+    /// wait its turn in `lane`, and returns its `user_data` and the place
+    /// where the caller puts the request at once (the table lock still
+    /// held): the request is then moved once, by the caller, not first
+    /// into this call's argument and then into the slot (a `memcpy` of
+    /// the whole request each). `None` if the table is full. Nothing
+    /// reaches the ring until [`entry`](Self::entry) is asked for.
+    pub(super) fn take_slot(
+        &mut self,
+        quiet: bool,
+        lane: &Arc<Lane>,
+    ) -> Option<(u64, &mut Option<Request>)> {
+        let index = self.free.pop()?;
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.live += 1;
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1) & GENERATION as u32;
         slot.seq = seq;
         slot.in_kernel = false;
         slot.cancelled = false;
-        let quiet = if request.quiet { QUIET_BIT } else { 0 };
+        let quiet = if quiet { QUIET_BIT } else { 0 };
         let user_data = quiet | (u64::from(slot.generation) << 32) | u64::from(index);
-        slot.request = Some(request);
         // A slot keeps its lane when its request ends (see `complete`): a
         // receive loop reposts into the same lane, which then costs no
         // reference count.
         if !slot.lane.as_ref().is_some_and(|l| Arc::ptr_eq(l, lane)) {
             slot.lane = Some(lane.clone());
         }
-        self.live += 1;
-        Some(user_data)
+        Some((user_data, &mut slot.request))
     }
 
     /// Whether `user_data` is a request of this table that is not in the
