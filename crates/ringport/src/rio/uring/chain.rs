@@ -8,17 +8,13 @@ use super::lane::{Lane, LaneState};
 use super::request_table::RequestTable;
 use crate::sys::uring::ring::Ring;
 
-/// Commits the deferred requests of every lane in `deferred`: they may go in
-/// the next chain; lanes that can start now go to `kick`. The lanes are
-/// those of `table`'s completion queue, which the caller holds locked.
-pub(super) fn commit_lanes(
-    _table: &mut RequestTable,
-    deferred: &mut Vec<Arc<Lane>>,
-    kick: &mut Vec<Arc<Lane>>,
-) {
-    for lane in deferred.drain(..) {
+/// Commits the deferred requests of every lane in `table.deferred` (the
+/// caller holds the table locked): they may go in the next chain; lanes
+/// that can start now go to `kick`.
+pub(super) fn commit_lanes(table: &mut RequestTable, kick: &mut Vec<Arc<Lane>>) {
+    for lane in table.deferred.drain(..) {
         let startable = {
-            // SAFETY: the caller holds the table lock (`_table`); no other
+            // SAFETY: the caller holds the table lock (`table`); no other
             // guard of a lane is held here.
             let mut state = unsafe { lane.lock() };
             state.deferred = 0;

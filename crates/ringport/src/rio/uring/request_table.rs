@@ -112,6 +112,10 @@ pub(super) struct RequestTable {
     pub(super) closing: bool,
     /// Multishots armed, for the queue's stats.
     pub(super) multishots: u64,
+    /// Lanes holding requests made with `DEFER`, for the next commit (here,
+    /// not with the submission side: a deferred request takes only this
+    /// table's lock, see [`submit`](super::submit)).
+    pub(super) deferred: Vec<Arc<Lane>>,
 }
 
 impl RequestTable {
@@ -125,6 +129,7 @@ impl RequestTable {
             shots: Vec::new(),
             closing: false,
             multishots: 0,
+            deferred: Vec::new(),
         };
         s.grow(n);
         s
