@@ -108,6 +108,8 @@ impl Request {
     /// receive's header as the kernel left it, its control pointer and length
     /// describing initialised memory; the operation is over (nothing else
     /// writes the request's slices).
+    // Inlined into the engines' result paths (called once per result).
+    #[inline]
     pub(super) unsafe fn outcome(&self, res: i32, msg: Option<&libc::msghdr>) -> (i32, u32) {
         if res < 0 {
             return (-res, 0);
@@ -144,6 +146,7 @@ impl Request {
     }
 
     /// The request's result with this status and byte count.
+    #[inline]
     pub(super) fn result(&self, status: i32, bytes: u32) -> RioResult {
         RioResult {
             status,
