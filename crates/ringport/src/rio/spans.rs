@@ -106,19 +106,27 @@ impl Uses {
         if new.start != new.end {
             // Sorted: the uses before `at` start at or before `new`, those
             // after it at or after `new`.
+            // (Plain loops: this runs for every request, and an iterator
+            // chain was not always inlined.)
             let from = new.start.saturating_sub(self.max_len);
-            let before = self.spans[..at]
-                .iter()
-                .rev()
-                .take_while(|u| u.span.start >= from);
-            let after = self.spans[at + 1..]
-                .iter()
-                .take_while(|u| u.span.start < new.end);
-            if let Some(u) = before
-                .chain(after)
-                .find(|u| u.live && u.span.conflicts(&new))
-            {
-                return Some(Err(u.span.kind));
+            let mut k = at;
+            while k > 0 {
+                k -= 1;
+                let u = &self.spans[k];
+                if u.span.start < from {
+                    break;
+                }
+                if u.live && u.span.conflicts(&new) {
+                    return Some(Err(u.span.kind));
+                }
+            }
+            for u in &self.spans[at + 1..] {
+                if u.span.start >= new.end {
+                    break;
+                }
+                if u.live && u.span.conflicts(&new) {
+                    return Some(Err(u.span.kind));
+                }
             }
         }
         self.spans[at] = Use {

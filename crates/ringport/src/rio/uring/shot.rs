@@ -193,7 +193,7 @@ impl RequestTable {
                 }
                 let Some((lane_arc, rq)) = self
                     .slot(front)
-                    .and_then(|s| Some((s.lane.clone()?, s.request.as_ref()?.rq.clone())))
+                    .and_then(|s| Some((s.lane.clone()?, s.request.as_ref()?.rq.to_arc())))
                 else {
                     return Ok(None);
                 };
