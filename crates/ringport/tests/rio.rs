@@ -653,7 +653,10 @@ fn dropping_a_request_queue_cancels_its_requests() {
     let fd = rq.as_raw_fd();
     let name = fd_target(fd).unwrap();
     drop(rq);
-    let r = take(&cq, 3);
+    let mut r = take(&cq, 2);
+    // Kept open (and its state alive) while a request is outstanding.
+    assert_eq!(fd_target(fd).as_ref(), Some(&name));
+    r.extend(take(&cq, 1));
     assert!(r
         .iter()
         .all(|r| r.status == libc::ECANCELED && r.socket_context == 5));
@@ -731,6 +734,11 @@ fn closing_a_completion_queue_with_requests_outstanding_leaks_nothing() {
             RioError::QueueClosed
         );
         assert_eq!(
+            rio_err(rq.receive(RioBuf::new(id, 0, 1), RioFlags::DEFER, 0)),
+            RioError::QueueClosed
+        );
+        assert_eq!(rq.outstanding(), (0, 0));
+        assert_eq!(
             rio_err(cq.dequeue(&mut [RioResult::default()])),
             RioError::QueueClosed
         );
@@ -741,6 +749,36 @@ fn closing_a_completion_queue_with_requests_outstanding_leaks_nothing() {
             assert_eq!(port.get(Some(5 * SECOND)).unwrap().key, 3);
         }
         assert_eq!(open_fds(), before, "something was left open");
+    }
+}
+
+#[test]
+fn deferred_requests_racing_a_close_end_with_it_or_are_refused() {
+    // A deferred request takes only the request table's lock on io_uring:
+    // one let in before the close is ended by it, one after is refused.
+    for round in 0..20u64 {
+        let cq = CompletionQueue::new(1024, Notify::Polled).unwrap();
+        let (server, _) = udp();
+        let rq = RequestQueue::new(server, 1024, 0, &cq, &cq, 0).unwrap();
+        let id = rio::register_buffer(1024 * 64).unwrap();
+        let posted = thread::scope(|s| {
+            let poster = s.spawn(|| {
+                for i in 0..1024u32 {
+                    let r = rq.receive(RioBuf::new(id, i * 64, 64), RioFlags::DEFER, 0);
+                    if r.is_err() {
+                        assert_eq!(rio_err(r), RioError::QueueClosed);
+                        return i;
+                    }
+                }
+                1024
+            });
+            thread::sleep(Duration::from_micros(50 * round));
+            cq.close().unwrap();
+            poster.join().unwrap()
+        });
+        assert_eq!(rq.outstanding(), (0, 0), "round {round}: {posted} posted");
+        assert_eq!(rio_err(rq.commit()), RioError::QueueClosed, "round {round}");
+        rio::deregister_buffer(id).unwrap();
     }
 }
 

@@ -8,12 +8,8 @@
 //! allocates the memory itself (page-aligned, zeroed) and owns it, so no
 //! caller-owned memory can be freed under the kernel.
 //!
-//! Each buffer keeps its uses (receives and sends in flight, borrows) sorted
-//! by offset. Receives and mutable borrows *write*; sends and shared borrows
-//! *read*; a write may not overlap any other use, reads may overlap each
-//! other. Checking a new use looks only at uses that start within the longest
-//! use's length before it, so with slices of one size it costs a binary
-//! search and a step or two.
+//! Each buffer keeps its uses (receives and sends in flight, borrows) in a
+//! [`Uses`] list (see [`spans`](super::spans)), under the registry's lock.
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut};
@@ -21,6 +17,7 @@ use std::ptr::NonNull;
 
 use super::error::RioError;
 use super::slice::{BufferId, RioBuf, SliceUse};
+use super::spans::{Span, Uses};
 use crate::sync::{lock, Mutex};
 use crate::Error;
 
@@ -61,109 +58,6 @@ impl Drop for Region {
     }
 }
 
-/// One use of `start..end` of a buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Span {
-    start: u32,
-    end: u32,
-    kind: SliceUse,
-}
-
-impl Span {
-    fn conflicts(&self, other: &Span) -> bool {
-        self.start < other.end
-            && other.start < self.end
-            && (self.kind.writes() || other.kind.writes())
-    }
-}
-
-/// A buffer's uses, sorted by start.
-///
-/// A use that ends leaves a tombstone in its place rather than shifting the
-/// rest of the list, and a new use that sorts next to a tombstone takes it
-/// over: the pattern of a receive loop (a slice released as its result is
-/// dequeued, claimed again by the next receive into it) costs a binary
-/// search, not a move of every use after it, even when a whole batch of
-/// slices was released at once. Tombstones are swept out when they
-/// outnumber the most uses live at once since the last sweep (plus a few):
-/// a window of uses sliding along a buffer does not grow the list forever.
-#[derive(Default)]
-struct Uses {
-    spans: Vec<Use>,
-    /// Live uses in `spans` (the rest are tombstones).
-    live: usize,
-    /// The most uses live at once since the last sweep.
-    peak: usize,
-    /// The longest span recorded since the list was last empty.
-    max_len: u32,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Use {
-    span: Span,
-    live: bool,
-}
-
-impl Uses {
-    /// What `new` would conflict with, if anything.
-    fn conflict(&self, new: &Span) -> Option<SliceUse> {
-        if new.start == new.end {
-            return None;
-        }
-        // A span starting before this cannot reach `new.start`.
-        let from = new.start.saturating_sub(self.max_len);
-        let i = self.spans.partition_point(|u| u.span.start < from);
-        self.spans[i..]
-            .iter()
-            .take_while(|u| u.span.start < new.end)
-            .find(|u| u.live && u.span.conflicts(new))
-            .map(|u| u.span.kind)
-    }
-
-    fn insert(&mut self, span: Span) {
-        let i = self.spans.partition_point(|u| u.span.start <= span.start);
-        let new = Use { span, live: true };
-        // Everything before `i` starts at or before `span`, everything from
-        // `i` on after it: a tombstone on either side of that point can
-        // take it without breaking the order.
-        if i > 0 && !self.spans[i - 1].live {
-            self.spans[i - 1] = new;
-        } else if i < self.spans.len() && !self.spans[i].live {
-            self.spans[i] = new;
-        } else {
-            self.spans.insert(i, new);
-        }
-        self.live += 1;
-        self.peak = self.peak.max(self.live);
-        self.max_len = self.max_len.max(span.end - span.start);
-    }
-
-    fn remove(&mut self, span: &Span) {
-        let i = self.spans.partition_point(|u| u.span.start < span.start);
-        let Some(k) = self.spans[i..]
-            .iter()
-            .take_while(|u| u.span.start == span.start)
-            .position(|u| u.live && u.span == *span)
-        else {
-            return;
-        };
-        self.spans[i + k].live = false;
-        self.live -= 1;
-        if self.live == 0 {
-            // Nothing live reaches anywhere.
-            self.max_len = 0;
-        }
-        if self.spans.len() - self.live > self.peak + 16 {
-            self.spans.retain(|u| u.live);
-            self.peak = self.live;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-}
-
 struct Entry {
     generation: u32,
     region: Option<Region>,
@@ -194,6 +88,9 @@ impl Table {
 pub(super) struct Claim {
     id: BufferId,
     span: Span,
+    /// Where the use was recorded in its buffer's list (a hint: a sweep or
+    /// an insertion before it may have moved it since).
+    at: u32,
 }
 
 /// Registers a new buffer of `len` bytes (`RIORegisterBuffer`): page-aligned,
@@ -297,18 +194,24 @@ pub(super) fn claim(buf: &RioBuf, kind: SliceUse) -> Result<(Claim, *mut u8), Er
         end: buf.offset + buf.len,
         kind,
     };
-    if let Some(conflict) = entry.uses.conflict(&span) {
-        return Err(RioError::SliceBusy {
-            buf: *buf,
-            conflict,
-        }
-        .into());
-    }
     // SAFETY: offset + len <= region.len, checked above, so the pointer stays
     // inside the allocation.
     let ptr = unsafe { region.ptr.as_ptr().add(buf.offset as usize) };
-    entry.uses.insert(span);
-    Ok((Claim { id: buf.id, span }, ptr))
+    match entry.uses.claim(span) {
+        Ok(at) => Ok((
+            Claim {
+                id: buf.id,
+                span,
+                at: at as u32,
+            },
+            ptr,
+        )),
+        Err(conflict) => Err(RioError::SliceBusy {
+            buf: *buf,
+            conflict,
+        }
+        .into()),
+    }
 }
 
 /// Ends the uses recorded by `claims`, under one lock.
@@ -319,7 +222,7 @@ pub(super) fn release(claims: &[Claim]) {
     let mut table = lock(&REGISTRY);
     for c in claims {
         if let Ok(entry) = table.entry(c.id) {
-            entry.uses.remove(&c.span);
+            entry.uses.remove_at(&c.span, c.at as usize);
         }
     }
 }
@@ -415,103 +318,5 @@ impl Drop for BufRef {
 impl Drop for BufMut {
     fn drop(&mut self) {
         release(&[self.claim]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn span(start: u32, end: u32, kind: SliceUse) -> Span {
-        Span { start, end, kind }
-    }
-
-    #[test]
-    fn writes_exclude_everything_reads_share() {
-        let mut u = Uses::default();
-        u.insert(span(0, 100, SliceUse::Receive));
-        u.insert(span(200, 300, SliceUse::Send));
-        assert_eq!(
-            u.conflict(&span(50, 60, SliceUse::Borrow)),
-            Some(SliceUse::Receive)
-        );
-        assert_eq!(u.conflict(&span(100, 200, SliceUse::BorrowMut)), None);
-        assert_eq!(u.conflict(&span(250, 260, SliceUse::Borrow)), None);
-        assert_eq!(
-            u.conflict(&span(299, 400, SliceUse::Receive)),
-            Some(SliceUse::Send)
-        );
-        assert_eq!(u.conflict(&span(50, 50, SliceUse::BorrowMut)), None);
-        u.remove(&span(0, 100, SliceUse::Receive));
-        assert_eq!(u.conflict(&span(50, 60, SliceUse::BorrowMut)), None);
-    }
-
-    #[test]
-    fn ended_uses_leave_tombstones_that_new_uses_take_over() {
-        let mut u = Uses::default();
-        for i in 0..64 {
-            u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
-        }
-        // A receive loop: each slice released, then claimed again.
-        for round in 0..4 {
-            for i in (0..64).map(|i| (i * 7 + round) % 64) {
-                u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
-                assert_eq!(
-                    u.conflict(&span(i * 16, i * 16 + 1, SliceUse::Borrow)),
-                    None
-                );
-                u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
-                assert_eq!(u.spans.len(), 64, "no shift, no growth");
-            }
-        }
-        for i in 0..64 {
-            assert_eq!(
-                u.conflict(&span(i * 16 + 3, i * 16 + 4, SliceUse::Borrow)),
-                Some(SliceUse::Receive)
-            );
-        }
-        // A whole batch released at once keeps its places for the next.
-        for i in 0..64 {
-            u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
-        }
-        assert!(u.is_empty());
-        assert_eq!(u.conflict(&span(0, 1024, SliceUse::Receive)), None);
-        for i in (0..64).rev() {
-            u.insert(span(i * 16, i * 16 + 16, SliceUse::Receive));
-        }
-        assert_eq!(u.spans.len(), 64);
-        assert_eq!(
-            u.conflict(&span(0, 1024, SliceUse::Borrow)),
-            Some(SliceUse::Receive)
-        );
-        // A window of two uses sliding along the buffer: the list stays short.
-        for i in 0..64 {
-            u.remove(&span(i * 16, i * 16 + 16, SliceUse::Receive));
-        }
-        for i in 100..10_000 {
-            u.insert(span(i * 16, i * 16 + 16, SliceUse::Send));
-            if i > 100 {
-                u.remove(&span((i - 1) * 16, (i - 1) * 16 + 16, SliceUse::Send));
-            }
-            assert!(u.spans.len() <= 64 + 16 + 2, "{}", u.spans.len());
-        }
-        assert_eq!(
-            u.conflict(&span(0, 200_000, SliceUse::Receive)),
-            Some(SliceUse::Send)
-        );
-    }
-
-    #[test]
-    fn long_spans_are_found_from_far_before() {
-        let mut u = Uses::default();
-        u.insert(span(0, 10_000, SliceUse::Send));
-        for i in 0..100 {
-            u.insert(span(10_000 + i * 10, 10_010 + i * 10, SliceUse::Send));
-        }
-        assert_eq!(
-            u.conflict(&span(9_999, 10_000, SliceUse::Receive)),
-            Some(SliceUse::Send)
-        );
-        assert_eq!(u.conflict(&span(20_000, 20_010, SliceUse::Receive)), None);
     }
 }

@@ -165,6 +165,7 @@ mod request;
 mod rq;
 mod rq_shared;
 mod slice;
+mod spans;
 mod uring;
 
 pub use addr::{read_addr, write_addr, ADDRESS_LEN};

@@ -16,12 +16,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::addr;
 use super::buffer::{self, Claim};
 use super::flags::RequestKind;
-use super::rq_shared::RqShared;
+use super::rq_shared::RqRef;
 
 /// The kernel operation a request performs, with the registered memory it
 /// was given (resolved from its slices when it was made).
@@ -58,7 +57,7 @@ pub(super) enum Op {
 
 /// A request from submission until its result is dequeued.
 pub(super) struct Request {
-    pub(super) rq: Arc<RqShared>,
+    pub(super) rq: RqRef,
     pub(super) kind: RequestKind,
     pub(super) context: u64,
     pub(super) quiet: bool,
@@ -79,7 +78,7 @@ impl Request {
     pub(super) fn abandon(self) {
         let claims: Vec<Claim> = self.claims.iter().flatten().copied().collect();
         buffer::release(&claims);
-        self.rq.done(self.kind);
+        self.rq.end(self.kind);
     }
 
     /// Ends a request whose result is being dequeued: it no longer counts
@@ -87,14 +86,14 @@ impl Request {
     /// the caller to release in one go.
     pub(super) fn end(self, claims: &mut Vec<Claim>) {
         claims.extend(self.claims.iter().flatten());
-        self.rq.done(self.kind);
+        self.rq.end(self.kind);
     }
 
     /// [`end`](Self::end) for a request its owner drops right after, where
     /// it is, without moving it.
     pub(super) fn end_in_place(&self, claims: &mut Vec<Claim>) {
         claims.extend(self.claims.iter().flatten());
-        self.rq.done(self.kind);
+        self.rq.end(self.kind);
     }
 
     /// The status and bytes of the request, once its operation returned
@@ -108,6 +107,8 @@ impl Request {
     /// receive's header as the kernel left it, its control pointer and length
     /// describing initialised memory; the operation is over (nothing else
     /// writes the request's slices).
+    // Inlined into the engines' result paths (called once per result).
+    #[inline]
     pub(super) unsafe fn outcome(&self, res: i32, msg: Option<&libc::msghdr>) -> (i32, u32) {
         if res < 0 {
             return (-res, 0);
@@ -144,6 +145,7 @@ impl Request {
     }
 
     /// The request's result with this status and byte count.
+    #[inline]
     pub(super) fn result(&self, status: i32, bytes: u32) -> RioResult {
         RioResult {
             status,

@@ -12,7 +12,7 @@ use super::engine::{Attachment, CqShared};
 use super::error::RioError;
 use super::flags::{RequestKind, RioFlags};
 use super::request::{Op, Request};
-use super::rq_shared::RqShared;
+use super::rq_shared::{RqRef, RqShared};
 use super::slice::{RioBuf, SliceUse};
 use crate::sync::lock;
 use crate::Error;
@@ -227,9 +227,10 @@ impl RequestQueue {
         context: u64,
         claims: Claims,
         op: Op,
+        rq: RqRef,
     ) -> Result<(), Error> {
         let request = Request {
-            rq: self.shared.clone(),
+            rq,
             kind,
             context,
             quiet: flags.contains(RioFlags::DONT_NOTIFY),
@@ -250,14 +251,14 @@ impl RequestQueue {
         &self,
         kind: RequestKind,
         claim: impl FnOnce(&mut Claims) -> Result<R, Error>,
-    ) -> Result<(R, Claims), Error> {
-        self.shared.reserve(kind)?;
+    ) -> Result<(R, Claims, RqRef), Error> {
+        let rq = self.shared.reserve(kind)?;
         let mut claims = Claims::new();
         match claim(&mut claims) {
-            Ok(r) => Ok((r, claims)),
+            Ok(r) => Ok((r, claims, rq)),
             Err(e) => {
                 claims.release();
-                self.shared.done(kind);
+                rq.end(kind);
                 Err(e)
             }
         }
@@ -274,7 +275,7 @@ impl RequestQueue {
     /// `buf.len` bytes.
     pub fn receive(&self, buf: RioBuf, flags: RioFlags, request_context: u64) -> Result<(), Error> {
         self.check(flags)?;
-        let (ptr, claims) = self.claim(RequestKind::Receive, |c| c.add(&buf, SliceUse::Receive))?;
+        let (claim, ptr, rq) = self.claim_one(RequestKind::Receive, &buf, SliceUse::Receive)?;
         let mut msg_flags = waitall(flags);
         if self.shared.datagram {
             // The kernel then reports a datagram's full length: truncation shows.
@@ -285,7 +286,55 @@ impl RequestQueue {
             len: buf.len,
             flags: msg_flags,
         };
-        self.start(RequestKind::Receive, flags, request_context, claims, op)
+        self.start_one(RequestKind::Receive, flags, request_context, claim, op, rq)
+    }
+
+    /// [`claim`](Self::claim) for a request of one slice, the path of every
+    /// `receive` and `send`: the claim comes back as it is, not through a
+    /// closure's result and a [`Claims`] (each a copy, and in a receive loop
+    /// those copies, of oddly aligned enum payloads, stalled on
+    /// store-to-load forwarding).
+    #[inline(always)]
+    fn claim_one(
+        &self,
+        kind: RequestKind,
+        buf: &RioBuf,
+        slice_use: SliceUse,
+    ) -> Result<(Claim, *mut u8, RqRef), Error> {
+        let rq = self.shared.reserve(kind)?;
+        match buffer::claim(buf, slice_use) {
+            Ok((claim, ptr)) => Ok((claim, ptr, rq)),
+            Err(e) => {
+                rq.end(kind);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`start`](Self::start) for a request of one slice.
+    #[inline(always)]
+    fn start_one(
+        &self,
+        kind: RequestKind,
+        flags: RioFlags,
+        context: u64,
+        claim: Claim,
+        op: Op,
+        rq: RqRef,
+    ) -> Result<(), Error> {
+        let request = Request {
+            rq,
+            kind,
+            context,
+            quiet: flags.contains(RioFlags::DONT_NOTIFY),
+            op,
+            claims: [Some(claim), None, None],
+        };
+        self.cqs[kind.index()].submit(
+            request,
+            &self.attached[kind.index()],
+            flags.contains(RioFlags::DEFER),
+        )
     }
 
     /// Starts a send of `buf` (`RIOSend`) on a connected socket; its result
@@ -296,13 +345,13 @@ impl RequestQueue {
     /// mutable borrow.
     pub fn send(&self, buf: RioBuf, flags: RioFlags, request_context: u64) -> Result<(), Error> {
         self.check(flags)?;
-        let (ptr, claims) = self.claim(RequestKind::Send, |c| c.add(&buf, SliceUse::Send))?;
+        let (claim, ptr, rq) = self.claim_one(RequestKind::Send, &buf, SliceUse::Send)?;
         let op = Op::Send {
             ptr,
             len: buf.len,
             flags: waitall(flags),
         };
-        self.start(RequestKind::Send, flags, request_context, claims, op)
+        self.start_one(RequestKind::Send, flags, request_context, claim, op, rq)
     }
 
     /// Starts a receive that also reports addresses (`RIOReceiveEx`): the
@@ -326,7 +375,7 @@ impl RequestQueue {
             Some(_) => Some(self.shared.local_port()?),
             None => None,
         };
-        let ((ptr, remote, local), claims) = self.claim(RequestKind::Receive, |c| {
+        let ((ptr, remote, local), claims, rq) = self.claim(RequestKind::Receive, |c| {
             let ptr = c.add(&buf, SliceUse::Receive)?;
             let remote = match remote {
                 Some(r) => Some((c.add(&r, SliceUse::Receive)?, r.len)),
@@ -345,7 +394,7 @@ impl RequestQueue {
             local,
             flags: waitall(flags) as u32,
         };
-        self.start(RequestKind::Receive, flags, request_context, claims, op)
+        self.start(RequestKind::Receive, flags, request_context, claims, op, rq)
     }
 
     /// Starts a send to the address in `remote` (`RIOSendEx`), from the
@@ -371,7 +420,7 @@ impl RequestQueue {
             )?),
             None => None,
         };
-        let ((ptr, remote), claims) = self.claim(RequestKind::Send, |c| {
+        let ((ptr, remote), claims, rq) = self.claim(RequestKind::Send, |c| {
             let ptr = c.add(&buf, SliceUse::Send)?;
             let remote = match remote {
                 Some(r) => {
@@ -397,7 +446,7 @@ impl RequestQueue {
             local,
             flags: waitall(flags) as u32,
         };
-        self.start(RequestKind::Send, flags, request_context, claims, op)
+        self.start(RequestKind::Send, flags, request_context, claims, op, rq)
     }
 
     /// Hands every request queued with [`RioFlags::DEFER`] to the kernel

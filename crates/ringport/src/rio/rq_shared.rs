@@ -5,6 +5,7 @@
 
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
@@ -65,9 +66,14 @@ impl RqShared {
         self.fd.as_raw_fd()
     }
 
-    /// A request of this kind has ended (completed, or never started).
-    pub(super) fn done(&self, kind: RequestKind) {
-        self.outstanding[kind.index()].fetch_sub(1, SeqCst);
+    /// Gives back a place [`reserve`](Self::reserve) took, whose request
+    /// never started (the caller holds an `Arc` of the queue, so this never
+    /// frees it).
+    pub(super) fn unreserve(self: &Arc<Self>, kind: RequestKind) {
+        // SAFETY: `self` is alive (an `Arc` the caller holds, which also
+        // keeps the strong count above the one this may give back), and its
+        // count of `kind` counts the place given back.
+        unsafe { end_one(Arc::as_ptr(self), kind) }
     }
 
     /// Whether the queue was dropped (its requests are being cancelled).
@@ -80,16 +86,24 @@ impl RqShared {
         self.closing.store(true, SeqCst);
     }
 
-    /// Counts one more outstanding request, or fails if at the maximum.
-    pub(super) fn reserve(&self, kind: RequestKind) -> Result<(), Error> {
+    /// Counts one more outstanding request, or fails if at the maximum;
+    /// returns the request's reference to the queue.
+    pub(super) fn reserve(self: &Arc<Self>, kind: RequestKind) -> Result<RqRef, Error> {
         let k = kind.index();
         let before = self.outstanding[k].fetch_add(1, SeqCst);
+        if before == 0 {
+            // The count leaves 0: from now until it is back at 0, the
+            // outstanding requests of this kind hold one strong count of the
+            // queue's `Arc` between them (see `RqRef`).
+            // SAFETY: `self` is a live `Arc`.
+            unsafe { Arc::increment_strong_count(Arc::as_ptr(self)) };
+        }
         let max = self.max[k].load(SeqCst);
         if before >= max {
-            self.outstanding[k].fetch_sub(1, SeqCst);
+            self.unreserve(kind);
             return Err(RioError::TooManyRequests { kind, max }.into());
         }
-        Ok(())
+        Ok(RqRef(NonNull::from(&**self)))
     }
 
     /// Turns on local-address reporting and returns the socket's port.
@@ -131,6 +145,83 @@ impl Drop for RqShared {
             rc.uncharge(r);
             sc.uncharge(s);
         }
+    }
+}
+
+/// A request's reference to its request queue's shared state.
+///
+/// It costs no reference count (a locked read-modify-write when the request
+/// is made and another when it ends, which a receive loop paid for every
+/// datagram): while any request of a kind is outstanding, those requests
+/// hold one strong count of the queue's `Arc` between them, taken by the
+/// [`reserve`](RqShared::reserve) that makes the count leave 0 and given
+/// back by the [`end`](Self::end) (or `unreserve`) that brings it back to 0.
+/// So a queue dropped with requests in flight lives until the last of them
+/// ends, as when each held an `Arc`. A reference is only made by `reserve`,
+/// and its `end` is the last use of it.
+pub(super) struct RqRef(NonNull<RqShared>);
+
+// SAFETY: a shared reference to `RqShared`, which is `Sync` (atomics, an
+// owned descriptor, mutexes); it stays alive as long as the reference is
+// used (see above).
+unsafe impl Send for RqRef {}
+// SAFETY: as above.
+unsafe impl Sync for RqRef {}
+
+impl RqRef {
+    /// The request has ended (completed, or never started): it no longer
+    /// counts against its queue, whose state this may free (the last
+    /// request of a dropped queue). The reference must not be used after.
+    pub(super) fn end(&self, kind: RequestKind) {
+        // SAFETY: the state is alive, held by the strong count of the
+        // outstanding requests of `kind`, which count this one until here.
+        unsafe { end_one(self.0.as_ptr(), kind) }
+    }
+
+    /// A counted reference, for what outlives the request (a lane's buffer
+    /// group).
+    pub(super) fn to_arc(&self) -> Arc<RqShared> {
+        let ptr = self.0.as_ptr().cast_const();
+        // SAFETY: `ptr` came from an `Arc` (see `reserve`) that is alive
+        // while this request is outstanding; the count taken here is the
+        // new `Arc`'s.
+        unsafe {
+            Arc::increment_strong_count(ptr);
+            Arc::from_raw(ptr)
+        }
+    }
+
+    /// The state's address, to compare with another's.
+    pub(super) fn as_ptr(&self) -> *const RqShared {
+        self.0.as_ptr()
+    }
+}
+
+impl std::ops::Deref for RqRef {
+    type Target = RqShared;
+    fn deref(&self) -> &RqShared {
+        // SAFETY: alive while the request is outstanding (see the type's
+        // docs); a request uses its reference only until its `end`.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// Ends one outstanding request of `kind` of the state at `this`: when it
+/// was the last, gives back the strong count its kind's requests held.
+///
+/// # Safety
+/// `this` comes from `Arc::as_ptr` of a live `Arc<RqShared>`, and its count
+/// of `kind` counts the request ended here. No reference to the state may
+/// be used after this call unless the caller holds an `Arc` of it.
+unsafe fn end_one(this: *const RqShared, kind: RequestKind) {
+    // Through the pointer: no reference to the state lives across the
+    // decrement, which may free it.
+    // SAFETY: the caller's promise: the state is alive here.
+    let before = unsafe { (*this).outstanding[kind.index()].fetch_sub(1, SeqCst) };
+    if before == 1 {
+        // SAFETY: the count was taken when the count of `kind` left 0 (see
+        // `reserve`) and is given back once, as it reaches 0 again.
+        unsafe { Arc::decrement_strong_count(this) };
     }
 }
 

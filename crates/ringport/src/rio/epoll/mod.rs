@@ -133,7 +133,7 @@ impl EpollCq {
             let mut deferred = lock(&inner.deferred);
             let mut i = 0;
             while i < deferred.len() {
-                if std::ptr::eq(Arc::as_ptr(&deferred[i].0.rq), rq) {
+                if std::ptr::eq(deferred[i].0.rq.as_ptr(), rq) {
                     let (r, _) = deferred.remove(i);
                     inner.complete(r, libc::ECANCELED, 0, &mut batch);
                 } else {

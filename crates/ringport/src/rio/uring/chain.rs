@@ -8,12 +8,15 @@ use super::lane::{Lane, LaneState};
 use super::request_table::RequestTable;
 use crate::sys::uring::ring::Ring;
 
-/// Commits the deferred requests of every lane in `deferred`: they may go in
-/// the next chain; lanes that can start now go to `kick`.
-pub(super) fn commit_lanes(deferred: &mut Vec<Arc<Lane>>, kick: &mut Vec<Arc<Lane>>) {
-    for lane in deferred.drain(..) {
+/// Commits the deferred requests of every lane in `table.deferred` (the
+/// caller holds the table locked): they may go in the next chain; lanes
+/// that can start now go to `kick`.
+pub(super) fn commit_lanes(table: &mut RequestTable, kick: &mut Vec<Arc<Lane>>) {
+    for lane in table.deferred.drain(..) {
         let startable = {
-            let mut state = lane.lock();
+            // SAFETY: the caller holds the table lock (`table`); no other
+            // guard of a lane is held here.
+            let mut state = unsafe { lane.lock() };
             state.deferred = 0;
             state.startable()
         };
@@ -41,7 +44,10 @@ pub(super) fn start_lanes(
     let mut result = Ok(());
     for lane in kick.drain(..) {
         if result.is_ok() {
-            match start_lane(table, ring, chain, &mut lane.lock(), harvest.as_deref_mut()) {
+            // SAFETY: the caller holds the table lock (`table`), and this
+            // is the only guard of the lane (start_lane takes none).
+            let mut state = unsafe { lane.lock() };
+            match start_lane(table, ring, chain, &mut state, harvest.as_deref_mut()) {
                 Ok(q) => queued |= q,
                 // The lane stays idle with its requests waiting; its next
                 // request or commit starts it.

@@ -16,21 +16,55 @@
 //! Such a request was not cancelled by anyone, so it goes back to the front
 //! of its lane (`again`) and is started again from a live thread.
 //!
-//! A lane is only touched under its completion queue's request table lock; its own
-//! mutex, never contended, is what lets the request queue hold it too.
+//! A lane is only touched under its completion queue's request table lock,
+//! which every request's way through the engine takes anyway: the lane needs
+//! no lock of its own (an uncontended mutex still cost each request a pair
+//! of locked instructions). The request queue holds it (an `Arc`) only to
+//! name it to its completion queue.
 
+use std::cell::UnsafeCell;
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
-
-use crate::sync::lock;
+use std::ops::{Deref, DerefMut};
 
 /// The order of one request queue's requests of one kind.
 #[derive(Default)]
-pub(in crate::rio) struct Lane(Mutex<LaneState>);
+pub(in crate::rio) struct Lane(UnsafeCell<LaneState>);
+
+// SAFETY: the state is only reached through `Lane::lock`, whose callers hold
+// the request table lock of the lane's completion queue: one thread at a
+// time, as behind a mutex.
+unsafe impl Sync for Lane {}
 
 impl Lane {
-    pub(super) fn lock(&self) -> MutexGuard<'_, LaneState> {
-        lock(&self.0)
+    /// The lane's state, for as long as the guard lives.
+    ///
+    /// # Safety
+    /// The caller holds the request table lock of the completion queue the
+    /// lane belongs to for the guard's whole life, and takes no other guard
+    /// of this lane meanwhile (where a mutex would deadlock).
+    pub(super) unsafe fn lock(&self) -> LaneGuard<'_> {
+        LaneGuard(&self.0)
+    }
+}
+
+/// A lane's state, reached under its completion queue's request table lock
+/// (see [`Lane::lock`]).
+pub(super) struct LaneGuard<'a>(&'a UnsafeCell<LaneState>);
+
+impl Deref for LaneGuard<'_> {
+    type Target = LaneState;
+    fn deref(&self) -> &LaneState {
+        // SAFETY: `Lane::lock`'s caller holds the table lock and no other
+        // guard of this lane: nothing else reaches the state meanwhile.
+        unsafe { &*self.0.get() }
+    }
+}
+
+impl DerefMut for LaneGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LaneState {
+        // SAFETY: as for `deref`; `&mut self` makes this the only reference
+        // derived from the guard.
+        unsafe { &mut *self.0.get() }
     }
 }
 

@@ -48,6 +48,7 @@ mod queue;
 mod request_table;
 mod resize;
 mod shot;
+mod submit;
 
 pub(super) use self::lane::Lane;
 pub(super) use self::queue::{queue_ring, UringCq};

@@ -12,9 +12,9 @@ use super::super::buffer::{self, Claim};
 use super::super::charge::CqCommon;
 use super::super::error::RioError;
 use super::super::notify::{Notifier, Notify};
-use super::super::request::{Request, RioResult};
+use super::super::request::RioResult;
 use super::super::rq_shared::RqShared;
-use super::chain::{commit_lanes, start_lanes};
+use super::chain::start_lanes;
 use super::harvest::{Batch, Harvest};
 use super::lane::Lane;
 use super::request_table::{is_quiet, Done, RequestTable, NOP};
@@ -29,8 +29,6 @@ pub(super) const KERNEL_WAIT: Duration = Duration::from_secs(2);
 /// The submission side.
 pub(super) struct Submission {
     pub(super) ring: Option<Arc<Ring>>,
-    /// Lanes holding requests made with `DEFER`, for the next commit.
-    pub(super) deferred: Vec<Arc<Lane>>,
     /// Lanes to start, and the chain being started (kept for their memory).
     pub(super) kick: Vec<Arc<Lane>>,
     pub(super) chain: Vec<u64>,
@@ -106,7 +104,6 @@ impl UringCq {
         Ok(UringCq {
             submission: Mutex::new(Submission {
                 ring: Some(ring.clone()),
-                deferred: Vec::new(),
                 kick: Vec::new(),
                 chain: Vec::new(),
             }),
@@ -334,138 +331,25 @@ impl UringCq {
         Ok(n)
     }
 
-    /// Queues `request` behind the others of its lane, and unless `defer`
-    /// commits every lane and submits what can start: the request itself if
-    /// its lane is idle (else it starts when the chain before it ends).
-    ///
-    /// If the submitting `io_uring_enter` fails, the error is returned but
-    /// the request stays queued, as if deferred: the next submission takes it.
-    pub(in crate::rio) fn submit(
-        &self,
-        common: &CqCommon,
-        request: Request,
-        lane: &Arc<Lane>,
-        defer: bool,
-    ) -> Result<(), Error> {
-        let mut guard = lock(&self.submission);
-        let Submission {
-            ring,
-            deferred,
-            kick,
-            chain,
-        } = &mut *guard;
-        let Some(ring) = ring.as_ref() else {
-            request.abandon();
-            return Err(RioError::QueueClosed.into());
-        };
-        let mut table = lock(&self.table);
-        let Some(user_data) = table.insert(request, lane) else {
-            drop(table);
-            return Err(common.capacity.full());
-        };
-        let (first_deferred, busy) = {
-            let mut state = lane.lock();
-            state.waiting.push_back(user_data);
-            state.deferred += usize::from(defer);
-            (defer && state.deferred == 1, state.in_kernel > 0)
-        };
-        common.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if defer {
-            if first_deferred {
-                deferred.push(lane.clone());
-            }
-            return Ok(());
-        }
-        commit_lanes(deferred, kick);
-        kick.push(lane.clone());
-        drop(table);
-        let mut consumer = self.try_consumer();
-        if busy {
-            self.catch_up(consumer.as_deref_mut(), kick);
-        }
-        let started = self.start_with(ring, chain, kick, consumer.as_deref_mut());
-        drop(consumer);
-        // SAFETY: the submission lock is held.
-        if unsafe { ring.queued() } > 0 {
-            common.counters.submits.fetch_add(1, Ordering::Relaxed);
-            ring.submit()?;
-        }
-        started?;
-        Ok(())
-    }
-
-    /// Starts the lanes in `kick` on `ring` (a submission's), with the
-    /// consumer if it was free: then datagrams already waiting go first
-    /// into its carry, and an armed notification fires for them (a NOP
-    /// for a port is queued on `ring`). The caller holds the submission
-    /// lock and submits what was queued.
-    fn start_with(
-        &self,
-        ring: &Ring,
-        chain: &mut Vec<u64>,
-        kick: &mut Vec<Arc<Lane>>,
-        consumer: Option<&mut Consumer>,
-    ) -> std::io::Result<bool> {
-        let mut table = lock(&self.table);
-        let Some(c) = consumer else {
-            return start_lanes(&mut table, ring, chain, kick, None);
-        };
-        if c.ring.is_none() {
-            return start_lanes(&mut table, ring, chain, kick, None);
-        }
-        let mut harvest = Harvest {
-            carry: &mut c.carry,
-            batch: &mut c.batch,
-            notifying: false,
-        };
-        let started = start_lanes(&mut table, ring, chain, kick, Some(&mut harvest));
-        drop(table);
-        if harvest.notifying {
-            self.made(c, ring);
-        }
-        started
-    }
-
-    /// Commits every deferred request and submits, in one `io_uring_enter`,
-    /// those whose lanes are idle (the rest go when their chains end).
-    pub(in crate::rio) fn commit(&self, common: &CqCommon) -> Result<(), Error> {
-        let mut guard = lock(&self.submission);
-        let Submission {
-            ring,
-            deferred,
-            kick,
-            chain,
-        } = &mut *guard;
-        let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
-        commit_lanes(deferred, kick);
-        let mut consumer = self.try_consumer();
-        self.catch_up(consumer.as_deref_mut(), kick);
-        let started = self.start_with(ring, chain, kick, consumer.as_deref_mut());
-        drop(consumer);
-        // SAFETY: the submission lock is held.
-        if unsafe { ring.queued() } > 0 {
-            common.counters.submits.fetch_add(1, Ordering::Relaxed);
-            ring.submit()?;
-        }
-        started?;
-        Ok(())
-    }
-
     /// Cancels every request of `rq` in `lanes` (its lanes of the kinds
     /// that complete here; a request queue being dropped). Those waiting in
     /// a lane go to the ring as NOPs that complete them as cancelled (they
     /// must not start now, out of order); those in the kernel are cancelled
     /// there.
     pub(in crate::rio) fn cancel(&self, rq: &RqShared, lanes: [Option<&Arc<Lane>>; 2]) {
-        let mut guard = lock(&self.submission);
-        let Submission { ring, deferred, .. } = &mut *guard;
-        let Some(ring) = ring.as_ref() else {
+        let guard = lock(&self.submission);
+        let Some(ring) = guard.ring.as_ref() else {
             return;
         };
-        deferred.retain(|d| !lanes.iter().flatten().any(|l| Arc::ptr_eq(d, l)));
         let mut table = lock(&self.table);
+        table
+            .deferred
+            .retain(|d| !lanes.iter().flatten().any(|l| Arc::ptr_eq(d, l)));
         for lane in lanes.into_iter().flatten() {
-            let mut lane = lane.lock();
+            // SAFETY: the table lock is held, and no other guard of a lane
+            // (the two lanes are distinct, and the table's methods called
+            // with this one take none).
+            let mut lane = unsafe { lane.lock() };
             lane.deferred = 0;
             lane.requeue_again();
             // Receives published to a buffer ring no multishot reads come
@@ -538,7 +422,7 @@ impl UringCq {
         // Requests that never reached the kernel end here; it owes nothing
         // for them.
         table.end_waiting(&mut c.claims);
-        submission.deferred.clear();
+        table.deferred.clear();
         submission.kick.clear();
         c.kick.clear();
         loop {

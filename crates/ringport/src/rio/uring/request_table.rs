@@ -71,10 +71,17 @@ pub(super) struct Scratch {
     control: Control,
 }
 
+/// A request's place in the table.
+///
+/// Laid out for the receive loop, whose every request touches the slot's
+/// header and its request and nothing else (the scratch is for `RECVMSG`,
+/// `SENDMSG` and `recvmmsg` only): those first, and the slot aligned to a
+/// cache line, so that they take three lines, not the five or six that the
+/// default layout spread them over (the kernel's copies into the receive
+/// buffers evict them between a request's posting and its completion).
+#[repr(C, align(64))]
 pub(super) struct RequestSlot {
     generation: u32,
-    /// Posting order, to start requests again in the same order.
-    pub(super) seq: u64,
     /// Its entry is in the ring (or the kernel) and its completion has not
     /// been taken out of the ring; or its slice is published in its lane's
     /// buffer ring (see [`shot`](super::shot)).
@@ -82,9 +89,12 @@ pub(super) struct RequestSlot {
     /// It went to the ring as a NOP, its queue closing before it started:
     /// its completion means `ECANCELED`.
     cancelled: bool,
-    pub(super) request: Option<Request>,
-    /// The lane of its request queue and kind (set with `request`).
+    /// Posting order, to start requests again in the same order.
+    pub(super) seq: u64,
+    /// The lane of its request queue and kind (set with `request`; kept
+    /// when it ends, for the next one).
     pub(super) lane: Option<Arc<Lane>>,
+    pub(super) request: Option<Request>,
     scratch: UnsafeCell<Scratch>,
 }
 
@@ -111,6 +121,10 @@ pub(super) struct RequestTable {
     pub(super) closing: bool,
     /// Multishots armed, for the queue's stats.
     pub(super) multishots: u64,
+    /// Lanes holding requests made with `DEFER`, for the next commit (here,
+    /// not with the submission side: a deferred request takes only this
+    /// table's lock, see [`submit`](super::submit)).
+    pub(super) deferred: Vec<Arc<Lane>>,
 }
 
 impl RequestTable {
@@ -124,6 +138,7 @@ impl RequestTable {
             shots: Vec::new(),
             closing: false,
             multishots: 0,
+            deferred: Vec::new(),
         };
         s.grow(n);
         s
@@ -159,28 +174,36 @@ impl RequestTable {
         self.in_kernel
     }
 
-    /// Stores `request`, which waits its turn in `lane`, and returns its
-    /// `user_data`; if the table is full,
-    /// abandons the request and returns `None`. Nothing reaches the ring
-    /// until [`entry`](Self::entry) is asked for.
-    pub(super) fn insert(&mut self, request: Request, lane: &Arc<Lane>) -> Option<u64> {
-        let Some(index) = self.free.pop() else {
-            request.abandon();
-            return None;
-        };
+    /// Takes a free slot for a request (`DONT_NOTIFY` if `quiet`) that will
+    /// wait its turn in `lane`, and returns its `user_data` and the place
+    /// where the caller puts the request at once (the table lock still
+    /// held): the request is then moved once, by the caller, not first
+    /// into this call's argument and then into the slot (a `memcpy` of
+    /// the whole request each). `None` if the table is full. Nothing
+    /// reaches the ring until [`entry`](Self::entry) is asked for.
+    pub(super) fn take_slot(
+        &mut self,
+        quiet: bool,
+        lane: &Arc<Lane>,
+    ) -> Option<(u64, &mut Option<Request>)> {
+        let index = self.free.pop()?;
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.live += 1;
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1) & GENERATION as u32;
         slot.seq = seq;
         slot.in_kernel = false;
         slot.cancelled = false;
-        let quiet = if request.quiet { QUIET_BIT } else { 0 };
+        let quiet = if quiet { QUIET_BIT } else { 0 };
         let user_data = quiet | (u64::from(slot.generation) << 32) | u64::from(index);
-        slot.request = Some(request);
-        slot.lane = Some(lane.clone());
-        self.live += 1;
-        Some(user_data)
+        // A slot keeps its lane when its request ends (see `complete`): a
+        // receive loop reposts into the same lane, which then costs no
+        // reference count.
+        if !slot.lane.as_ref().is_some_and(|l| Arc::ptr_eq(l, lane)) {
+            slot.lane = Some(lane.clone());
+        }
+        Some((user_data, &mut slot.request))
     }
 
     /// Whether `user_data` is a request of this table that is not in the
@@ -280,7 +303,9 @@ impl RequestTable {
         };
         let again = res == -libc::ECANCELED && !cancelled && !request.rq.is_closing();
         {
-            let mut state = lane.lock();
+            // SAFETY: `&mut self` is the table, locked by the caller; no
+            // other guard of a lane is held.
+            let mut state = unsafe { lane.lock() };
             state.in_kernel = state.in_kernel.saturating_sub(1);
             if again {
                 state.again.push((seq, user_data));
@@ -325,7 +350,8 @@ impl RequestTable {
         let result = request.result(status, bytes);
         request.end_in_place(claims);
         slot.request = None;
-        slot.lane = None;
+        // The lane stays for the slot's next request (a lane is plain
+        // memory: keeping it a little longer holds nothing else).
         self.free.push((user_data & 0xffff_ffff) as u32);
         self.live -= 1;
         self.in_kernel -= usize::from(was_in_kernel);
@@ -411,7 +437,9 @@ impl RequestTable {
                 continue;
             };
             if let Some(lane) = slot.lane.take() {
-                let mut state = lane.lock();
+                // SAFETY: the table is locked by the caller (`&mut self`);
+                // no other guard of a lane is held.
+                let mut state = unsafe { lane.lock() };
                 state.waiting.clear();
                 state.again.clear();
                 state.deferred = 0;

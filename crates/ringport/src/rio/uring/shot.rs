@@ -92,6 +92,18 @@ impl RequestTable {
         }
     }
 
+    /// [`shot_slice`](Self::shot_slice), the request then marked as
+    /// published (in the kernel), with one look-up of its slot.
+    fn publish_slice(&mut self, user_data: u64) -> Option<(*mut u8, u32)> {
+        let slot = self.waiting_datagram(user_data)?;
+        let found = match slot.request.as_ref()?.op {
+            Op::Recv { ptr, len, flags } if flags == RECV_FLAGS && len > 0 => Some((ptr, len)),
+            _ => None,
+        };
+        slot.in_kernel |= found.is_some();
+        found
+    }
+
     /// Marks a published request as out of the ring (`in_kernel` cleared).
     fn unpost(&mut self, user_data: u64) {
         if let Some(slot) = self.slot(user_data) {
@@ -181,7 +193,7 @@ impl RequestTable {
                 }
                 let Some((lane_arc, rq)) = self
                     .slot(front)
-                    .and_then(|s| Some((s.lane.clone()?, s.request.as_ref()?.rq.clone())))
+                    .and_then(|s| Some((s.lane.clone()?, s.request.as_ref()?.rq.to_arc())))
                 else {
                     return Ok(None);
                 };
@@ -247,12 +259,9 @@ impl RequestTable {
             let Some(&ud) = lane.waiting.front() else {
                 break;
             };
-            let Some((ptr, len)) = self.shot_slice(ud) else {
+            let Some((ptr, len)) = self.publish_slice(ud) else {
                 break;
             };
-            if let Some(slot) = self.slot(ud) {
-                slot.in_kernel = true;
-            }
             let shot = &mut self.shots[i];
             let t = shot.tail;
             shot.write(t, ptr, len, bid_of(ud));
@@ -370,11 +379,12 @@ impl RequestTable {
                 });
             }
             if let Some(lane) = lane {
-                let mut state = lane.lock();
+                // SAFETY: the table is locked by the caller (`&mut self`); no
+                // other guard of a lane is held here.
+                let mut state = unsafe { lane.lock() };
                 state.shot = None;
                 state.rearm = false;
                 if state.startable() {
-                    drop(state);
                     kick.push(lane);
                 }
             }
@@ -397,13 +407,14 @@ impl RequestTable {
             shot.rq = None;
             let again = self.unpost_all(posted);
             if let Some(lane) = lane {
-                let mut state = lane.lock();
+                // SAFETY: the table is locked by the caller (`&mut self`); no
+                // other guard of a lane is held here.
+                let mut state = unsafe { lane.lock() };
                 state.again.extend(again);
                 state.shot = None;
                 state.no_shot = true;
                 state.rearm = false;
                 if state.startable() {
-                    drop(state);
                     kick.push(lane);
                 }
             }
@@ -412,10 +423,11 @@ impl RequestTable {
         let Some(lane) = shot.lane.clone() else {
             return;
         };
-        let mut state = lane.lock();
+        // SAFETY: the table is locked by the caller (`&mut self`); no
+        // other guard of a lane is held here.
+        let mut state = unsafe { lane.lock() };
         state.rearm |= rearm;
         if (rearm || state.ready() > 0) && state.startable() {
-            drop(state);
             kick.push(lane);
         }
     }
@@ -481,11 +493,12 @@ impl RequestTable {
             let lane = self.shots[i].lane.clone();
             let again = self.unpost_all(posted);
             if let Some(lane) = lane {
-                let mut state = lane.lock();
+                // SAFETY: the table is locked by the caller (`&mut self`); no
+                // other guard of a lane is held here.
+                let mut state = unsafe { lane.lock() };
                 state.again.extend(again);
                 state.rearm = false;
                 if state.startable() {
-                    drop(state);
                     kick.push(lane);
                 }
             }
