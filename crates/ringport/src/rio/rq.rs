@@ -220,12 +220,13 @@ impl RequestQueue {
         Ok(())
     }
 
+    #[inline(always)]
     fn start(
         &self,
         kind: RequestKind,
         flags: RioFlags,
         context: u64,
-        claims: Claims,
+        claims: [Option<Claim>; 3],
         op: Op,
         rq: RqRef,
     ) -> Result<(), Error> {
@@ -235,7 +236,7 @@ impl RequestQueue {
             context,
             quiet: flags.contains(RioFlags::DONT_NOTIFY),
             op,
-            claims: claims.claims,
+            claims,
         };
         self.cqs[kind.index()].submit(
             request,
@@ -322,19 +323,7 @@ impl RequestQueue {
         op: Op,
         rq: RqRef,
     ) -> Result<(), Error> {
-        let request = Request {
-            rq,
-            kind,
-            context,
-            quiet: flags.contains(RioFlags::DONT_NOTIFY),
-            op,
-            claims: [Some(claim), None, None],
-        };
-        self.cqs[kind.index()].submit(
-            request,
-            &self.attached[kind.index()],
-            flags.contains(RioFlags::DEFER),
-        )
+        self.start(kind, flags, context, [Some(claim), None, None], op, rq)
     }
 
     /// Starts a send of `buf` (`RIOSend`) on a connected socket; its result
@@ -394,7 +383,14 @@ impl RequestQueue {
             local,
             flags: waitall(flags) as u32,
         };
-        self.start(RequestKind::Receive, flags, request_context, claims, op, rq)
+        self.start(
+            RequestKind::Receive,
+            flags,
+            request_context,
+            claims.claims,
+            op,
+            rq,
+        )
     }
 
     /// Starts a send to the address in `remote` (`RIOSendEx`), from the
@@ -446,7 +442,14 @@ impl RequestQueue {
             local,
             flags: waitall(flags) as u32,
         };
-        self.start(RequestKind::Send, flags, request_context, claims, op, rq)
+        self.start(
+            RequestKind::Send,
+            flags,
+            request_context,
+            claims.claims,
+            op,
+            rq,
+        )
     }
 
     /// Hands every request queued with [`RioFlags::DEFER`] to the kernel

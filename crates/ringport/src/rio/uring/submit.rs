@@ -84,8 +84,23 @@ impl UringCq {
         commit_lanes(&mut table, kick);
         kick.push(lane.clone());
         drop(table);
+        self.start_and_submit(ring, chain, kick, busy, common)
+    }
+
+    /// Starts the lanes in `kick` (after catching up with what the kernel
+    /// finished, if `catch_up`) and submits what that queued on `ring`. The
+    /// caller holds the submission lock (`ring`, `chain`, `kick` are its).
+    #[inline]
+    fn start_and_submit(
+        &self,
+        ring: &Ring,
+        chain: &mut Vec<u64>,
+        kick: &mut Vec<Arc<Lane>>,
+        catch_up: bool,
+        common: &CqCommon,
+    ) -> Result<(), Error> {
         let mut consumer = self.try_consumer();
-        if busy {
+        if catch_up {
             self.catch_up(consumer.as_deref_mut(), kick);
         }
         let started = self.start_with(ring, chain, kick, consumer.as_deref_mut());
@@ -138,16 +153,6 @@ impl UringCq {
         let Submission { ring, kick, chain } = &mut *guard;
         let ring = ring.as_ref().ok_or(RioError::QueueClosed)?;
         commit_lanes(&mut lock(&self.table), kick);
-        let mut consumer = self.try_consumer();
-        self.catch_up(consumer.as_deref_mut(), kick);
-        let started = self.start_with(ring, chain, kick, consumer.as_deref_mut());
-        drop(consumer);
-        // SAFETY: the submission lock is held.
-        if unsafe { ring.queued() } > 0 {
-            common.counters.submits.fetch_add(1, Ordering::Relaxed);
-            ring.submit()?;
-        }
-        started?;
-        Ok(())
+        self.start_and_submit(ring, chain, kick, true, common)
     }
 }
