@@ -100,12 +100,17 @@ fn a_packet_carries_key_token_and_result() {
 fn waiters_are_released_lifo() {
     let port = CompletionPort::<u64>::new(8).unwrap();
     let (tx, rx) = mpsc::channel();
+    // A served waiter stays (active) until every post is made: its thread's
+    // exit gives its slot back, and a slot given back while a post is on its
+    // way may grant that post's packet itself (then it is no handoff).
+    let done = Arc::new(std::sync::Barrier::new(4));
     let mut threads = Vec::new();
     for i in 0..3u64 {
-        let (p, tx) = (port.clone(), tx.clone());
+        let (p, tx, done) = (port.clone(), tx.clone(), done.clone());
         threads.push(thread::spawn(move || {
             let packet = p.get(Some(LONG)).expect("a packet");
             tx.send((i, packet.token)).unwrap();
+            done.wait();
         }));
         // Park the waiters in a known order: i is on the stack before i + 1.
         wait_until("the waiter to park", || waiting(&port) == i + 1);
@@ -116,6 +121,7 @@ fn waiters_are_released_lifo() {
         assert_eq!(got, token);
         assert_eq!(who, 2 - token, "the last waiter gets the first packet");
     }
+    done.wait();
     threads.into_iter().for_each(join);
     let stats = port.stats();
     assert_eq!((stats.handoffs, stats.wakeups), (3, 3));
